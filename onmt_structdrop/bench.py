@@ -1,0 +1,158 @@
+"""Forward+backward time of LSTM variants side by side: ``python -m onmt_structdrop.bench --help``.
+
+Variants run round-robin in one process, so machine noise hits all of them alike; the table gives medians and
+ratios. ``nn.LSTM`` (cuDNN on GPU) cannot drop h(t-1), so it gets the non-recurrent dropout only: it is what a
+user runs today. "dense masks" is this code with the same structured masks multiplied in instead of skipped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+
+import torch
+from torch import nn
+
+from . import StructDropLSTM
+from .masks import MASK_MODES, STRUCTURED_MODES, check_rate, kept_count
+
+
+class NNLSTMWithDropout(nn.Module):
+    """The user's alternative: ``nn.Dropout`` on the input and ``nn.LSTM``'s own dropout between layers."""
+
+    def __init__(self, n_in, hidden, layers, p):
+        super().__init__()
+        self.drop = nn.Dropout(p)
+        self.lstm = nn.LSTM(n_in, hidden, layers, dropout=p if layers > 1 else 0.0)
+
+    def forward(self, x):
+        return self.lstm(self.drop(x))
+
+
+def ideal_ratio(args):
+    """Dense over compacted FLOPs of the matrix products (forward, input gradient, weight gradient)."""
+    H, n0 = args.hidden, args.input_size
+    dense = compact = 0.0
+    for layer in range(args.layers):
+        n_in = n0 if layer == 0 else H
+        for n, p in ((n_in, args.dropout), (H, args.recurrent_dropout)):
+            k = n if p == 0 else kept_count(p, n)
+            dense += n
+            compact += k
+    return dense / compact
+
+
+def build_variants(args, device):
+    H, n_in, L, p, r = args.hidden, args.input_size, args.layers, args.dropout, args.recurrent_dropout
+    make = lambda **kw: StructDropLSTM(n_in, H, L, dropout=p, input_dropout=p, recurrent_dropout=r,  # noqa: E731
+                                       **kw).to(device)
+    variants = {"nn.LSTM + dropout (NR only)": NNLSTMWithDropout(n_in, H, L, p).to(device),
+                f"dense masks ({args.dense_mode})": make(mask_mode=args.dense_mode, compact=False)}
+    for mode in args.modes:
+        variants[f"structured {mode}" if mode in STRUCTURED_MODES else f"{mode} (dense)"] = make(mask_mode=mode)
+    return variants
+
+
+def time_variants(variants, x, args, device):
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = {name: [] for name in variants}
+    peaks = {}
+
+    def step(model):
+        x.grad = None
+        out, (h, c) = model(x)
+        (out.float().square().mean() + h.float().mean()).backward()
+
+    for model in variants.values():
+        model.train()
+        for _ in range(args.warmup):
+            step(model)
+    for _ in range(args.repeats):
+        for name, model in variants.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            sync()
+            start = time.perf_counter()
+            step(model)
+            sync()
+            times[name].append(time.perf_counter() - start)
+            if device.type == "cuda":
+                peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated())
+    return {name: statistics.median(ts) for name, ts in times.items()}, peaks
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=650)
+    parser.add_argument("--input-size", type=int, default=None, help="default: the hidden size")
+    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--seq", type=int, default=35)
+    parser.add_argument("--dropout", type=float, default=0.5, help="non-recurrent rate (input and between layers)")
+    parser.add_argument("--recurrent-dropout", type=float, default=0.5)
+    parser.add_argument("--modes", nargs="+", default=["time", "window", "batch", "bernoulli"],
+                        choices=MASK_MODES)
+    parser.add_argument("--dense-mode", default="time", choices=STRUCTURED_MODES,
+                        help="mask mode of the dense-masks variant")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    args.input_size = args.input_size or args.hidden
+    check_rate(args.dropout, "--dropout")
+    check_rate(args.recurrent_dropout, "--recurrent-dropout")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    dtype = getattr(torch, args.dtype)
+
+    variants = build_variants(args, device)
+    for model in variants.values():
+        model.to(dtype)
+    x = torch.randn(args.seq, args.batch, args.input_size, device=device, dtype=dtype, requires_grad=True)
+    medians, peaks = time_variants(variants, x, args, device)
+
+    names = list(variants)
+    base, dense = medians[names[0]], medians[names[1]]
+    results = [{"variant": n, "ms": medians[n] * 1e3, "vs_nn_lstm": base / medians[n],
+                "vs_dense": dense / medians[n], **({"peak_mib": peaks[n] / 2**20} if n in peaks else {})}
+               for n in names]
+    structured = [r for r in results if r["variant"].startswith("structured")]
+    best = max(structured, key=lambda r: r["vs_nn_lstm"]) if structured else None
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
+    config = {k: v for k, v in vars(args).items() if k not in ("json",)}
+    report = {"device": device_name, "torch": torch.__version__, "config": config, "results": results,
+              "ideal_ratio": ideal_ratio(args),
+              "fastest_structured": best["variant"] if best else None,
+              "speedup_vs_nn_lstm": best["vs_nn_lstm"] if best else None,
+              "speedup_vs_dense": best["vs_dense"] if best else None}
+
+    print(f"device: {device_name}; torch {torch.__version__}; {args.layers} layers, hidden {args.hidden}, "
+          f"input {args.input_size}, batch {args.batch}, seq {args.seq}, NR p={args.dropout}, "
+          f"RH p={args.recurrent_dropout}, {args.dtype}, median of {args.repeats}")
+    width = max(len(n) for n in names)
+    print(f"{'variant':<{width}}  {'fwd+bwd ms':>10}  {'vs nn.LSTM':>10}  {'vs dense':>8}"
+          + ("  peak MiB" if peaks else ""))
+    for r in results:
+        print(f"{r['variant']:<{width}}  {r['ms']:>10.2f}  {r['vs_nn_lstm']:>9.2f}x  {r['vs_dense']:>7.2f}x"
+              + (f"  {r['peak_mib']:>8.1f}" if "peak_mib" in r else ""))
+    print(f"ideal ratio (dense / compacted product FLOPs): {report['ideal_ratio']:.2f}x")
+    if best:
+        print(f"fastest structured: {best['variant']}: {best['vs_nn_lstm']:.2f}x vs nn.LSTM, "
+              f"{best['vs_dense']:.2f}x vs dense masks")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+    return report
+
+
+if __name__ == "__main__":
+    main()

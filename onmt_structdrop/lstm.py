@@ -1,0 +1,235 @@
+"""``StructDropLSTM``: a drop-in for ``torch.nn.LSTM`` whose dropout skips the dropped work."""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+from .layer import LayerPlan, StructDropLSTMLayer
+from .masks import (DEFAULT_WINDOW_OFFSETS, StructuredMask, check_mode, check_rate,
+                    mask_from_dense, sample_mask)
+
+
+def _check_size(value, name, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+class StructDropLSTM(nn.Module):
+    r"""Multi-layer LSTM with structured dropout, interchangeable with :class:`torch.nn.LSTM`.
+
+    Same constructor arguments, forward contract, parameter names and shapes as ``nn.LSTM`` (without
+    ``proj_size``), plus:
+
+    Args:
+        dropout: rate of the non-recurrent dropout on the input of every layer but the first (as in nn.LSTM).
+        recurrent_dropout: rate of the dropout on h(t-1) (h(t+1) in reverse) before the recurrent product.
+        input_dropout: rate of the dropout on the input of the first layer.
+        mask_mode: ``time`` (default; a fresh set of kept units per step, the same for every sequence),
+            ``window``, ``batch`` or ``bernoulli``; see :mod:`onmt_structdrop.masks`.
+        window_offsets: number of window start positions in ``window`` mode.
+        compact: skip the dropped units' work (default). ``False`` multiplies by the same masks instead, as a
+            reference for speed.
+        generator: ``torch.Generator`` (CPU) the masks are drawn from; the global generator when ``None``.
+
+    ``forward(input, hx=None, masks=None)`` also takes explicit masks in the format of :attr:`last_masks`,
+    which holds, after a training-mode forward, the masks that were used: ``{"input": [per layer: [T, n_in]],
+    "recurrent": [per layer: [per direction: [T, H]]]}`` (``[T, B, ...]`` in ``bernoulli`` mode; ``B`` in the
+    input's batch order) with 0 for dropped units and the scale for kept ones, ``None`` where no dropout applies.
+    In ``eval()`` no dropout applies and the outputs equal ``nn.LSTM``'s.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, recurrent_dropout=0.0, input_dropout=0.0, mask_mode="time",
+                 window_offsets=DEFAULT_WINDOW_OFFSETS, compact=True, generator=None, device=None, dtype=None):
+        super().__init__()
+        self.input_size = _check_size(input_size, "input_size")
+        self.hidden_size = _check_size(hidden_size, "hidden_size")
+        self.num_layers = _check_size(num_layers, "num_layers")
+        self.bias, self.batch_first, self.bidirectional = bool(bias), bool(batch_first), bool(bidirectional)
+        self.dropout = check_rate(dropout, "dropout")
+        self.recurrent_dropout = check_rate(recurrent_dropout, "recurrent_dropout")
+        self.input_dropout = check_rate(input_dropout, "input_dropout")
+        self.mask_mode = check_mode(mask_mode)
+        _check_size(window_offsets, "window_offsets")
+        self.window_offsets = window_offsets
+        self.compact = bool(compact)
+        self.generator = generator
+        self.last_masks = None
+        self.proj_size = 0  # read by code written for nn.LSTM
+
+        factory = {"device": device, "dtype": dtype}
+        H, dirs = hidden_size, self.num_directions
+        self._flat_weights_names = []
+        for layer in range(num_layers):
+            n_in = input_size if layer == 0 else H * dirs
+            for d in range(dirs):
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                shapes = {"weight_ih": (4 * H, n_in), "weight_hh": (4 * H, H)}
+                if self.bias:
+                    shapes.update(bias_ih=(4 * H,), bias_hh=(4 * H,))
+                for name, shape in shapes.items():
+                    self.register_parameter(name + sfx, nn.Parameter(torch.empty(shape, **factory)))
+                    self._flat_weights_names.append(name + sfx)
+        self.reset_parameters()
+
+    @property
+    def num_directions(self):
+        return 2 if self.bidirectional else 1
+
+    def reset_parameters(self):
+        bound = 1.0 / math.sqrt(self.hidden_size)
+        for weight in self.parameters():
+            nn.init.uniform_(weight, -bound, bound)
+
+    def extra_repr(self):
+        s = f"{self.input_size}, {self.hidden_size}, num_layers={self.num_layers}"
+        if not self.bias:
+            s += ", bias=False"
+        if self.batch_first:
+            s += ", batch_first=True"
+        if self.bidirectional:
+            s += ", bidirectional=True"
+        return (s + f", dropout={self.dropout}, recurrent_dropout={self.recurrent_dropout}, "
+                f"input_dropout={self.input_dropout}, mask_mode={self.mask_mode!r}")
+
+    def _weights(self, layer, direction):
+        sfx = f"_l{layer}" + ("_reverse" if direction else "")
+        get = lambda name: getattr(self, name + sfx) if self.bias or "weight" in name else None  # noqa: E731
+        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+
+    # ---- masks -------------------------------------------------------------------------------------------
+    def _sample(self, p, n, T, B):
+        if not self.training or p == 0.0:
+            return None
+        return sample_mask(self.mask_mode, p, n, T, batch=B, generator=self.generator,
+                           offsets=self.window_offsets)
+
+    def sample_masks(self, T, B):
+        """Draw the masks of one training forward over ``T`` positions and ``B`` sequences."""
+        H, dirs = self.hidden_size, self.num_directions
+        inputs = [self._sample(self.input_dropout if l == 0 else self.dropout,
+                               self.input_size if l == 0 else H * dirs, T, B) for l in range(self.num_layers)]
+        recurrent = [[self._sample(self.recurrent_dropout, H, T, B) for _ in range(dirs)]
+                     for _ in range(self.num_layers)]
+        return {"input": inputs, "recurrent": recurrent}
+
+    def _check_masks(self, masks, T, B):
+        if not isinstance(masks, dict) or set(masks) != {"input", "recurrent"}:
+            raise ValueError("masks must be a dict with keys 'input' and 'recurrent'")
+        H, dirs, L = self.hidden_size, self.num_directions, self.num_layers
+        if len(masks["input"]) != L or len(masks["recurrent"]) != L or any(
+                len(r) != dirs for r in masks["recurrent"]):
+            raise ValueError(f"masks must hold {L} input masks and {L} x {dirs} recurrent masks")
+        for name, m, n in [(f"input[{l}]", masks["input"][l], self.input_size if l == 0 else H * dirs)
+                           for l in range(L)] + [(f"recurrent[{l}][{d}]", masks["recurrent"][l][d], H)
+                                                 for l in range(L) for d in range(dirs)]:
+            if m is None or isinstance(m, StructuredMask):
+                continue
+            if not torch.is_tensor(m) or tuple(m.shape) not in ((T, n), (T, B, n)):
+                shape = tuple(m.shape) if torch.is_tensor(m) else type(m).__name__
+                raise ValueError(f"mask {name} must have shape ({T}, {n}) or ({T}, {B}, {n}), got {shape}")
+
+    @staticmethod
+    def _internal(mask, device, dtype, sorted_indices, compact):
+        """A mask in the form the layer computes with: StructuredMask to compact, dense tensor otherwise."""
+        if mask is None:
+            return None
+        if isinstance(mask, StructuredMask):
+            return mask.to(device) if compact else mask.dense(dtype).to(device)
+        mask = mask.to(device=device, dtype=dtype)
+        if mask.dim() == 3:
+            return mask if sorted_indices is None else mask.index_select(1, sorted_indices)
+        return mask_from_dense(mask) if compact else mask
+
+    @staticmethod
+    def _public(mask, dtype):
+        return mask.dense(dtype) if isinstance(mask, StructuredMask) else mask
+
+    # ---- forward -----------------------------------------------------------------------------------------
+    def forward(self, input, hx=None, masks: Optional[dict] = None):
+        packed = isinstance(input, PackedSequence)
+        sorted_indices = unsorted_indices = batch_sizes = None
+        if packed:
+            sorted_indices, unsorted_indices = input.sorted_indices, input.unsorted_indices
+            x, lengths = pad_packed_sequence(input)  # [T, B, n], original order
+            if sorted_indices is not None:
+                x, lengths = x.index_select(1, sorted_indices), lengths[sorted_indices.cpu()]
+            batch_sizes = input.batch_sizes.tolist()
+            unbatched = False
+        else:
+            x = input
+            if not torch.is_tensor(x) or x.dim() not in (2, 3):
+                raise ValueError(f"StructDropLSTM expects a 2-D or 3-D input or a PackedSequence, got "
+                                 f"{'shape ' + str(tuple(x.shape)) if torch.is_tensor(x) else type(x).__name__}")
+            unbatched = x.dim() == 2
+            x = x.unsqueeze(1) if unbatched else (x.transpose(0, 1) if self.batch_first else x)
+        if x.shape[-1] != self.input_size:
+            raise ValueError(f"input has {x.shape[-1]} features, expected input_size={self.input_size}")
+        w0 = self.weight_ih_l0
+        if x.dtype != w0.dtype:
+            raise TypeError(f"input dtype {x.dtype} does not match the parameters' dtype {w0.dtype}")
+        if x.device != w0.device:
+            raise ValueError(f"input is on {x.device} but the parameters are on {w0.device}")
+        T, B, _ = x.shape
+        h0, c0 = self._initial_state(hx, B, x, unbatched, sorted_indices)
+
+        explicit = masks is not None
+        if explicit:
+            self._check_masks(masks, T, B)
+        else:
+            masks = self.sample_masks(T, B)
+        if self.training or explicit:
+            self.last_masks = {"input": [self._public(m, x.dtype) for m in masks["input"]],
+                               "recurrent": [[self._public(m, x.dtype) for m in r] for r in masks["recurrent"]]}
+        internal = lambda m: self._internal(m, x.device, x.dtype, sorted_indices, self.compact)  # noqa: E731
+
+        h_n, c_n = [], []
+        layer_input = x.contiguous()
+        for layer in range(self.num_layers):
+            in_mask = internal(masks["input"][layer])
+            outputs = []
+            for d in range(self.num_directions):
+                k = layer * self.num_directions + d
+                plan = LayerPlan(in_mask, internal(masks["recurrent"][layer][d]), batch_sizes, reverse=d == 1)
+                y, h, c = StructDropLSTMLayer.apply(layer_input, h0[k], c0[k], *self._weights(layer, d), plan)
+                outputs.append(y)
+                h_n.append(h)
+                c_n.append(c)
+            layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
+        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
+        if unsorted_indices is not None:
+            h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
+
+        output = layer_input
+        if packed:
+            out = pack_padded_sequence(output, lengths, enforce_sorted=True)
+            output = PackedSequence(out.data, input.batch_sizes, sorted_indices, unsorted_indices)
+        elif unbatched:
+            output, h_n, c_n = output.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (h_n, c_n)
+
+    def _initial_state(self, hx, B, x, unbatched, sorted_indices):
+        shape = (self.num_layers * self.num_directions, B, self.hidden_size)
+        if hx is None:
+            zeros = x.new_zeros(shape)
+            return zeros, zeros
+        if not isinstance(hx, (tuple, list)) or len(hx) != 2:
+            raise ValueError("hx must be a tuple (h0, c0)")
+        state = []
+        for name, s in zip(("h0", "c0"), hx):
+            s = s.unsqueeze(1) if unbatched and torch.is_tensor(s) and s.dim() == 2 else s
+            if not torch.is_tensor(s) or tuple(s.shape) != shape:
+                got = tuple(s.shape) if torch.is_tensor(s) else type(s).__name__
+                raise ValueError(f"{name} must have shape {shape}, got {got}")
+            if s.dtype != x.dtype:
+                raise TypeError(f"{name} dtype {s.dtype} does not match the input dtype {x.dtype}")
+            state.append(s if sorted_indices is None else s.index_select(1, sorted_indices))
+        return state
+

@@ -1,0 +1,165 @@
+"""Dropout masks over the units of a sequence of activations.
+
+A mask covers ``steps`` time positions and ``n`` units. Structured masks keep the same units for every sequence
+of the batch, so a dropped unit is a whole zero column of the ``B x n`` activation matrix at that step and the
+products that read it can skip it. Modes:
+
+``time``      the paper's scheme: at every step exactly ``k`` units are kept, a fresh uniform random subset each
+              step, independent across steps.
+``window``    at every step exactly ``k`` units are kept: a cyclic window of ``k`` consecutive units of a random
+              permutation drawn once per forward call, starting at one of ``offsets`` evenly spaced positions
+              drawn uniformly each step. Since each unit's position in the permutation is uniform, every unit is
+              kept with probability exactly ``k / n`` at every step. Kept weight rows are contiguous slices of a
+              permuted weight copy (no gather per step), and steps that share an offset share their kept set, so
+              their products are batched into one. Which units drop *together* is less random than in ``time``.
+``batch``     batchwise dropout: one random ``k``-subset for all steps of the call.
+``bernoulli`` ordinary dropout: an independent draw per element (time, sequence, unit); nothing to compact.
+
+``k = max(1, round((1 - p) * n))`` and kept values are scaled by ``n / k`` (``1 / (1 - p)`` in ``bernoulli``
+mode), so every mask has expectation exactly one per element and a dropout layer leaves the expectation of
+its input unchanged.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import List, Optional
+
+import torch
+
+MASK_MODES = ("time", "window", "batch", "bernoulli")
+STRUCTURED_MODES = ("time", "window", "batch")
+DEFAULT_WINDOW_OFFSETS = 8
+
+
+def check_rate(p, name="dropout"):
+    """Return ``p`` as a float, or raise naming the bad value: dropout rates live in [0, 1)."""
+    if isinstance(p, bool) or not isinstance(p, (int, float)):
+        raise TypeError(f"{name} must be a number in [0, 1), got {p!r}")
+    if not (0.0 <= p < 1.0) or math.isnan(p):
+        raise ValueError(f"{name} must be in [0, 1), got {p!r}")
+    return float(p)
+
+
+def check_mode(mode):
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask_mode must be one of {', '.join(MASK_MODES)}; got {mode!r}")
+    return mode
+
+
+def kept_count(p, n):
+    """Units kept per step: round((1-p) n), at least one so that the scale n/k stays finite."""
+    return max(1, int(math.floor((1.0 - p) * n + 0.5)))
+
+
+@dataclass
+class StructuredMask:
+    """Kept units per time step, shared by every sequence of the batch.
+
+    Steps with the same kept set form a group. ``keep[g]`` lists group ``g``'s kept units in the order the
+    compacted products read them; ``values[g]`` (optional) holds their multipliers when they are not all equal
+    to ``scale``. In the ``window`` layout, ``perm`` is the unit permutation and ``offsets[g]`` the start of the
+    group's window in it: ``keep[g] == cat([perm, perm])[offsets[g]:offsets[g] + k]``.
+    """
+
+    n: int
+    steps: int
+    keep: List[torch.Tensor]
+    group_steps: List[torch.Tensor]
+    scale: float = 1.0
+    values: Optional[List[torch.Tensor]] = None
+    perm: Optional[torch.Tensor] = None
+    offsets: Optional[List[int]] = None
+    step_group: List[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        if not self.step_group:
+            step_group = [-1] * self.steps
+            for g, steps in enumerate(self.group_steps):
+                for t in steps.tolist():
+                    step_group[t] = g
+            self.step_group = step_group
+
+    def to(self, device):
+        move = lambda ts: None if ts is None else [t.to(device) for t in ts]  # noqa: E731
+        return StructuredMask(self.n, self.steps, move(self.keep), move(self.group_steps), self.scale,
+                              move(self.values), None if self.perm is None else self.perm.to(device),
+                              self.offsets, list(self.step_group))
+
+    def dense(self, dtype=torch.float32):
+        """The mask as a ``[steps, n]`` tensor: 0 for dropped units, the multiplier for kept ones."""
+        out = torch.zeros(self.steps, self.n, dtype=dtype, device=self.keep[0].device)
+        for g, (keep, steps) in enumerate(zip(self.keep, self.group_steps)):
+            vals = self.values[g].to(dtype) if self.values is not None else torch.full(
+                (len(keep),), self.scale, dtype=dtype, device=out.device)
+            out[steps.unsqueeze(1), keep.unsqueeze(0)] = vals.unsqueeze(0).expand(len(steps), -1)
+        return out
+
+
+def _single_groups(keeps):
+    return [torch.tensor([t]) for t in range(len(keeps))]
+
+
+def sample_time(p, n, steps, generator=None):
+    k = kept_count(p, n)
+    keep = torch.rand(steps, n, generator=generator).argsort(dim=1)[:, :k].sort(dim=1).values
+    keeps = list(keep.unbind(0))
+    return StructuredMask(n, steps, keeps, _single_groups(keeps), scale=n / k)
+
+
+def sample_batch(p, n, steps, generator=None):
+    k = kept_count(p, n)
+    keep = torch.randperm(n, generator=generator)[:k].sort().values
+    return StructuredMask(n, steps, [keep], [torch.arange(steps)], scale=n / k)
+
+
+def sample_window(p, n, steps, generator=None, offsets=DEFAULT_WINDOW_OFFSETS):
+    if isinstance(offsets, bool) or not isinstance(offsets, int) or offsets < 1:
+        raise ValueError(f"window offsets must be a positive integer, got {offsets!r}")
+    k = kept_count(p, n)
+    perm = torch.randperm(n, generator=generator)
+    grid = [(j * n) // min(offsets, n) for j in range(min(offsets, n))]
+    choice = torch.randint(len(grid), (steps,), generator=generator).tolist()
+    starts = sorted({grid[c] for c in choice})
+    perm2 = torch.cat([perm, perm])
+    group_steps = [torch.tensor([t for t, c in enumerate(choice) if grid[c] == o]) for o in starts]
+    keeps = [perm2[o:o + k] for o in starts]
+    return StructuredMask(n, steps, keeps, group_steps, scale=n / k, perm=perm, offsets=starts)
+
+
+def sample_bernoulli(p, n, steps, batch, generator=None):
+    keep = torch.rand(steps, batch, n, generator=generator) >= p
+    return keep.float().mul_(1.0 / (1.0 - p))
+
+
+def sample_mask(mode, p, n, steps, batch=None, generator=None, offsets=DEFAULT_WINDOW_OFFSETS):
+    """Draw a mask for ``steps`` positions of ``n`` units; ``None`` when ``p == 0`` (nothing dropped).
+
+    Returns a :class:`StructuredMask` for structured modes, a ``[steps, batch, n]`` float tensor for
+    ``bernoulli``. Masks are drawn on the CPU from ``generator`` (the global generator when ``None``), so a
+    seed gives the same masks on every device.
+    """
+    p = check_rate(p)
+    check_mode(mode)
+    if p == 0.0:
+        return None
+    if mode == "time":
+        return sample_time(p, n, steps, generator)
+    if mode == "batch":
+        return sample_batch(p, n, steps, generator)
+    if mode == "window":
+        return sample_window(p, n, steps, generator, offsets)
+    if batch is None:
+        raise ValueError("bernoulli masks need the batch size")
+    return sample_bernoulli(p, n, steps, batch, generator)
+
+
+def mask_from_dense(mask):
+    """A :class:`StructuredMask` that compacts an explicit ``[steps, n]`` mask (any values, any count per step)."""
+    steps, n = mask.shape
+    keeps, values = [], []
+    for t in range(steps):
+        keep = mask[t].nonzero().flatten()
+        keeps.append(keep)
+        values.append(mask[t, keep])
+    return StructuredMask(n, steps, keeps, _single_groups(keeps), values=values)
