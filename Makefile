@@ -1,0 +1,20 @@
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup test demo bench clean
+
+setup:
+	@bash scripts/setup_env.sh
+
+test: setup
+	$(PY) -m pytest -q tests
+
+demo: setup
+	$(PY) -m onmt_structdrop.demo
+
+bench: setup
+	$(PY) -m onmt_structdrop.bench --device cpu --layers 2 --hidden 650 --batch 20 --seq 35 \
+	    --dropout 0.5 --recurrent-dropout 0.5 --json bench-cpu.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

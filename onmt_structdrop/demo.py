@@ -1,0 +1,202 @@
+"""Demo: train a small word-level LSTM language model with ordinary and with structured dropout, side by side.
+
+    python -m onmt_structdrop.demo                  # embedded synthetic corpus, a few minutes on 2 CPU cores
+    python -m onmt_structdrop.demo --data ../shared/data/ptb --steps 300
+
+Every variant starts from the same weights and sees the same batches. Prints training tokens/s and validation
+perplexity per variant; writes ``log.txt``, ``results.json`` and ``perplexity.png`` to ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import StructDropLSTM
+from .linear import StructuredDropoutLinear
+
+log = logging.getLogger("onmt_structdrop.demo")
+
+
+def synthetic_corpus(n_tokens, vocab=400, seed=0):
+    """Text from a fixed random Markov chain: each word has a few likely successors, so there is something to learn."""
+    g = torch.Generator().manual_seed(seed)
+    successors = torch.randint(vocab, (vocab, 4), generator=g)
+    probs = torch.tensor([0.7, 0.2, 0.06, 0.04])
+    words = torch.empty(n_tokens, dtype=torch.long)
+    w = 0
+    choice = torch.multinomial(probs, n_tokens, replacement=True, generator=g)
+    noise = torch.rand(n_tokens, generator=g) < 0.05
+    random_words = torch.randint(vocab, (n_tokens,), generator=g)
+    for i in range(n_tokens):
+        w = int(random_words[i]) if noise[i] else int(successors[w, choice[i]])
+        words[i] = w
+    return words, vocab
+
+
+def read_corpus(path, vocab):
+    """Token ids of a whitespace-tokenised file, one ``<eos>`` per line; grows ``vocab`` (a dict)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"corpus file not found: {path}")
+    ids = []
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            for word in line.split() + ["<eos>"]:
+                ids.append(vocab.setdefault(word, len(vocab)))
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def batchify(ids, batch):
+    n = ids.numel() // batch
+    return ids[: n * batch].view(batch, n).t().contiguous()  # [n, batch], time-major
+
+
+class WordLM(nn.Module):
+    """Embedding -> dropout -> 2-layer LSTM -> dropout -> softmax projection."""
+
+    def __init__(self, vocab, hidden, layers, dropout, recurrent_dropout, mode):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, hidden)
+        self.structured = mode is not None
+        if self.structured:
+            self.rnn = StructDropLSTM(hidden, hidden, layers, dropout=dropout, input_dropout=dropout,
+                                      recurrent_dropout=recurrent_dropout, mask_mode=mode)
+            self.out = StructuredDropoutLinear(hidden, vocab, dropout=dropout, mask_mode=mode)
+        else:
+            self.drop = nn.Dropout(dropout)
+            self.rnn = nn.LSTM(hidden, hidden, layers, dropout=dropout)
+            self.out = nn.Linear(hidden, vocab)
+
+    def forward(self, x, state=None):
+        e = self.embed(x)
+        if self.structured:
+            y, state = self.rnn(e, state)
+            return self.out(y), state
+        y, state = self.rnn(self.drop(e), state)
+        return self.out(self.drop(y)), state
+
+
+def evaluate(model, data, bptt):
+    model.eval()
+    total, count, state = 0.0, 0, None
+    with torch.no_grad():
+        for i in range(0, data.shape[0] - 1, bptt):
+            x, y = data[i:i + bptt], data[i + 1:i + 1 + bptt]
+            x = x[: y.shape[0]]
+            logits, state = model(x, state)
+            total += nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
+            count += y.numel()
+    model.train()
+    return math.exp(total / count)
+
+
+def train(model, train_data, valid_data, args, name):
+    opt = (torch.optim.Adam(model.parameters(), lr=args.lr) if args.optimizer == "adam" else
+           torch.optim.SGD(model.parameters(), lr=args.lr))
+    curve, state, seconds, tokens, i = [], None, 0.0, 0, 0
+    for step in tqdm(range(1, args.steps + 1), desc=name, leave=False):
+        if i + args.bptt + 1 > train_data.shape[0]:
+            i, state = 0, None
+        x, y = train_data[i:i + args.bptt], train_data[i + 1:i + 1 + args.bptt]
+        i += args.bptt
+        start = time.perf_counter()
+        state = None if state is None else tuple(s.detach() for s in state)
+        logits, state = model(x, state)
+        loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+        opt.zero_grad()
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        seconds += time.perf_counter() - start
+        tokens += y.numel()
+        if step % args.eval_every == 0 or step == args.steps:
+            curve.append((step, evaluate(model, valid_data, args.bptt)))
+            log.info("%s step %d loss %.3f valid ppl %.2f", name, step, loss.item(), curve[-1][1])
+    return {"variant": name, "tokens_per_s": tokens / seconds, "valid_ppl": curve[-1][1], "curve": curve}
+
+
+def plot(results, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed: no plot")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in results:
+        steps, ppl = zip(*r["curve"])
+        ax.plot(steps, ppl, marker="o", label=f"{r['variant']} ({r['tokens_per_s']:.0f} tok/s)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation perplexity")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, help="directory with ptb.train.txt and ptb.valid.txt")
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--eval-every", type=int, default=40)
+    parser.add_argument("--hidden", type=int, default=512)
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--bptt", type=int, default=35)
+    parser.add_argument("--dropout", type=float, default=0.5)
+    parser.add_argument("--recurrent-dropout", type=float, default=0.25)
+    parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--modes", nargs="+", default=["window", "time"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
+                        handlers=[logging.FileHandler(args.out / "log.txt", mode="w"), logging.StreamHandler()])
+
+    if args.data:
+        vocab = {}
+        train_ids, valid_ids = (read_corpus(args.data / f"ptb.{s}.txt", vocab) for s in ("train", "valid"))
+        n_vocab = len(vocab)
+    else:
+        ids, n_vocab = synthetic_corpus(110_000, seed=args.seed)
+        train_ids, valid_ids = ids[:100_000], ids[100_000:]
+    train_data, valid_data = batchify(train_ids, args.batch), batchify(valid_ids, 10)
+    log.info("corpus: %s, vocabulary %d, %d training tokens", args.data or "synthetic", n_vocab, train_ids.numel())
+
+    variants = [("nn.LSTM + dropout", None)] + [(f"structured {m}", m) for m in args.modes]
+    torch.manual_seed(args.seed)
+    base = WordLM(n_vocab, args.hidden, args.layers, args.dropout, 0.0, None)
+    results = []
+    for name, mode in variants:
+        torch.manual_seed(args.seed)
+        model = WordLM(n_vocab, args.hidden, args.layers, args.dropout,
+                       args.recurrent_dropout if mode else 0.0, mode)
+        model.load_state_dict(base.state_dict())  # identical parameter names: the same start
+        results.append(train(model, train_data, valid_data, args, name))
+
+    base_speed = results[0]["tokens_per_s"]
+    print(f"\n{'variant':<22} {'train tok/s':>11} {'speed-up':>8} {'valid ppl':>9}")
+    for r in results:
+        r["speedup"] = r["tokens_per_s"] / base_speed
+        print(f"{r['variant']:<22} {r['tokens_per_s']:>11.0f} {r['speedup']:>7.2f}x {r['valid_ppl']:>9.2f}")
+    (args.out / "results.json").write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()},
+                                                       "results": results}, indent=2))
+    plot(results, args.out / "perplexity.png")
+    print(f"log, results.json and perplexity.png in {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

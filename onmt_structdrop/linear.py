@@ -1,0 +1,105 @@
+"""``StructuredDropoutLinear``: dropout then a linear layer, whose product skips the dropped inputs."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .compact import project, project_backward, step_order
+from .masks import (DEFAULT_WINDOW_OFFSETS, StructuredMask, check_mode, check_rate, sample_mask)
+
+
+class _DropoutLinear(torch.autograd.Function):
+    """``y[t] = mask_t(x[t]) @ W^T + b`` for ``x`` of shape ``[T, B, n]``, compacted per group of steps."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mask):
+        T, B, _ = x.shape
+        pos = step_order(mask, T)
+        out = x.new_empty(T, B, weight.shape[0])
+        if bias is not None:
+            out.copy_(bias.expand_as(out))
+        else:
+            out.zero_()
+        rows = project(x, weight.t(), mask, out)
+        ctx.mask, ctx.pos, ctx.rows, ctx.has_bias = mask, pos, rows, bias is not None
+        ctx.save_for_backward(x, weight)
+        if pos != list(range(T)):  # back to time order
+            out = out.index_select(0, torch.tensor(pos, device=out.device))
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        x, weight = ctx.saved_tensors
+        T = x.shape[0]
+        dx, dwt = project_backward(x, weight.t(), ctx.mask, dout.contiguous(), list(range(T)), ctx.rows,
+                                   ctx.needs_input_grad[0])
+        db = dout.sum(dim=(0, 1)) if ctx.has_bias else None
+        return dx, dwt.t(), db, None
+
+
+class StructuredDropoutLinear(nn.Module):
+    """Dropout on the input followed by ``nn.Linear``, with the product shrunk to the kept input units.
+
+    The input is ``[T, B, in_features]`` (``[B, T, in_features]`` with ``batch_first``) or ``[N, in_features]``
+    (a single step: one mask for all rows). Masks follow ``mask_mode`` as in
+    :class:`~onmt_structdrop.StructDropLSTM`: the same kept units for every sequence, a fresh draw per step.
+    Parameters are named and shaped as ``nn.Linear``'s (``weight``, ``bias``), so state dicts are interchangeable.
+    ``last_mask`` holds the mask of the last training forward (``[T, in_features]``, or ``[T, B, in_features]``
+    in ``bernoulli`` mode).
+    """
+
+    def __init__(self, in_features, out_features, bias=True, dropout=0.0, mask_mode="time", batch_first=False,
+                 window_offsets=DEFAULT_WINDOW_OFFSETS, compact=True, generator=None, device=None, dtype=None):
+        super().__init__()
+        for name, value in (("in_features", in_features), ("out_features", out_features)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        self.in_features, self.out_features = in_features, out_features
+        self.dropout = check_rate(dropout)
+        self.mask_mode = check_mode(mask_mode)
+        self.batch_first, self.window_offsets, self.compact = bool(batch_first), window_offsets, bool(compact)
+        self.generator = generator
+        self.last_mask = None
+        factory = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
+        self.bias = nn.Parameter(torch.empty(out_features, **factory)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self):  # nn.Linear's initialisation
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+        if self.bias is not None:
+            bound = 1 / math.sqrt(self.in_features)
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def extra_repr(self):
+        return (f"in_features={self.in_features}, out_features={self.out_features}, "
+                f"bias={self.bias is not None}, dropout={self.dropout}, mask_mode={self.mask_mode!r}")
+
+    def forward(self, x, mask=None):
+        if not torch.is_tensor(x) or x.dim() not in (2, 3) or x.shape[-1] != self.in_features:
+            got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+            raise ValueError(f"StructuredDropoutLinear expects [..., {self.in_features}] input of 2 or 3 "
+                             f"dimensions, got {got}")
+        if mask is None and (not self.training or self.dropout == 0.0):
+            return F.linear(x, self.weight, self.bias)
+        single = x.dim() == 2
+        xt = x.unsqueeze(0) if single else (x.transpose(0, 1) if self.batch_first else x)
+        T, B, n = xt.shape
+        if mask is None:
+            mask = sample_mask(self.mask_mode, self.dropout, n, T, batch=B, generator=self.generator,
+                               offsets=self.window_offsets)
+        elif not isinstance(mask, StructuredMask) and (not torch.is_tensor(mask) or tuple(mask.shape) not in
+                                                       ((T, n), (T, B, n))):
+            got = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
+            raise ValueError(f"mask must have shape ({T}, {n}) or ({T}, {B}, {n}), got {got}")
+        self.last_mask = mask.dense(x.dtype) if isinstance(mask, StructuredMask) else mask
+        if isinstance(mask, StructuredMask):
+            internal = mask.to(x.device) if self.compact else mask.dense(x.dtype).to(x.device)
+        else:
+            internal = mask.to(device=x.device, dtype=x.dtype)
+        y = _DropoutLinear.apply(xt.contiguous(), self.weight, self.bias, internal)
+        return y.squeeze(0) if single else (y.transpose(0, 1) if self.batch_first else y)

@@ -1,0 +1,16 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="onmt-structdrop",
+    version="0.1.0",
+    description="Structured dropout for LSTMs (shared across the batch, redrawn each step) that skips the "
+                "dropped work, with OpenNMT-py encoders and decoders",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["onmt_structdrop", "onmt_structdrop.*"]),
+    python_requires=">=3.9",
+    # OpenNMT-py 3.5.1 pins torch<2.3; it is installed separately without its dependencies (scripts/setup_env.sh).
+    install_requires=["torch>=2.1", "numpy", "tqdm"],
+    extras_require={"cuda": ["cupy-cuda12x"], "plot": ["matplotlib"], "test": ["pytest>=7"]},
+    entry_points={"console_scripts": ["onmt-structdrop-bench=onmt_structdrop.bench:main"]},
+)

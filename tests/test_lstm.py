@@ -1,0 +1,250 @@
+"""StructDropLSTM against the dense reference (float64, same masks), and its nn.LSTM contract."""
+import itertools
+
+import pytest
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from onmt_structdrop import MASK_MODES, StructDropLSTM
+from onmt_structdrop.reference import reference_lstm
+
+T, B, N_IN, H = 5, 3, 4, 5
+LENGTHS = [3, 5, 2]  # unsorted on purpose: PackedSequence sorting must be undone
+
+
+def _inputs(batch_first, bidirectional, layers, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(T, B, N_IN, generator=g, dtype=torch.float64)
+    states = layers * (2 if bidirectional else 1)
+    h0 = torch.randn(states, B, H, generator=g, dtype=torch.float64)
+    c0 = torch.randn(states, B, H, generator=g, dtype=torch.float64)
+    return x, h0, c0
+
+
+def _loss(y, h, c):
+    # weights every output differently so that a swapped or dropped gradient cannot cancel out
+    w = torch.linspace(0.5, 1.5, y.numel(), dtype=y.dtype).view_as(y)
+    return (y * w).sin().sum() + h.cos().sum() + (c * 0.7).sum()
+
+
+def _run_module(model, x, h0, c0, batch_first, packed, masks=None):
+    x, h0, c0 = (t.clone().requires_grad_() for t in (x, h0, c0))
+    inp = x.transpose(0, 1) if batch_first else x
+    if packed:
+        inp = pack_padded_sequence(inp, LENGTHS, batch_first=batch_first, enforce_sorted=False)
+    out, (h, c) = model(inp, (h0, c0)) if masks is None else model(inp, (h0, c0), masks=masks)
+    if packed:
+        out, _ = pad_packed_sequence(out, batch_first=batch_first, total_length=T)
+    y = out.transpose(0, 1) if batch_first else out
+    _loss(y, h, c).backward()
+    grads = [x.grad, h0.grad, c0.grad] + [p.grad for _, p in model.named_parameters()]
+    return [y.detach(), h.detach(), c.detach()], grads
+
+
+def _run_reference(model, x, h0, c0, packed, masks):
+    params = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
+    x, h0, c0 = (t.clone().requires_grad_() for t in (x, h0, c0))
+    y, (h, c) = reference_lstm(params, x, masks, LENGTHS if packed else None, (h0, c0),
+                               model.num_layers, model.bidirectional)
+    _loss(y, h, c).backward()
+    grads = [x.grad, h0.grad, c0.grad] + [params[k].grad for k, _ in model.named_parameters()]
+    return [y.detach(), h.detach(), c.detach()], grads
+
+
+def _assert_close(actual, expected):
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert a is not None and e is not None, f"tensor {i} missing"
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=lambda m: f"tensor {i}: {m}")
+
+
+CASES = list(itertools.product(MASK_MODES, [0.0, 0.3, 0.5, 0.8], [False, True], [1, 2, 3]))
+
+
+@pytest.mark.parametrize("batch_first,packed", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("mode,p,bidirectional,layers", CASES)
+def test_matches_dense_reference(mode, p, bidirectional, layers, batch_first, packed):
+    torch.manual_seed(layers * 100 + int(p * 10))
+    model = StructDropLSTM(N_IN, H, layers, batch_first=batch_first, dropout=p, recurrent_dropout=p,
+                           input_dropout=p, bidirectional=bidirectional, mask_mode=mode,
+                           window_offsets=3).double()
+    x, h0, c0 = _inputs(batch_first, bidirectional, layers)
+    outs, grads = _run_module(model, x, h0, c0, batch_first, packed)
+    masks = model.last_masks
+    if p > 0:  # the masks really drop something, so the test exercises the compaction
+        assert all(m is not None and (m == 0).any() for m in masks["input"])
+        assert all(m is not None for r in masks["recurrent"] for m in r)
+    ref_outs, ref_grads = _run_reference(model, x, h0, c0, packed, masks)
+    _assert_close(outs, ref_outs)
+    _assert_close(grads, ref_grads)
+
+
+@pytest.mark.parametrize("mode", MASK_MODES)
+def test_dense_masks_give_the_same_result(mode):
+    torch.manual_seed(1)
+    model = StructDropLSTM(N_IN, H, 2, dropout=0.5, recurrent_dropout=0.5, input_dropout=0.3,
+                           bidirectional=True, mask_mode=mode).double()
+    x, h0, c0 = _inputs(False, True, 2)
+    outs, grads = _run_module(model, x, h0, c0, False, True)
+    masks = model.last_masks
+    model.compact = False
+    for p in model.parameters():
+        p.grad = None
+    outs2, grads2 = _run_module(model, x, h0, c0, False, True, masks=masks)
+    _assert_close(outs, outs2)
+    _assert_close(grads, grads2)
+
+
+def test_explicit_masks_with_uneven_values_and_counts():
+    torch.manual_seed(2)
+    model = StructDropLSTM(N_IN, H, 2, bidirectional=True).double()
+    g = torch.Generator().manual_seed(3)
+    rand_mask = lambda n: torch.rand(T, n, generator=g, dtype=torch.float64) * (  # noqa: E731
+        torch.rand(T, n, generator=g) > 0.5)
+    masks = {"input": [rand_mask(N_IN), rand_mask(2 * H)],
+             "recurrent": [[rand_mask(H), None], [torch.rand(T, B, H, generator=g, dtype=torch.float64),
+                                                  rand_mask(H)]]}
+    masks["input"][0][1] = 0  # a step that drops every unit
+    x, h0, c0 = _inputs(False, True, 2)
+    outs, grads = _run_module(model, x, h0, c0, False, False, masks=masks)
+    ref_outs, ref_grads = _run_reference(model, x, h0, c0, False, masks)
+    _assert_close(outs, ref_outs)
+    _assert_close(grads, ref_grads)
+
+
+def test_replaying_last_masks_reproduces_the_output():
+    model = StructDropLSTM(N_IN, H, 2, dropout=0.5, recurrent_dropout=0.4, mask_mode="window").double()
+    x, h0, c0 = _inputs(False, False, 2)
+    y1, _ = model(x, (h0, c0))
+    y2, _ = model(x, (h0, c0), masks=model.last_masks)
+    y3, _ = model(x, (h0, c0))
+    torch.testing.assert_close(y1, y2, rtol=1e-12, atol=1e-12)
+    assert not torch.allclose(y1, y3)
+
+
+def test_generator_makes_masks_reproducible():
+    def run(seed):
+        model = StructDropLSTM(N_IN, H, 2, dropout=0.5, recurrent_dropout=0.5,
+                               generator=torch.Generator().manual_seed(seed))
+        model(torch.randn(T, B, N_IN))
+        return model.last_masks
+    a, b, c = run(7), run(7), run(8)
+    assert torch.equal(a["input"][1], b["input"][1]) and torch.equal(a["recurrent"][0][0], b["recurrent"][0][0])
+    assert not torch.equal(a["input"][1], c["input"][1])
+
+
+def _pair(bidirectional, layers, batch_first=False, bias=True):
+    torch.manual_seed(4)
+    ref = nn.LSTM(N_IN, H, layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional,
+                  dropout=0.5 if layers > 1 else 0.0).double()
+    ours = StructDropLSTM(N_IN, H, layers, bias=bias, batch_first=batch_first, bidirectional=bidirectional,
+                          dropout=0.5, recurrent_dropout=0.5).double()
+    ours.load_state_dict(ref.state_dict())
+    return ref, ours
+
+
+@pytest.mark.parametrize("bidirectional,layers,batch_first,bias",
+                         [(False, 1, False, True), (True, 2, True, True), (True, 3, False, False)])
+def test_eval_equals_nn_lstm(bidirectional, layers, batch_first, bias):
+    ref, ours = _pair(bidirectional, layers, batch_first, bias)
+    ref.eval(), ours.eval()
+    x, h0, c0 = _inputs(batch_first, bidirectional, layers)
+    inp = x.transpose(0, 1) if batch_first else x
+    for args in [(inp,), (inp, (h0, c0))]:
+        y_ref, (h_ref, c_ref) = ref(*args)
+        y, (h, c) = ours(*args)
+        _assert_close([y, h, c], [y_ref, h_ref, c_ref])
+    packed = pack_padded_sequence(inp, LENGTHS, batch_first=batch_first, enforce_sorted=False)
+    (y_ref, (h_ref, c_ref)), (y, (h, c)) = ref(packed, (h0, c0)), ours(packed, (h0, c0))
+    assert torch.equal(y.batch_sizes, y_ref.batch_sizes)
+    assert torch.equal(y.unsorted_indices, y_ref.unsorted_indices)
+    _assert_close([y.data, h, c], [y_ref.data, h_ref, c_ref])
+
+
+def test_without_dropout_training_matches_nn_lstm_with_gradients():
+    torch.manual_seed(5)
+    ref = nn.LSTM(N_IN, H, 2, bidirectional=True).double()
+    ours = StructDropLSTM(N_IN, H, 2, bidirectional=True).double()
+    ours.load_state_dict(ref.state_dict())
+    x, h0, c0 = _inputs(False, True, 2)
+    outs, grads = _run_module(ours, x, h0, c0, False, True)
+    outs_ref, grads_ref = _run_module(ref, x, h0, c0, False, True)
+    _assert_close(outs, outs_ref)
+    _assert_close(grads, grads_ref)
+
+
+def test_state_dict_round_trips_both_ways():
+    ref, ours = _pair(True, 2)
+    assert [(k, v.shape) for k, v in ref.state_dict().items()] == [(k, v.shape) for k, v in
+                                                                   ours.state_dict().items()]
+    back = nn.LSTM(N_IN, H, 2, bidirectional=True).double()
+    back.load_state_dict(ours.state_dict())
+    for (k, a), (_, b) in zip(back.state_dict().items(), ref.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_unbatched_input():
+    ref, ours = _pair(False, 2)
+    ref.eval(), ours.eval()
+    x = torch.randn(T, N_IN, dtype=torch.float64)
+    y_ref, (h_ref, c_ref) = ref(x)
+    y, (h, c) = ours(x)
+    assert y.shape == (T, H) and h.shape == (2, H)
+    _assert_close([y, h, c], [y_ref, h_ref, c_ref])
+
+
+def test_float32_batch_first_training_step_has_finite_gradients():
+    model = StructDropLSTM(8, 16, 2, dropout=0.5, recurrent_dropout=0.5, input_dropout=0.2,
+                           mask_mode="window", batch_first=True)
+    y, (h, c) = model(torch.randn(4, 7, 8))
+    (y.square().mean() + h.mean()).backward()
+    assert y.shape == (4, 7, 16) and h.shape == (2, 4, 16)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+# ---- bad input -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(dropout=1.0), "dropout must be in \\[0, 1\\), got 1.0"),
+    (dict(dropout=-0.1), "got -0.1"),
+    (dict(recurrent_dropout=1.5), "recurrent_dropout must be in \\[0, 1\\), got 1.5"),
+    (dict(input_dropout=float("nan")), "input_dropout"),
+    (dict(dropout="0.5"), "dropout must be a number"),
+    (dict(mask_mode="tiles"), "mask_mode must be one of .*'tiles'"),
+    (dict(window_offsets=0), "window_offsets must be an integer >= 1, got 0"),
+])
+def test_bad_constructor_arguments(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        StructDropLSTM(4, 5, **kwargs)
+
+
+@pytest.mark.parametrize("args,match", [
+    ((4.5, 5), "input_size must be an integer >= 1, got 4.5"),
+    ((4, 0), "hidden_size must be an integer >= 1, got 0"),
+    ((4, 5, "2"), "num_layers must be an integer >= 1, got '2'"),
+])
+def test_bad_sizes(args, match):
+    with pytest.raises(ValueError, match=match):
+        StructDropLSTM(*args)
+
+
+def test_bad_forward_inputs():
+    model = StructDropLSTM(N_IN, H, 2, dropout=0.5)
+    with pytest.raises(ValueError, match="2-D or 3-D input .* got shape \\(2, 3, 4, 5\\)"):
+        model(torch.randn(2, 3, 4, 5))
+    with pytest.raises(ValueError, match="input has 7 features, expected input_size=4"):
+        model(torch.randn(T, B, 7))
+    with pytest.raises(TypeError, match="input dtype torch.float64 does not match .* torch.float32"):
+        model(torch.randn(T, B, N_IN, dtype=torch.float64))
+    with pytest.raises(ValueError, match="h0 must have shape \\(2, 3, 5\\), got \\(1, 3, 5\\)"):
+        model(torch.randn(T, B, N_IN), (torch.zeros(1, B, H), torch.zeros(2, B, H)))
+    with pytest.raises(ValueError, match="c0 must have shape"):
+        model(torch.randn(T, B, N_IN), (torch.zeros(2, B, H), torch.zeros(2, B, H + 1)))
+    with pytest.raises(TypeError, match="c0 dtype torch.float64"):
+        model(torch.randn(T, B, N_IN), (torch.zeros(2, B, H), torch.zeros(2, B, H, dtype=torch.float64)))
+    good = model.sample_masks(T, B)
+    bad = {"input": [torch.ones(T, N_IN), torch.ones(T + 1, H)], "recurrent": good["recurrent"]}
+    with pytest.raises(ValueError, match="mask input\\[1\\] must have shape \\(5, 5\\) or \\(5, 3, 5\\), got "
+                                         "\\(6, 5\\)"):
+        model(torch.randn(T, B, N_IN), masks=bad)
+    with pytest.raises(ValueError, match="2 input masks and 2 x 1 recurrent masks"):
+        model(torch.randn(T, B, N_IN), masks={"input": [None], "recurrent": [[None], [None]]})
