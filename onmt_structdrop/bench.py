@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from . import StructDropLSTM
-from .masks import MASK_MODES, STRUCTURED_MODES, check_rate, kept_count
+from .masks import DEFAULT_POOL_SIZE, MASK_MODES, STRUCTURED_MODES, check_rate, kept_count
 
 
 class NNLSTMWithDropout(nn.Module):
@@ -47,7 +47,7 @@ def ideal_ratio(args):
 def build_variants(args, device):
     H, n_in, L, p, r = args.hidden, args.input_size, args.layers, args.dropout, args.recurrent_dropout
     make = lambda **kw: StructDropLSTM(n_in, H, L, dropout=p, input_dropout=p, recurrent_dropout=r,  # noqa: E731
-                                       **kw).to(device)
+                                       pool_size=args.pool_size, **kw).to(device)
     variants = {"nn.LSTM + dropout (NR only)": NNLSTMWithDropout(n_in, H, L, p).to(device),
                 f"dense masks ({args.dense_mode})": make(mask_mode=args.dense_mode, compact=False)}
     for mode in args.modes:
@@ -93,8 +93,9 @@ def main(argv=None):
     parser.add_argument("--seq", type=int, default=35)
     parser.add_argument("--dropout", type=float, default=0.5, help="non-recurrent rate (input and between layers)")
     parser.add_argument("--recurrent-dropout", type=float, default=0.5)
-    parser.add_argument("--modes", nargs="+", default=["time", "window", "batch", "bernoulli"],
+    parser.add_argument("--modes", nargs="+", default=["time", "pool", "batch", "bernoulli"],
                         choices=MASK_MODES)
+    parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE)
     parser.add_argument("--dense-mode", default="time", choices=STRUCTURED_MODES,
                         help="mask mode of the dense-masks variant")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])

@@ -8,9 +8,9 @@ and multiplier ``s``:
     input grad     da[:, K] = s * dout @ wt[K]^T        (only kept columns are computed; the rest are zero)
     weight grad    dwt[K] += s * a[:, K]^T @ dout       (only kept rows are touched)
 
-:class:`KeptRows` finds ``wt[K]`` without a copy per step where it can: in the ``window`` layout the rows are one
-or two contiguous slices of a permuted copy made once per call; otherwise they are gathered (once per call for
-``batch``). Sequence-wide products (:func:`project`) run once per group of steps sharing a kept set; they read
+:class:`KeptRows` gathers each group's kept rows ``wt[K]`` once per call when a mask has few kept sets (``pool``
+and ``batch`` modes), so every step of the group reads one compact, contiguous copy; with a fresh set per step
+(``time``) the rows are gathered per use. Sequence-wide products (:func:`project`) run once per group; they read
 and write a ``[T, B, n_out]`` buffer whose rows are stored in :func:`step_order`, so each group's rows are one
 contiguous slice.
 """
@@ -19,6 +19,8 @@ from __future__ import annotations
 import torch
 
 from .masks import StructuredMask
+
+CACHED_GROUPS = 8  # a mask with at most this many kept sets gets each set's rows gathered once per call
 
 
 def step_order(mask, steps):
@@ -34,40 +36,41 @@ def step_order(mask, steps):
     return pos
 
 
-def rows_for(x, pos, steps):
-    """Rows of ``x`` (stored in ``pos`` order) holding time ``steps``: a view when they are contiguous."""
-    idx = [pos[t] for t in steps]
-    if idx == list(range(idx[0], idx[0] + len(idx))):
-        return x[idx[0]:idx[0] + len(idx)]
-    return x.index_select(0, torch.tensor(idx, device=x.device))
+def _group_rows(mask, B):
+    """``(g, r0, r1)``: the rows of group ``g`` in a ``[T * B, ...]`` buffer stored in :func:`step_order`."""
+    start = 0
+    for g, steps in enumerate(mask.group_steps):
+        yield g, start * B, (start + len(steps)) * B
+        start += len(steps)
 
 
 class KeptRows:
-    """The rows of ``wt`` that each group of a structured mask keeps, and their accumulated gradient."""
+    """The rows of ``wt`` that each group of a structured mask keeps, and their accumulated gradient.
+
+    ``wt`` is normally the transposed view of a row-major weight ``w`` (``n_out x n``): kept rows of ``wt`` are
+    then gathered as columns of ``w``, which costs one pass over the kept part of the weight.
+    """
 
     def __init__(self, wt: torch.Tensor, mask: StructuredMask):
-        self.mask = mask
-        self.wt = wt.contiguous()  # row gathers and slices of a transposed view are slow
-        self.source = self.wt.index_select(0, mask.perm) if mask.perm is not None else None
+        self.mask, self.wt = mask, wt
         self.alpha = 1.0 if mask.values is not None else mask.scale
-        self._cache = {}
-        self._cacheable = mask.perm is not None or len(mask.keep) == 1
-        self._grad = None
+        self.cached = len(mask.keep) <= CACHED_GROUPS
+        if self.cached:  # one pass over the weight gathers every set's rows
+            all_rows = wt.t().index_select(1, torch.cat(mask.keep)).t() if mask.keep else None
+            starts = [0]
+            for keep in mask.keep:
+                starts.append(starts[-1] + len(keep))
+            self._cache = {g: all_rows[starts[g]:starts[g + 1]] for g in range(len(mask.keep))}
+        else:  # gathered again and again: a contiguous wt makes each gather a block copy
+            contiguous = wt.contiguous()
+            self._rows = lambda idx: contiguous.index_select(0, idx)  # noqa: E731
+            self._cache = {}
+        self._index, self._grad = {}, None
 
-    def pieces(self, g):
-        """``[(rows, c0, c1)]``: weight rows that multiply columns ``c0:c1`` of the gathered activation."""
-        if g in self._cache:
-            return self._cache[g]
-        k = len(self.mask.keep[g])
-        if self.source is None:
-            pieces = [(self.wt.index_select(0, self.mask.keep[g]), 0, k)] if k else []
-        else:
-            n, o = self.mask.n, self.mask.offsets[g]
-            pieces = ([(self.source[o:o + k], 0, k)] if o + k <= n else
-                      [(self.source[o:], 0, n - o), (self.source[:o + k - n], n - o, k)])
-        if self._cacheable:
-            self._cache[g] = pieces
-        return pieces
+    def rows(self, g):
+        """``wt[K_g]``: ``k x n_out``."""
+        rows = self._cache.get(g)
+        return rows if rows is not None else self._rows(self.mask.keep[g])
 
     def gather(self, a, g):
         """Kept columns of ``a`` for group ``g``, times their multipliers when those differ per unit."""
@@ -78,18 +81,14 @@ class KeptRows:
 
     def matmul(self, out, a_k, g):
         """``out += s * a_k @ wt[K_g]``."""
-        for rows, c0, c1 in self.pieces(g):
-            out.addmm_(a_k[:, c0:c1], rows, alpha=self.alpha)
+        if a_k.shape[1]:
+            out.addmm_(a_k, self.rows(g), alpha=self.alpha)
         return out
 
     def matmul_t(self, dout, g):
         """``s * dout @ wt[K_g]^T``: the gradient of the kept columns only, ``M x k``."""
-        parts = [torch.mm(dout, rows.t()) for rows, _, _ in self.pieces(g)]
-        if not parts:
-            return dout.new_zeros(dout.shape[0], 0)
-        da_k = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
-        if self.alpha != 1.0:
-            da_k.mul_(self.alpha)
+        rows = self.rows(g)
+        da_k = torch.addmm(dout.new_empty(dout.shape[0], rows.shape[0]), dout, rows.t(), beta=0, alpha=self.alpha)
         if self.mask.values is not None:
             da_k.mul_(self.mask.values[g].to(da_k.dtype))
         return da_k
@@ -97,22 +96,17 @@ class KeptRows:
     def scatter_input_grad(self, dout, g, da):
         """``da[:, K_g] = s * dout @ wt[K_g]^T``, ``da[:, not K_g] = 0``."""
         da.zero_()
-        if len(self.mask.keep[g]):
-            da.index_copy_(1, self.mask.keep[g], self.matmul_t(dout, g))
+        keep = self.mask.keep[g]
+        if len(keep):
+            index = self._index.get(g)
+            if index is None or index.shape[0] < da.shape[0]:
+                index = self._index[g] = keep.expand(da.shape[0], len(keep))
+            da.scatter_(1, index[: da.shape[0]], self.matmul_t(dout, g))
 
     def accumulate_grad(self, a_k, dout, g):
         """``dwt[K_g] += s * a_k^T @ dout`` into kept rows only."""
-        k = len(self.mask.keep[g])
+        k = a_k.shape[1]
         if not k:
-            return
-        if self.source is not None:
-            if self._grad is None:
-                self._grad = torch.zeros_like(self.source)
-            n, o = self.mask.n, self.mask.offsets[g]
-            head = min(k, n - o)
-            self._grad[o:o + head].addmm_(a_k[:, :head].t(), dout, alpha=self.alpha)
-            if head < k:
-                self._grad[:k - head].addmm_(a_k[:, head:].t(), dout, alpha=self.alpha)
             return
         if len(self.mask.keep) == 1:  # one kept set: accumulate compactly, scatter once at the end
             if self._grad is None:
@@ -120,23 +114,27 @@ class KeptRows:
             self._grad.addmm_(a_k.t(), dout, alpha=self.alpha)
             return
         if self._grad is None:
-            self._grad = torch.zeros_like(self.wt)
+            self._grad = dout.new_zeros(self.mask.n, dout.shape[1])
         self._grad.index_add_(0, self.mask.keep[g], torch.mm(a_k.t(), dout), alpha=self.alpha)
 
     def weight_grad(self):
-        """The accumulated ``dwt`` in the original unit order."""
+        """The accumulated ``dwt`` (``n x n_out``) in the original unit order."""
         grad, self._grad = self._grad, None  # a second backward (retain_graph) starts afresh
+        n, n_out = self.wt.shape
         if grad is None:
-            return torch.zeros_like(self.wt)
-        if self.source is not None:
-            return torch.empty_like(grad).index_copy_(0, self.mask.perm, grad)
+            return self.wt.new_zeros(n_out, n).t()
         if len(self.mask.keep) == 1:
-            return torch.zeros_like(self.wt).index_copy_(0, self.mask.keep[0], grad)
+            return grad.new_zeros(n_out, n).index_copy_(1, self.mask.keep[0], grad.t()).t()
         return grad
 
 
 def _dense(mask):
     return None if mask is None else (mask.unsqueeze(1) if mask.dim() == 2 else mask)
+
+
+def _steps_of(a, mask, g):
+    steps = mask.group_steps[g]
+    return a if len(steps) == a.shape[0] else a.index_select(0, steps.to(a.device))
 
 
 def project(a, wt, mask, out):
@@ -147,17 +145,14 @@ def project(a, wt, mask, out):
     product per group of steps). Returns the :class:`KeptRows` used (``None`` when not structured).
     """
     T, B, n = a.shape
+    flat = out.view(T * B, -1)
     if not isinstance(mask, StructuredMask):
         a_m = a if mask is None else a * _dense(mask)
-        out.view(T * B, -1).addmm_(a_m.reshape(T * B, n), wt)
+        flat.addmm_(a_m.reshape(T * B, n), wt)
         return None
     rows = KeptRows(wt, mask)
-    start = 0
-    for g, steps in enumerate(mask.group_steps):
-        m = len(steps)
-        a_g = a if m == T else a.index_select(0, steps.to(a.device))
-        rows.matmul(out[start:start + m].view(m * B, -1), rows.gather(a_g.reshape(m * B, n), g), g)
-        start += m
+    for g, r0, r1 in _group_rows(mask, B):
+        rows.matmul(flat[r0:r1], rows.gather(_steps_of(a, mask, g).reshape(-1, n), g), g)
     return rows
 
 
@@ -169,28 +164,28 @@ def project_backward(a, wt, mask, dout, pos, rows=None, need_input_grad=True):
     """
     T, B, n = a.shape
     n_out = dout.shape[-1]
+    own = step_order(mask, T)
+    if pos != own:  # bring dout's rows into this mask's step order
+        order = sorted(range(T), key=own.__getitem__)
+        dout = dout.index_select(0, torch.tensor([pos[t] for t in order], device=dout.device))
+    flat = dout.reshape(T * B, n_out)
     if not isinstance(mask, StructuredMask):
-        if pos != list(range(T)):
-            dout = dout.index_select(0, torch.tensor(pos, device=dout.device))
         m = _dense(mask)
-        a_m = a if m is None else a * m
-        dwt = torch.mm(a_m.reshape(T * B, n).t(), dout.reshape(T * B, n_out))
+        a_m = (a if m is None else a * m).reshape(T * B, n)
         da = None
         if need_input_grad:
-            da = torch.mm(dout.reshape(T * B, n_out), wt.t()).view(T, B, n)
+            da = torch.mm(flat, wt.t()).view(T, B, n)
             if m is not None:
                 da.mul_(m)
-        return da, dwt
+        return da, torch.mm(a_m.t(), flat)
     rows = rows if rows is not None else KeptRows(wt, mask)
     da = a.new_empty(T, B, n) if need_input_grad else None
-    for g, steps in enumerate(mask.group_steps):
-        m = len(steps)
-        steps_dev = steps.to(a.device)
-        a_g = a if m == T else a.index_select(0, steps_dev)
-        d_g = rows_for(dout, pos, steps.tolist()).reshape(m * B, n_out)
-        rows.accumulate_grad(rows.gather(a_g.reshape(m * B, n), g), d_g, g)
+    for g, r0, r1 in _group_rows(mask, B):
+        d_g = flat[r0:r1]
+        rows.accumulate_grad(rows.gather(_steps_of(a, mask, g).reshape(-1, n), g), d_g, g)
         if need_input_grad:
-            da_g = a.new_empty(m * B, n)
+            steps = mask.group_steps[g].to(a.device)
+            da_g = a.new_empty(r1 - r0, n)
             rows.scatter_input_grad(d_g, g, da_g)
-            da.index_copy_(0, steps_dev, da_g.view(m, B, n))
+            da.index_copy_(0, steps, da_g.view(-1, B, n))
     return da, rows.weight_grad()

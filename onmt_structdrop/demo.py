@@ -157,7 +157,7 @@ def main(argv=None):
     parser.add_argument("--recurrent-dropout", type=float, default=0.25)
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--modes", nargs="+", default=["window", "time"])
+    parser.add_argument("--modes", nargs="+", default=["pool", "time"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     args = parser.parse_args(argv)

@@ -137,7 +137,7 @@ class StructDropLSTMLayer(torch.autograd.Function):
         dh = dh_n.clone() if dh_n is not None else x.new_zeros(B, H)
         dc = dc_n.clone() if dc_n is not None else x.new_zeros(B, H)
         dgates = x.new_zeros(T, B, 4 * H) if packed else x.new_empty(T, B, 4 * H)
-        deriv = x.new_empty(B, 4 * H)
+        deriv, ones = x.new_empty(B, 4 * H), x.new_ones(B, H)
         for t in (range(T) if plan.reverse else range(T - 1, -1, -1)):
             a = B if not packed else plan.batch_sizes[t]
             S = gates[pos[t], :a]
@@ -148,9 +148,9 @@ class StructDropLSTMLayer(torch.autograd.Function):
                 dh_a.add_(dy[t, :a])
             # local derivatives of the activations: s(1 - s) for the sigmoid gates, 1 - g^2 for g
             D = deriv[:a]
-            torch.mul(S, S, out=D).neg_().add_(S)
-            torch.mul(g, g, out=D[:, 2 * H: 3 * H]).neg_().add_(1)
-            dc_a.addcmul_(dh_a, (1 - tc * tc).mul_(o))
+            torch.addcmul(S, S, S, value=-1, out=D)
+            torch.addcmul(ones[:a], g, g, value=-1, out=D[:, 2 * H: 3 * H])
+            dc_a.addcmul_(dh_a, torch.addcmul(ones[:a], tc, tc, value=-1).mul_(o))
             dG = dgates[pos[t], :a]
             di, df, dg, do = dG.chunk(4, dim=1)
             torch.mul(dc_a, g, out=di)

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .compact import project, project_backward, step_order
-from .masks import (DEFAULT_WINDOW_OFFSETS, StructuredMask, check_mode, check_rate, sample_mask)
+from .masks import (DEFAULT_POOL_SIZE, StructuredMask, check_mode, check_rate, sample_mask)
 
 
 class _DropoutLinear(torch.autograd.Function):
@@ -53,7 +53,7 @@ class StructuredDropoutLinear(nn.Module):
     """
 
     def __init__(self, in_features, out_features, bias=True, dropout=0.0, mask_mode="time", batch_first=False,
-                 window_offsets=DEFAULT_WINDOW_OFFSETS, compact=True, generator=None, device=None, dtype=None):
+                 pool_size=DEFAULT_POOL_SIZE, compact=True, generator=None, device=None, dtype=None):
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -61,7 +61,7 @@ class StructuredDropoutLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.dropout = check_rate(dropout)
         self.mask_mode = check_mode(mask_mode)
-        self.batch_first, self.window_offsets, self.compact = bool(batch_first), window_offsets, bool(compact)
+        self.batch_first, self.pool_size, self.compact = bool(batch_first), pool_size, bool(compact)
         self.generator = generator
         self.last_mask = None
         factory = {"device": device, "dtype": dtype}
@@ -91,7 +91,7 @@ class StructuredDropoutLinear(nn.Module):
         T, B, n = xt.shape
         if mask is None:
             mask = sample_mask(self.mask_mode, self.dropout, n, T, batch=B, generator=self.generator,
-                               offsets=self.window_offsets)
+                               pool_size=self.pool_size)
         elif not isinstance(mask, StructuredMask) and (not torch.is_tensor(mask) or tuple(mask.shape) not in
                                                        ((T, n), (T, B, n))):
             got = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__

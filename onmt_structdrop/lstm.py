@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .layer import LayerPlan, StructDropLSTMLayer
-from .masks import (DEFAULT_WINDOW_OFFSETS, StructuredMask, check_mode, check_rate,
+from .masks import (DEFAULT_POOL_SIZE, StructuredMask, check_mode, check_rate,
                     mask_from_dense, sample_mask)
 
 
@@ -30,8 +30,8 @@ class StructDropLSTM(nn.Module):
         recurrent_dropout: rate of the dropout on h(t-1) (h(t+1) in reverse) before the recurrent product.
         input_dropout: rate of the dropout on the input of the first layer.
         mask_mode: ``time`` (default; a fresh set of kept units per step, the same for every sequence),
-            ``window``, ``batch`` or ``bernoulli``; see :mod:`onmt_structdrop.masks`.
-        window_offsets: number of window start positions in ``window`` mode.
+            ``pool``, ``batch`` or ``bernoulli``; see :mod:`onmt_structdrop.masks`.
+        pool_size: number of kept sets drawn per forward call in ``pool`` mode.
         compact: skip the dropped units' work (default). ``False`` multiplies by the same masks instead, as a
             reference for speed.
         generator: ``torch.Generator`` (CPU) the masks are drawn from; the global generator when ``None``.
@@ -45,7 +45,7 @@ class StructDropLSTM(nn.Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, recurrent_dropout=0.0, input_dropout=0.0, mask_mode="time",
-                 window_offsets=DEFAULT_WINDOW_OFFSETS, compact=True, generator=None, device=None, dtype=None):
+                 pool_size=DEFAULT_POOL_SIZE, compact=True, generator=None, device=None, dtype=None):
         super().__init__()
         self.input_size = _check_size(input_size, "input_size")
         self.hidden_size = _check_size(hidden_size, "hidden_size")
@@ -55,8 +55,8 @@ class StructDropLSTM(nn.Module):
         self.recurrent_dropout = check_rate(recurrent_dropout, "recurrent_dropout")
         self.input_dropout = check_rate(input_dropout, "input_dropout")
         self.mask_mode = check_mode(mask_mode)
-        _check_size(window_offsets, "window_offsets")
-        self.window_offsets = window_offsets
+        _check_size(pool_size, "pool_size")
+        self.pool_size = pool_size
         self.compact = bool(compact)
         self.generator = generator
         self.last_masks = None
@@ -107,7 +107,7 @@ class StructDropLSTM(nn.Module):
         if not self.training or p == 0.0:
             return None
         return sample_mask(self.mask_mode, p, n, T, batch=B, generator=self.generator,
-                           offsets=self.window_offsets)
+                           pool_size=self.pool_size)
 
     def sample_masks(self, T, B):
         """Draw the masks of one training forward over ``T`` positions and ``B`` sequences."""

@@ -6,12 +6,13 @@ products that read it can skip it. Modes:
 
 ``time``      the paper's scheme: at every step exactly ``k`` units are kept, a fresh uniform random subset each
               step, independent across steps.
-``window``    at every step exactly ``k`` units are kept: a cyclic window of ``k`` consecutive units of a random
-              permutation drawn once per forward call, starting at one of ``offsets`` evenly spaced positions
-              drawn uniformly each step. Since each unit's position in the permutation is uniform, every unit is
-              kept with probability exactly ``k / n`` at every step. Kept weight rows are contiguous slices of a
-              permuted weight copy (no gather per step), and steps that share an offset share their kept set, so
-              their products are batched into one. Which units drop *together* is less random than in ``time``.
+``pool``      at every step exactly ``k`` units are kept: one of ``pool_size`` kept sets drawn per forward call,
+              chosen uniformly at each step. The sets are cyclic windows of ``k`` consecutive units of one random
+              permutation, at evenly spaced starts, so within a call every unit belongs to the same number of
+              sets (to within one) and none is kept or dropped throughout. Each set is a uniform random
+              ``k``-subset, so every unit is kept with probability exactly ``k / n`` at every step, as in
+              ``time``; what changes is that steps may share a set. Each set's weight rows are gathered once
+              per call, and the steps sharing a set share one product.
 ``batch``     batchwise dropout: one random ``k``-subset for all steps of the call.
 ``bernoulli`` ordinary dropout: an independent draw per element (time, sequence, unit); nothing to compact.
 
@@ -27,9 +28,9 @@ from typing import List, Optional
 
 import torch
 
-MASK_MODES = ("time", "window", "batch", "bernoulli")
-STRUCTURED_MODES = ("time", "window", "batch")
-DEFAULT_WINDOW_OFFSETS = 8
+MASK_MODES = ("time", "pool", "batch", "bernoulli")
+STRUCTURED_MODES = ("time", "pool", "batch")
+DEFAULT_POOL_SIZE = 4
 
 
 def check_rate(p, name="dropout"):
@@ -56,10 +57,9 @@ def kept_count(p, n):
 class StructuredMask:
     """Kept units per time step, shared by every sequence of the batch.
 
-    Steps with the same kept set form a group. ``keep[g]`` lists group ``g``'s kept units in the order the
-    compacted products read them; ``values[g]`` (optional) holds their multipliers when they are not all equal
-    to ``scale``. In the ``window`` layout, ``perm`` is the unit permutation and ``offsets[g]`` the start of the
-    group's window in it: ``keep[g] == cat([perm, perm])[offsets[g]:offsets[g] + k]``.
+    Steps with the same kept set form a group: ``keep[g]`` lists group ``g``'s kept units (ascending) and
+    ``group_steps[g]`` its time positions; ``values[g]`` (optional) holds the kept units' multipliers when they
+    are not all equal to ``scale``.
     """
 
     n: int
@@ -68,8 +68,6 @@ class StructuredMask:
     group_steps: List[torch.Tensor]
     scale: float = 1.0
     values: Optional[List[torch.Tensor]] = None
-    perm: Optional[torch.Tensor] = None
-    offsets: Optional[List[int]] = None
     step_group: List[int] = field(default_factory=list)
 
     def __post_init__(self):
@@ -83,8 +81,7 @@ class StructuredMask:
     def to(self, device):
         move = lambda ts: None if ts is None else [t.to(device) for t in ts]  # noqa: E731
         return StructuredMask(self.n, self.steps, move(self.keep), move(self.group_steps), self.scale,
-                              move(self.values), None if self.perm is None else self.perm.to(device),
-                              self.offsets, list(self.step_group))
+                              move(self.values), list(self.step_group))
 
     def dense(self, dtype=torch.float32):
         """The mask as a ``[steps, n]`` tensor: 0 for dropped units, the multiplier for kept ones."""
@@ -113,18 +110,17 @@ def sample_batch(p, n, steps, generator=None):
     return StructuredMask(n, steps, [keep], [torch.arange(steps)], scale=n / k)
 
 
-def sample_window(p, n, steps, generator=None, offsets=DEFAULT_WINDOW_OFFSETS):
-    if isinstance(offsets, bool) or not isinstance(offsets, int) or offsets < 1:
-        raise ValueError(f"window offsets must be a positive integer, got {offsets!r}")
+def sample_pool(p, n, steps, generator=None, size=DEFAULT_POOL_SIZE):
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise ValueError(f"pool_size must be a positive integer, got {size!r}")
     k = kept_count(p, n)
-    perm = torch.randperm(n, generator=generator)
-    grid = [(j * n) // min(offsets, n) for j in range(min(offsets, n))]
-    choice = torch.randint(len(grid), (steps,), generator=generator).tolist()
-    starts = sorted({grid[c] for c in choice})
-    perm2 = torch.cat([perm, perm])
-    group_steps = [torch.tensor([t for t, c in enumerate(choice) if grid[c] == o]) for o in starts]
-    keeps = [perm2[o:o + k] for o in starts]
-    return StructuredMask(n, steps, keeps, group_steps, scale=n / k, perm=perm, offsets=starts)
+    size = min(size, n)
+    perm2 = torch.randperm(n, generator=generator).repeat(2)
+    pool = [perm2[(j * n) // size:(j * n) // size + k].sort().values for j in range(size)]
+    choice = torch.randint(size, (steps,), generator=generator).tolist()
+    used = sorted(set(choice))
+    group_steps = [torch.tensor([t for t, c in enumerate(choice) if c == u]) for u in used]
+    return StructuredMask(n, steps, [pool[u] for u in used], group_steps, scale=n / k)
 
 
 def sample_bernoulli(p, n, steps, batch, generator=None):
@@ -132,7 +128,7 @@ def sample_bernoulli(p, n, steps, batch, generator=None):
     return keep.float().mul_(1.0 / (1.0 - p))
 
 
-def sample_mask(mode, p, n, steps, batch=None, generator=None, offsets=DEFAULT_WINDOW_OFFSETS):
+def sample_mask(mode, p, n, steps, batch=None, generator=None, pool_size=DEFAULT_POOL_SIZE):
     """Draw a mask for ``steps`` positions of ``n`` units; ``None`` when ``p == 0`` (nothing dropped).
 
     Returns a :class:`StructuredMask` for structured modes, a ``[steps, batch, n]`` float tensor for
@@ -147,8 +143,8 @@ def sample_mask(mode, p, n, steps, batch=None, generator=None, offsets=DEFAULT_W
         return sample_time(p, n, steps, generator)
     if mode == "batch":
         return sample_batch(p, n, steps, generator)
-    if mode == "window":
-        return sample_window(p, n, steps, generator, offsets)
+    if mode == "pool":
+        return sample_pool(p, n, steps, generator, pool_size)
     if batch is None:
         raise ValueError("bernoulli masks need the batch size")
     return sample_bernoulli(p, n, steps, batch, generator)

@@ -13,8 +13,8 @@ def _masks():
     explicit = torch.rand(T, N, generator=g, dtype=torch.float64) * (torch.rand(T, N, generator=g) > 0.4)
     return {
         "time": sample_mask("time", 0.5, N, T, generator=g),
-        "window-wrap": sample_mask("window", 0.4, N, T, generator=g, offsets=N),
-        "window-grouped": sample_mask("window", 0.6, N, T, generator=g, offsets=3),
+        "pool-of-all": sample_mask("pool", 0.4, N, T, generator=g, pool_size=N),
+        "pool": sample_mask("pool", 0.6, N, T, generator=g, pool_size=3),
         "batch": sample_mask("batch", 0.3, N, T, generator=g),
         "k=1": sample_mask("time", 0.95, N, T, generator=g),
         "explicit": mask_from_dense(explicit),

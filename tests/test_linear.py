@@ -15,7 +15,7 @@ T, B, N, OUT = 6, 4, 10, 7
 def test_matches_dropout_then_linear(mode, shape, p):
     torch.manual_seed(0)
     layer = StructuredDropoutLinear(N, OUT, dropout=p, mask_mode=mode, batch_first=shape == "batch-first",
-                                    window_offsets=3).double()
+                                    pool_size=3).double()
     x = torch.randn(*{"time-major": (T, B, N), "batch-first": (B, T, N), "2-d": (B, N)}[shape],
                     dtype=torch.float64, requires_grad=True)
     y = layer(x)

@@ -67,7 +67,7 @@ def test_matches_dense_reference(mode, p, bidirectional, layers, batch_first, pa
     torch.manual_seed(layers * 100 + int(p * 10))
     model = StructDropLSTM(N_IN, H, layers, batch_first=batch_first, dropout=p, recurrent_dropout=p,
                            input_dropout=p, bidirectional=bidirectional, mask_mode=mode,
-                           window_offsets=3).double()
+                           pool_size=3).double()
     x, h0, c0 = _inputs(batch_first, bidirectional, layers)
     outs, grads = _run_module(model, x, h0, c0, batch_first, packed)
     masks = model.last_masks
@@ -113,7 +113,7 @@ def test_explicit_masks_with_uneven_values_and_counts():
 
 
 def test_replaying_last_masks_reproduces_the_output():
-    model = StructDropLSTM(N_IN, H, 2, dropout=0.5, recurrent_dropout=0.4, mask_mode="window").double()
+    model = StructDropLSTM(N_IN, H, 2, dropout=0.5, recurrent_dropout=0.4, mask_mode="pool").double()
     x, h0, c0 = _inputs(False, False, 2)
     y1, _ = model(x, (h0, c0))
     y2, _ = model(x, (h0, c0), masks=model.last_masks)
@@ -195,7 +195,7 @@ def test_unbatched_input():
 
 def test_float32_batch_first_training_step_has_finite_gradients():
     model = StructDropLSTM(8, 16, 2, dropout=0.5, recurrent_dropout=0.5, input_dropout=0.2,
-                           mask_mode="window", batch_first=True)
+                           mask_mode="pool", batch_first=True)
     y, (h, c) = model(torch.randn(4, 7, 8))
     (y.square().mean() + h.mean()).backward()
     assert y.shape == (4, 7, 16) and h.shape == (2, 4, 16)
@@ -210,7 +210,7 @@ def test_float32_batch_first_training_step_has_finite_gradients():
     (dict(input_dropout=float("nan")), "input_dropout"),
     (dict(dropout="0.5"), "dropout must be a number"),
     (dict(mask_mode="tiles"), "mask_mode must be one of .*'tiles'"),
-    (dict(window_offsets=0), "window_offsets must be an integer >= 1, got 0"),
+    (dict(pool_size=0), "pool_size must be an integer >= 1, got 0"),
 ])
 def test_bad_constructor_arguments(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):

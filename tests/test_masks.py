@@ -31,18 +31,23 @@ def test_time_mask_is_fresh_each_step_and_batch_mask_is_not():
     assert (batch_mask == batch_mask[0]).all()
 
 
-def test_window_mask_is_a_cyclic_window_of_one_permutation():
+def test_pool_mask_draws_each_step_from_a_balanced_pool():
     g = torch.Generator().manual_seed(0)
-    m = sample_mask("window", 0.5, N, STEPS, generator=g, offsets=4)
+    m = sample_mask("pool", 0.5, N, STEPS, generator=g, pool_size=4)
     k = kept_count(0.5, N)
-    perm2 = torch.cat([m.perm, m.perm])
     assert len(m.keep) <= 4 and sorted(torch.cat(m.group_steps).tolist()) == list(range(STEPS))
-    for keep, o in zip(m.keep, m.offsets):
-        assert o in {j * N // 4 for j in range(4)}
-        assert torch.equal(keep, perm2[o:o + k])
+    assert all(len(keep) == k and len(set(keep.tolist())) == k for keep in m.keep)
+    # the pool's sets are windows of one permutation at evenly spaced starts: with k = n/2 and 4 sets, every
+    # unit lies in exactly 2 of them
+    full = sample_mask("pool", 0.5, N, 400, generator=g, pool_size=4)
+    assert len(full.keep) == 4
+    counts = torch.zeros(N)
+    for keep in full.keep:
+        counts[keep] += 1
+    assert (counts == 2).all()
 
 
-@pytest.mark.parametrize("mode,kw", [("time", {}), ("window", {"offsets": 8}), ("window", {"offsets": N}),
+@pytest.mark.parametrize("mode,kw", [("time", {}), ("pool", {"pool_size": 4}), ("pool", {"pool_size": N}),
                                      ("batch", {}), ("bernoulli", {})])
 @pytest.mark.parametrize("p", [0.3, 0.5, 0.7])
 def test_every_unit_is_kept_at_rate_one_minus_p(mode, kw, p):
@@ -62,7 +67,7 @@ def test_every_unit_is_kept_at_rate_one_minus_p(mode, kw, p):
     assert (rate > 0).all() and (rate < 1).all()
 
 
-@pytest.mark.parametrize("mode", ["time", "window", "batch", "bernoulli"])
+@pytest.mark.parametrize("mode", ["time", "pool", "batch", "bernoulli"])
 def test_mask_expectation_is_one(mode):
     ms = torch.stack([_dense(mode, 0.4, seed=s, steps=2, n=10) for s in range(3000)])
     mean = ms.mean()
@@ -88,7 +93,7 @@ def test_mask_from_dense_round_trips():
 @pytest.mark.parametrize("call,match", [
     (lambda: sample_mask("time", 1.0, N, STEPS), "dropout must be in \\[0, 1\\), got 1.0"),
     (lambda: sample_mask("rows", 0.5, N, STEPS), "mask_mode must be one of"),
-    (lambda: sample_mask("window", 0.5, N, STEPS, offsets=0), "window offsets must be a positive integer, got 0"),
+    (lambda: sample_mask("pool", 0.5, N, STEPS, pool_size=0), "pool_size must be a positive integer, got 0"),
     (lambda: sample_mask("bernoulli", 0.5, N, STEPS), "bernoulli masks need the batch size"),
 ])
 def test_bad_mask_arguments(call, match):
