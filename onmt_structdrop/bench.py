@@ -14,6 +14,7 @@ import time
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from . import StructDropLSTM
 from .masks import DEFAULT_POOL_SIZE, MASK_MODES, STRUCTURED_MODES, check_rate, kept_count
@@ -29,6 +30,17 @@ class NNLSTMWithDropout(nn.Module):
 
     def forward(self, x):
         return self.lstm(self.drop(x))
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def ideal_ratio(args):
@@ -69,7 +81,7 @@ def time_variants(variants, x, args, device):
         model.train()
         for _ in range(args.warmup):
             step(model)
-    for _ in range(args.repeats):
+    for _ in tqdm(range(args.repeats), desc="timing", leave=False):
         for name, model in variants.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
@@ -83,37 +95,9 @@ def time_variants(variants, x, args, device):
     return {name: statistics.median(ts) for name, ts in times.items()}, peaks
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=650)
-    parser.add_argument("--input-size", type=int, default=None, help="default: the hidden size")
-    parser.add_argument("--batch", type=int, default=20)
-    parser.add_argument("--seq", type=int, default=35)
-    parser.add_argument("--dropout", type=float, default=0.5, help="non-recurrent rate (input and between layers)")
-    parser.add_argument("--recurrent-dropout", type=float, default=0.5)
-    parser.add_argument("--modes", nargs="+", default=["time", "pool", "batch", "bernoulli"],
-                        choices=MASK_MODES)
-    parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE)
-    parser.add_argument("--dense-mode", default="time", choices=STRUCTURED_MODES,
-                        help="mask mode of the dense-masks variant")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
-    parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    args = parser.parse_args(argv)
-    args.input_size = args.input_size or args.hidden
-    check_rate(args.dropout, "--dropout")
-    check_rate(args.recurrent_dropout, "--recurrent-dropout")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+def run(args, device, dtype):
+    """Time every variant for one configuration; returns the report (see ``--json``)."""
     torch.manual_seed(args.seed)
-    dtype = getattr(torch, args.dtype)
-
     variants = build_variants(args, device)
     for model in variants.values():
         model.to(dtype)
@@ -127,32 +111,116 @@ def main(argv=None):
                for n in names]
     structured = [r for r in results if r["variant"].startswith("structured")]
     best = max(structured, key=lambda r: r["vs_nn_lstm"]) if structured else None
+    time_mode = next((r for r in structured if r["variant"] == "structured time"), None)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads")
-    config = {k: v for k, v in vars(args).items() if k not in ("json",)}
-    report = {"device": device_name, "torch": torch.__version__, "config": config, "results": results,
-              "ideal_ratio": ideal_ratio(args),
-              "fastest_structured": best["variant"] if best else None,
-              "speedup_vs_nn_lstm": best["vs_nn_lstm"] if best else None,
-              "speedup_vs_dense": best["vs_dense"] if best else None}
+        f"{cpu_name()}, {torch.get_num_threads()} threads")
+    config = {k: v for k, v in vars(args).items() if k not in ("json", "plot", "rates")}
+    return {"device": device_name, "torch": torch.__version__, "config": config, "results": results,
+            "ideal_ratio": ideal_ratio(args),
+            "fastest_structured": best["variant"] if best else None,
+            "speedup_vs_nn_lstm": best["vs_nn_lstm"] if best else None,
+            "speedup_vs_dense": best["vs_dense"] if best else None,
+            "time_mode_vs_nn_lstm": time_mode["vs_nn_lstm"] if time_mode else None,
+            "time_mode_vs_dense": time_mode["vs_dense"] if time_mode else None}
 
-    print(f"device: {device_name}; torch {torch.__version__}; {args.layers} layers, hidden {args.hidden}, "
-          f"input {args.input_size}, batch {args.batch}, seq {args.seq}, NR p={args.dropout}, "
-          f"RH p={args.recurrent_dropout}, {args.dtype}, median of {args.repeats}")
-    width = max(len(n) for n in names)
-    print(f"{'variant':<{width}}  {'fwd+bwd ms':>10}  {'vs nn.LSTM':>10}  {'vs dense':>8}"
-          + ("  peak MiB" if peaks else ""))
+
+def print_report(report):
+    c = report["config"]
+    print(f"device: {report['device']}; torch {report['torch']}; {c['layers']} layers, hidden {c['hidden']}, "
+          f"input {c['input_size']}, batch {c['batch']}, seq {c['seq']}, NR p={c['dropout']}, "
+          f"RH p={c['recurrent_dropout']}, {c['dtype']}, median of {c['repeats']}")
+    results = report["results"]
+    width = max(len(r["variant"]) for r in results)
+    peaks = "peak_mib" in results[0]
+    print(f"{'variant':<{width}}  {'fwd+bwd ms':>10}  {'vs nn.LSTM':>10}  {'vs dense':>8}" + ("  peak MiB" if peaks else ""))
     for r in results:
         print(f"{r['variant']:<{width}}  {r['ms']:>10.2f}  {r['vs_nn_lstm']:>9.2f}x  {r['vs_dense']:>7.2f}x"
-              + (f"  {r['peak_mib']:>8.1f}" if "peak_mib" in r else ""))
+              + (f"  {r['peak_mib']:>8.1f}" if peaks else ""))
     print(f"ideal ratio (dense / compacted product FLOPs): {report['ideal_ratio']:.2f}x")
-    if best:
-        print(f"fastest structured: {best['variant']}: {best['vs_nn_lstm']:.2f}x vs nn.LSTM, "
-              f"{best['vs_dense']:.2f}x vs dense masks")
+    if report["fastest_structured"]:
+        print(f"fastest structured: {report['fastest_structured']}: {report['speedup_vs_nn_lstm']:.2f}x vs "
+              f"nn.LSTM, {report['speedup_vs_dense']:.2f}x vs dense masks")
+
+
+def plot_sweep(reports, path):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rates = [r["config"]["dropout"] for r in reports]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for name in [r["variant"] for r in reports[0]["results"][1:]]:
+        ax.plot(rates, [next(x["vs_nn_lstm"] for x in r["results"] if x["variant"] == name) for r in reports],
+                marker="o", label=name)
+    ideal = [r["ideal_ratio"] * next(x["vs_nn_lstm"] for x in r["results"] if x["variant"].startswith("dense"))
+             for r in reports]
+    ax.plot(rates, ideal, "k--", label="ideal (dense masks x FLOP ratio)")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    c = reports[0]["config"]
+    ax.set_title(f"{reports[0]['device']}: {c['layers']}x{c['hidden']}, batch {c['batch']}, seq {c['seq']}",
+                 fontsize=9)
+    ax.set_xlabel("dropout rate (NR = RH)")
+    ax.set_ylabel("fwd+bwd speed-up over nn.LSTM + dropout")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=650)
+    parser.add_argument("--input-size", type=int, default=None, help="default: the hidden size")
+    parser.add_argument("--batch", type=int, default=20)
+    parser.add_argument("--seq", type=int, default=35)
+    parser.add_argument("--dropout", type=float, default=0.5, help="non-recurrent rate (input and between layers)")
+    parser.add_argument("--recurrent-dropout", type=float, default=0.5)
+    parser.add_argument("--rates", type=float, nargs="+", help="sweep: run once per rate, used for NR and RH")
+    parser.add_argument("--plot", metavar="PNG", help="with --rates: plot speed-up against the rate")
+    parser.add_argument("--modes", nargs="+", default=["time", "pool", "batch", "bernoulli"],
+                        choices=MASK_MODES)
+    parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE)
+    parser.add_argument("--dense-mode", default="time", choices=STRUCTURED_MODES,
+                        help="mask mode of the dense-masks variant")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    args.input_size = args.input_size or args.hidden
+    for name, rate in [("--dropout", args.dropout), ("--recurrent-dropout", args.recurrent_dropout)] + [
+            ("--rates", r) for r in args.rates or []]:
+        check_rate(rate, name)
+    for name in ("layers", "hidden", "input_size", "batch", "seq", "repeats", "pool_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.plot and not args.rates:
+        parser.error("--plot needs --rates")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
+
+    reports = []
+    for rate in args.rates or [None]:
+        run_args = argparse.Namespace(**vars(args))
+        if rate is not None:
+            run_args.dropout = run_args.recurrent_dropout = rate
+        reports.append(run(run_args, device, dtype))
+        print_report(reports[-1])
+        print()
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
-    return report
+            json.dump(reports[0] if not args.rates else {"sweep": reports}, fh, indent=2)
+    if args.plot:
+        plot_sweep(reports, args.plot)
+        print(f"plot: {args.plot}")
+    return reports[0] if not args.rates else reports
 
 
 if __name__ == "__main__":

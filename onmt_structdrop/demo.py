@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from . import StructDropLSTM
 from .linear import StructuredDropoutLinear
+from .masks import STRUCTURED_MODES
 
 log = logging.getLogger("onmt_structdrop.demo")
 
@@ -157,13 +158,26 @@ def main(argv=None):
     parser.add_argument("--recurrent-dropout", type=float, default=0.25)
     parser.add_argument("--optimizer", choices=["adam", "sgd"], default="adam")
     parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--modes", nargs="+", default=["pool", "time"])
+    parser.add_argument("--modes", nargs="+", default=["batch", "pool", "time"], choices=STRUCTURED_MODES)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s",
-                        handlers=[logging.FileHandler(args.out / "log.txt", mode="w"), logging.StreamHandler()])
+    handlers = [logging.FileHandler(args.out / "log.txt", mode="w"), logging.StreamHandler()]
+    for handler in handlers:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+    try:
+        return _run(args)
+    finally:
+        for handler in handlers:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def _run(args):
 
     if args.data:
         vocab = {}

@@ -1,0 +1,42 @@
+"""The benchmark runs end to end on a tiny configuration and reports what it promises."""
+import json
+
+import pytest
+
+from onmt_structdrop import bench
+
+
+def test_benchmark_writes_the_promised_json(tmp_path):
+    out = tmp_path / "bench.json"
+    report = bench.main(["--hidden", "16", "--batch", "3", "--seq", "4", "--repeats", "2", "--warmup", "1",
+                         "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert set(saved) >= {"device", "config", "results", "speedup_vs_nn_lstm", "speedup_vs_dense", "ideal_ratio"}
+    names = [r["variant"] for r in saved["results"]]
+    assert names[0].startswith("nn.LSTM") and names[1].startswith("dense masks")
+    assert {"structured time", "structured pool", "structured batch"} <= set(names)
+    assert saved["fastest_structured"] in names
+    assert saved["speedup_vs_nn_lstm"] == max(r["vs_nn_lstm"] for r in saved["results"]
+                                              if r["variant"].startswith("structured"))
+    assert saved["ideal_ratio"] == pytest.approx(2.0)
+    assert report["results"][0]["vs_nn_lstm"] == pytest.approx(1.0)
+
+
+def test_sweep_writes_a_plot(tmp_path):
+    png = tmp_path / "sweep.png"
+    reports = bench.main(["--hidden", "8", "--batch", "2", "--seq", "3", "--repeats", "1", "--warmup", "0",
+                          "--modes", "pool", "--rates", "0.2", "0.6", "--plot", str(png)])
+    assert [r["config"]["dropout"] for r in reports] == [0.2, 0.6]
+    assert png.stat().st_size > 1000
+
+
+def test_ideal_ratio_counts_kept_units():
+    args = bench.argparse.Namespace(hidden=10, input_size=10, layers=1, dropout=0.0, recurrent_dropout=0.5)
+    assert bench.ideal_ratio(args) == pytest.approx(20 / 15)
+
+
+@pytest.mark.parametrize("argv,match", [(["--dropout", "1.0"], "--dropout must be in \\[0, 1\\), got 1.0"),
+                                        (["--rates", "0.5", "1.5"], "--rates must be in \\[0, 1\\), got 1.5")])
+def test_bad_rates_are_named(argv, match):
+    with pytest.raises(ValueError, match=match):
+        bench.main(argv)
