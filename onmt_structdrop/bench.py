@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from . import StructDropLSTM
 from .masks import DEFAULT_POOL_SIZE, MASK_MODES, STRUCTURED_MODES, check_rate, kept_count
+from .plotting import save_line_plot
 
 
 class NNLSTMWithDropout(nn.Module):
@@ -143,29 +144,17 @@ def print_report(report):
 
 
 def plot_sweep(reports, path):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rates = [r["config"]["dropout"] for r in reports]
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for name in [r["variant"] for r in reports[0]["results"][1:]]:
-        ax.plot(rates, [next(x["vs_nn_lstm"] for x in r["results"] if x["variant"] == name) for r in reports],
-                marker="o", label=name)
-    ideal = [r["ideal_ratio"] * next(x["vs_nn_lstm"] for x in r["results"] if x["variant"].startswith("dense"))
-             for r in reports]
-    ax.plot(rates, ideal, "k--", label="ideal (dense masks x FLOP ratio)")
-    ax.axhline(1.0, color="grey", lw=0.8)
+    speedup = lambda r, name: next(x["vs_nn_lstm"] for x in r["results"] if x["variant"] == name)  # noqa: E731
+    names = [x["variant"] for x in reports[0]["results"][1:]]
+    series = [(name, rates, [speedup(r, name) for r in reports], {}) for name in names]
+    series.append(("ideal (dense masks x FLOP ratio)", rates,
+                   [r["ideal_ratio"] * speedup(r, names[0]) for r in reports], {"color": "k", "ls": "--",
+                                                                                "marker": None}))
     c = reports[0]["config"]
-    ax.set_title(f"{reports[0]['device']}: {c['layers']}x{c['hidden']}, batch {c['batch']}, seq {c['seq']}",
-                 fontsize=9)
-    ax.set_xlabel("dropout rate (NR = RH)")
-    ax.set_ylabel("fwd+bwd speed-up over nn.LSTM + dropout")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_line_plot(path, series, "dropout rate (NR = RH)", "fwd+bwd speed-up over nn.LSTM + dropout",
+                   title=f"{reports[0]['device']}: {c['layers']}x{c['hidden']}, batch {c['batch']}, seq {c['seq']}",
+                   hline=1.0)
 
 
 def main(argv=None):

@@ -22,6 +22,7 @@ from tqdm import tqdm
 from . import StructDropLSTM
 from .linear import StructuredDropoutLinear
 from .masks import STRUCTURED_MODES
+from .plotting import save_line_plot
 
 log = logging.getLogger("onmt_structdrop.demo")
 
@@ -125,24 +126,10 @@ def train(model, train_data, valid_data, args, name):
 
 def plot(results, path):
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        save_line_plot(path, [(f"{r['variant']} ({r['tokens_per_s']:.0f} tok/s)", *zip(*r["curve"]), {})
+                              for r in results], "training step", "validation perplexity", log_y=True)
     except ImportError:
         log.warning("matplotlib is not installed: no plot")
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for r in results:
-        steps, ppl = zip(*r["curve"])
-        ax.plot(steps, ppl, marker="o", label=f"{r['variant']} ({r['tokens_per_s']:.0f} tok/s)")
-    ax.set_xlabel("training step")
-    ax.set_ylabel("validation perplexity")
-    ax.set_yscale("log")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def main(argv=None):

@@ -1,0 +1,26 @@
+"""Line plots saved as PNG files, for results people would rather see than read."""
+from __future__ import annotations
+
+
+def save_line_plot(path, series, xlabel, ylabel, title=None, log_y=False, hline=None):
+    """``series``: ``[(label, xs, ys, style)]`` with matplotlib line ``style`` keywords."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, xs, ys, style in series:
+        ax.plot(xs, ys, label=label, **{"marker": "o", **style})
+    if hline is not None:
+        ax.axhline(hline, color="grey", lw=0.8)
+    if log_y:
+        ax.set_yscale("log")
+    if title:
+        ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
