@@ -81,6 +81,14 @@ class StructDropLSTM(nn.Module):
     def num_directions(self):
         return 2 if self.bidirectional else 1
 
+    def flatten_parameters(self):
+        """No-op, for code written for ``nn.LSTM`` (weights are used in place, never flattened)."""
+
+    @property
+    def all_weights(self):
+        return [[getattr(self, name) for name in self._flat_weights_names[i:i + (4 if self.bias else 2)]]
+                for i in range(0, len(self._flat_weights_names), 4 if self.bias else 2)]
+
     def reset_parameters(self):
         bound = 1.0 / math.sqrt(self.hidden_size)
         for weight in self.parameters():

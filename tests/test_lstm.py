@@ -183,6 +183,13 @@ def test_state_dict_round_trips_both_ways():
         assert torch.equal(a, b), k
 
 
+def test_nn_lstm_helpers_exist():
+    ref, ours = _pair(True, 2)
+    ours.flatten_parameters()
+    assert [[w.shape for w in layer] for layer in ours.all_weights] == [[w.shape for w in layer]
+                                                                      for layer in ref.all_weights]
+
+
 def test_unbatched_input():
     ref, ours = _pair(False, 2)
     ref.eval(), ours.eval()
