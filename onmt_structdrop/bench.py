@@ -171,7 +171,7 @@ def main(argv=None):
     parser.add_argument("--plot", metavar="PNG", help="with --rates: plot speed-up against the rate")
     parser.add_argument("--modes", nargs="+", default=["time", "pool", "batch", "bernoulli"],
                         choices=MASK_MODES)
-    parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE)
+    parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE, help="default: automatic")
     parser.add_argument("--dense-mode", default="time", choices=STRUCTURED_MODES,
                         help="mask mode of the dense-masks variant")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64", "bfloat16", "float16"])
@@ -186,7 +186,7 @@ def main(argv=None):
             ("--rates", r) for r in args.rates or []]:
         check_rate(rate, name)
     for name in ("layers", "hidden", "input_size", "batch", "seq", "repeats", "pool_size"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.plot and not args.rates:
         parser.error("--plot needs --rates")

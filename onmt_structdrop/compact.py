@@ -56,22 +56,33 @@ class KeptRows:
         self.mask, self.wt = mask, wt
         self.alpha = 1.0 if mask.values is not None else mask.scale
         self.cached = len(mask.keep) <= CACHED_GROUPS
-        if self.cached:  # one pass over the weight gathers every set's rows
-            all_rows = wt.t().index_select(1, torch.cat(mask.keep)).t() if mask.keep else None
+        self._index, self._grad = {}, None
+        w = wt.t()
+        if mask.perm is not None:
+            # Every set is a window of one permutation: one permuted copy, extended by the units that wrapping
+            # windows read past its end, holds them all, each set's rows are one slice, and the per-step
+            # products share one working set.
+            n, k = mask.n, [len(keep) for keep in mask.keep]
+            extra = max(0, max(o + kg for o, kg in zip(mask.offsets, k)) - n)
+            source = w.index_select(1, torch.cat([mask.perm, mask.perm[:extra]])).t()
+            self._pieces = {g: [(source[o:o + k[g]], 0, k[g])] for g, o in enumerate(mask.offsets)}
+        elif self.cached:  # one pass over the weight gathers every set's rows
+            rows = w.index_select(1, torch.cat(mask.keep)).t()
             starts = [0]
             for keep in mask.keep:
                 starts.append(starts[-1] + len(keep))
-            self._cache = {g: all_rows[starts[g]:starts[g + 1]] for g in range(len(mask.keep))}
-        else:  # gathered again and again: a contiguous wt makes each gather a block copy
-            contiguous = wt.contiguous()
-            self._rows = lambda idx: contiguous.index_select(0, idx)  # noqa: E731
-            self._cache = {}
-        self._index, self._grad = {}, None
+            self._pieces = {g: [(rows[starts[g]:starts[g + 1]], 0, len(keep))] if len(keep) else []
+                            for g, keep in enumerate(mask.keep)}
+        else:  # a fresh set per use: a contiguous wt makes each gather a block copy
+            self._pieces = None
+            self._contiguous = wt.contiguous()
 
-    def rows(self, g):
-        """``wt[K_g]``: ``k x n_out``."""
-        rows = self._cache.get(g)
-        return rows if rows is not None else self._rows(self.mask.keep[g])
+    def pieces(self, g):
+        """``[(rows, c0, c1)]``: rows of ``wt[K_g]`` that multiply columns ``c0:c1`` of the gathered activation."""
+        if self._pieces is not None:
+            return self._pieces[g]
+        keep = self.mask.keep[g]
+        return [(self._contiguous.index_select(0, keep), 0, len(keep))] if len(keep) else []
 
     def gather(self, a, g):
         """Kept columns of ``a`` for group ``g``, times their multipliers when those differ per unit."""
@@ -82,14 +93,16 @@ class KeptRows:
 
     def matmul(self, out, a_k, g):
         """``out += s * a_k @ wt[K_g]``."""
-        if a_k.shape[1]:
-            out.addmm_(a_k, self.rows(g), alpha=self.alpha)
+        for rows, c0, c1 in self.pieces(g):
+            out.addmm_(a_k[:, c0:c1], rows, alpha=self.alpha)
         return out
 
     def matmul_t(self, dout, g):
         """``s * dout @ wt[K_g]^T``: the gradient of the kept columns only, ``M x k``."""
-        rows = self.rows(g)
-        da_k = torch.addmm(dout.new_empty(dout.shape[0], rows.shape[0]), dout, rows.t(), beta=0, alpha=self.alpha)
+        da_k = dout.new_empty(dout.shape[0], len(self.mask.keep[g]))
+        for rows, c0, c1 in self.pieces(g):
+            part = da_k[:, c0:c1]
+            torch.addmm(part, dout, rows.t(), beta=0, alpha=self.alpha, out=part)
         if self.mask.values is not None:
             da_k.mul_(self.mask.values[g].to(da_k.dtype))
         return da_k

@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from .compact import project, project_backward, step_order
-from .masks import (DEFAULT_POOL_SIZE, StructuredMask, check_mode, check_rate, sample_mask)
+from .masks import (DEFAULT_POOL_SIZE, StructuredMask, check_mode, check_pool_size, check_rate, sample_mask)
 
 
 class _DropoutLinear(torch.autograd.Function):
@@ -61,7 +61,8 @@ class StructuredDropoutLinear(nn.Module):
         self.in_features, self.out_features = in_features, out_features
         self.dropout = check_rate(dropout)
         self.mask_mode = check_mode(mask_mode)
-        self.batch_first, self.pool_size, self.compact = bool(batch_first), pool_size, bool(compact)
+        self.batch_first, self.compact = bool(batch_first), bool(compact)
+        self.pool_size = check_pool_size(pool_size)
         self.generator = generator
         self.last_mask = None
         factory = {"device": device, "dtype": dtype}

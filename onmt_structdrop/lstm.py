@@ -9,8 +9,8 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .layer import LayerPlan, StructDropLSTMLayer
-from .masks import (DEFAULT_POOL_SIZE, StructuredMask, check_mode, check_rate,
-                    mask_from_dense, sample_mask)
+from .masks import (DEFAULT_POOL_SIZE, StructuredMask, auto_pool_size, check_mode, check_pool_size, check_rate,
+                    mask_from_dense, pool_assignment, sample_mask)
 
 
 def _check_size(value, name, minimum=1):
@@ -31,7 +31,8 @@ class StructDropLSTM(nn.Module):
         input_dropout: rate of the dropout on the input of the first layer.
         mask_mode: ``time`` (default; a fresh set of kept units per step, the same for every sequence),
             ``pool``, ``batch`` or ``bernoulli``; see :mod:`onmt_structdrop.masks`.
-        pool_size: number of kept sets drawn per forward call in ``pool`` mode.
+        pool_size: number of kept sets drawn per forward call in ``pool`` mode (``None``: automatic, the
+            smallest pool in which no unit is kept or dropped at every step of a call).
         compact: skip the dropped units' work (default). ``False`` multiplies by the same masks instead, as a
             reference for speed.
         generator: ``torch.Generator`` (CPU) the masks are drawn from; the global generator when ``None``.
@@ -55,8 +56,7 @@ class StructDropLSTM(nn.Module):
         self.recurrent_dropout = check_rate(recurrent_dropout, "recurrent_dropout")
         self.input_dropout = check_rate(input_dropout, "input_dropout")
         self.mask_mode = check_mode(mask_mode)
-        _check_size(pool_size, "pool_size")
-        self.pool_size = pool_size
+        self.pool_size = check_pool_size(pool_size)
         self.compact = bool(compact)
         self.generator = generator
         self.last_masks = None
@@ -111,19 +111,25 @@ class StructDropLSTM(nn.Module):
         return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
 
     # ---- masks -------------------------------------------------------------------------------------------
-    def _sample(self, p, n, T, B):
+    def _sample(self, p, n, T, B, assignment=None, pool_size=None):
         if not self.training or p == 0.0:
             return None
         return sample_mask(self.mask_mode, p, n, T, batch=B, generator=self.generator,
-                           pool_size=self.pool_size)
+                           pool_size=pool_size or self.pool_size, assignment=assignment)
 
     def sample_masks(self, T, B):
         """Draw the masks of one training forward over ``T`` positions and ``B`` sequences."""
-        H, dirs = self.hidden_size, self.num_directions
-        inputs = [self._sample(self.input_dropout if l == 0 else self.dropout,
-                               self.input_size if l == 0 else H * dirs, T, B) for l in range(self.num_layers)]
-        recurrent = [[self._sample(self.recurrent_dropout, H, T, B) for _ in range(dirs)]
-                     for _ in range(self.num_layers)]
+        H, dirs, L = self.hidden_size, self.num_directions, self.num_layers
+        # In pool mode the masks of one layer share which set each step uses (the sets themselves are
+        # independent), so the layer's products group the same steps together.
+        rates = [(self.input_dropout if l == 0 else self.dropout, self.recurrent_dropout) for l in range(L)]
+        sizes = [self.pool_size or max(auto_pool_size(p) for p in r if p > 0) if any(r) else None for r in rates]
+        shared = [pool_assignment(T, sizes[l], self.generator) if self.mask_mode == "pool" and self.training
+                  and sizes[l] else None for l in range(L)]
+        inputs = [self._sample(rates[l][0], self.input_size if l == 0 else H * dirs, T, B, shared[l], sizes[l])
+                  for l in range(L)]
+        recurrent = [[self._sample(rates[l][1], H, T, B, shared[l], sizes[l]) for _ in range(dirs)]
+                     for l in range(L)]
         return {"input": inputs, "recurrent": recurrent}
 
     def _check_masks(self, masks, T, B):

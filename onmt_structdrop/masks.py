@@ -7,7 +7,8 @@ products that read it can skip it. Modes:
 ``time``      the paper's scheme: at every step exactly ``k`` units are kept, a fresh uniform random subset each
               step, independent across steps.
 ``pool``      at every step exactly ``k`` units are kept: one of ``pool_size`` kept sets drawn per forward call,
-              chosen uniformly at each step. The sets are cyclic windows of ``k`` consecutive units of one random
+              chosen uniformly at each step (by default ``ceil(1 / min(p, 1 - p))``, at least 2: the smallest
+              pool in which no unit is in every set or in none). The sets are cyclic windows of ``k`` consecutive units of one random
               permutation, at evenly spaced starts, so within a call every unit belongs to the same number of
               sets (to within one) and none is kept or dropped throughout. Each set is a uniform random
               ``k``-subset, so every unit is kept with probability exactly ``k / n`` at every step, as in
@@ -30,7 +31,7 @@ import torch
 
 MASK_MODES = ("time", "pool", "batch", "bernoulli")
 STRUCTURED_MODES = ("time", "pool", "batch")
-DEFAULT_POOL_SIZE = 4
+DEFAULT_POOL_SIZE = None  # automatic: see auto_pool_size
 
 
 def check_rate(p, name="dropout"):
@@ -57,9 +58,10 @@ def kept_count(p, n):
 class StructuredMask:
     """Kept units per time step, shared by every sequence of the batch.
 
-    Steps with the same kept set form a group: ``keep[g]`` lists group ``g``'s kept units (ascending) and
-    ``group_steps[g]`` its time positions; ``values[g]`` (optional) holds the kept units' multipliers when they
-    are not all equal to ``scale``.
+    Steps with the same kept set form a group: ``keep[g]`` lists group ``g``'s kept units and ``group_steps[g]``
+    its time positions; ``values[g]`` (optional) holds the kept units' multipliers when they are not all equal
+    to ``scale``. When every set is a cyclic window of one permutation ``perm`` (``pool`` mode), ``offsets[g]``
+    is the start of group ``g``'s window: ``keep[g] == cat([perm, perm])[offsets[g]:offsets[g] + k]``.
     """
 
     n: int
@@ -68,6 +70,8 @@ class StructuredMask:
     group_steps: List[torch.Tensor]
     scale: float = 1.0
     values: Optional[List[torch.Tensor]] = None
+    perm: Optional[torch.Tensor] = None
+    offsets: Optional[List[int]] = None
     step_group: List[int] = field(default_factory=list)
 
     def __post_init__(self):
@@ -81,7 +85,8 @@ class StructuredMask:
     def to(self, device):
         move = lambda ts: None if ts is None else [t.to(device) for t in ts]  # noqa: E731
         return StructuredMask(self.n, self.steps, move(self.keep), move(self.group_steps), self.scale,
-                              move(self.values), list(self.step_group))
+                              move(self.values), None if self.perm is None else self.perm.to(device),
+                              self.offsets, list(self.step_group))
 
     def dense(self, dtype=torch.float32):
         """The mask as a ``[steps, n]`` tensor: 0 for dropped units, the multiplier for kept ones."""
@@ -110,17 +115,35 @@ def sample_batch(p, n, steps, generator=None):
     return StructuredMask(n, steps, [keep], [torch.arange(steps)], scale=n / k)
 
 
-def sample_pool(p, n, steps, generator=None, size=DEFAULT_POOL_SIZE):
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise ValueError(f"pool_size must be a positive integer, got {size!r}")
+def auto_pool_size(p):
+    """The smallest pool in which no unit is in every set nor in none (for ``k / n`` close to ``1 - p``)."""
+    return max(2, math.ceil(1.0 / min(p, 1.0 - p) - 1e-9))
+
+
+def check_pool_size(size):
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+        raise ValueError(f"pool_size must be a positive integer or None, got {size!r}")
+    return size
+
+
+def pool_assignment(steps, size, generator=None):
+    """Which of the pool's sets each step uses: uniform and independent across steps."""
+    return torch.randint(size, (steps,), generator=generator).tolist()
+
+
+def sample_pool(p, n, steps, generator=None, size=DEFAULT_POOL_SIZE, assignment=None):
+    size = check_pool_size(size) or auto_pool_size(p)
     k = kept_count(p, n)
-    size = min(size, n)
-    perm2 = torch.randperm(n, generator=generator).repeat(2)
-    pool = [perm2[(j * n) // size:(j * n) // size + k].sort().values for j in range(size)]
-    choice = torch.randint(size, (steps,), generator=generator).tolist()
+    perm = torch.randperm(n, generator=generator)
+    perm2 = perm.repeat(2)
+    starts = [(j * n) // size for j in range(size)]
+    choice = assignment if assignment is not None else pool_assignment(steps, size, generator)
+    if len(choice) != steps or not all(0 <= c < size for c in choice):
+        raise ValueError(f"a pool assignment needs {steps} set indices in [0, {size}), got {choice!r}")
     used = sorted(set(choice))
     group_steps = [torch.tensor([t for t, c in enumerate(choice) if c == u]) for u in used]
-    return StructuredMask(n, steps, [pool[u] for u in used], group_steps, scale=n / k)
+    return StructuredMask(n, steps, [perm2[starts[u]:starts[u] + k] for u in used], group_steps, scale=n / k,
+                          perm=perm, offsets=[starts[u] for u in used])
 
 
 def sample_bernoulli(p, n, steps, batch, generator=None):
@@ -128,12 +151,13 @@ def sample_bernoulli(p, n, steps, batch, generator=None):
     return keep.float().mul_(1.0 / (1.0 - p))
 
 
-def sample_mask(mode, p, n, steps, batch=None, generator=None, pool_size=DEFAULT_POOL_SIZE):
+def sample_mask(mode, p, n, steps, batch=None, generator=None, pool_size=DEFAULT_POOL_SIZE, assignment=None):
     """Draw a mask for ``steps`` positions of ``n`` units; ``None`` when ``p == 0`` (nothing dropped).
 
     Returns a :class:`StructuredMask` for structured modes, a ``[steps, batch, n]`` float tensor for
     ``bernoulli``. Masks are drawn on the CPU from ``generator`` (the global generator when ``None``), so a
-    seed gives the same masks on every device.
+    seed gives the same masks on every device. In ``pool`` mode, ``assignment`` (see :func:`pool_assignment`)
+    fixes which set each step uses, so that several masks can share their grouping of steps.
     """
     p = check_rate(p)
     check_mode(mode)
@@ -144,7 +168,7 @@ def sample_mask(mode, p, n, steps, batch=None, generator=None, pool_size=DEFAULT
     if mode == "batch":
         return sample_batch(p, n, steps, generator)
     if mode == "pool":
-        return sample_pool(p, n, steps, generator, pool_size)
+        return sample_pool(p, n, steps, generator, pool_size, assignment)
     if batch is None:
         raise ValueError("bernoulli masks need the batch size")
     return sample_bernoulli(p, n, steps, batch, generator)

@@ -217,7 +217,7 @@ def test_float32_batch_first_training_step_has_finite_gradients():
     (dict(input_dropout=float("nan")), "input_dropout"),
     (dict(dropout="0.5"), "dropout must be a number"),
     (dict(mask_mode="tiles"), "mask_mode must be one of .*'tiles'"),
-    (dict(pool_size=0), "pool_size must be an integer >= 1, got 0"),
+    (dict(pool_size=0), "pool_size must be a positive integer or None, got 0"),
 ])
 def test_bad_constructor_arguments(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from onmt_structdrop.masks import (STRUCTURED_MODES, kept_count, mask_from_dense, sample_mask)
+from onmt_structdrop.masks import (STRUCTURED_MODES, auto_pool_size, kept_count, mask_from_dense, sample_mask)
 
 N, STEPS = 40, 30
 
@@ -29,6 +29,18 @@ def test_time_mask_is_fresh_each_step_and_batch_mask_is_not():
     time_mask, batch_mask = _dense("time", 0.5), _dense("batch", 0.5)
     assert len({tuple(row.tolist()) for row in time_mask}) > STEPS // 2
     assert (batch_mask == batch_mask[0]).all()
+
+
+@pytest.mark.parametrize("p,size", [(0.5, 2), (0.3, 4), (0.7, 4), (0.8, 5), (0.1, 10)])
+def test_automatic_pool_leaves_no_unit_always_kept_or_always_dropped(p, size):
+    assert auto_pool_size(p) == size
+    g = torch.Generator().manual_seed(1)
+    m = sample_mask("pool", p, N, 2000, generator=g)
+    assert len(m.keep) == size
+    counts = torch.zeros(N)
+    for keep in m.keep:
+        counts[keep] += 1
+    assert (counts > 0).all() and (counts < size).all()
 
 
 def test_pool_mask_draws_each_step_from_a_balanced_pool():
@@ -93,7 +105,8 @@ def test_mask_from_dense_round_trips():
 @pytest.mark.parametrize("call,match", [
     (lambda: sample_mask("time", 1.0, N, STEPS), "dropout must be in \\[0, 1\\), got 1.0"),
     (lambda: sample_mask("rows", 0.5, N, STEPS), "mask_mode must be one of"),
-    (lambda: sample_mask("pool", 0.5, N, STEPS, pool_size=0), "pool_size must be a positive integer, got 0"),
+    (lambda: sample_mask("pool", 0.5, N, STEPS, pool_size=0), "pool_size must be a positive integer or None, got 0"),
+    (lambda: sample_mask("pool", 0.5, N, 3, pool_size=2, assignment=[0, 2, 1]), "3 set indices in \\[0, 2\\)"),
     (lambda: sample_mask("bernoulli", 0.5, N, STEPS), "bernoulli masks need the batch size"),
 ])
 def test_bad_mask_arguments(call, match):
