@@ -8,9 +8,9 @@ and multiplier ``s``:
     input grad     da[:, K] = s * dout @ wt[K]^T        (only kept columns are computed; the rest are zero)
     weight grad    dwt[K] += s * a[:, K]^T @ dout       (only kept rows are touched)
 
-:class:`KeptRows` gathers each group's kept rows ``wt[K]`` once per call when a mask has few kept sets (``pool``
-and ``batch`` modes), so every step of the group reads one compact, contiguous copy; with a fresh set per step
-(``time``) the rows are gathered per use. Sequence-wide products (:func:`project`) run once per group; they read
+:class:`KeptRows` prepares each group's kept rows ``wt[K]`` once per call when a mask has few kept sets: in
+``pool`` mode every set is a slice of one permuted copy of the weight, in ``batch`` mode the one set is gathered;
+with a fresh set per step (``time``) the rows are gathered at every use. Sequence-wide products (:func:`project`) run once per group; they read
 and write a ``[T, B, n_out]`` buffer whose rows are stored in :func:`step_order`, so each group's rows are one
 contiguous slice.
 """
@@ -20,7 +20,7 @@ import torch
 
 from .masks import StructuredMask
 
-CACHED_GROUPS = 8  # a mask with at most this many kept sets gets each set's rows gathered once per call
+CACHED_GROUPS = 8  # a mask with at most this many kept sets gets each set's rows prepared once per call
 DENSE_GRAD_GROUPS = 8  # above this many kept sets the weight gradient is one product of the masked input
 
 
@@ -55,34 +55,28 @@ class KeptRows:
     def __init__(self, wt: torch.Tensor, mask: StructuredMask):
         self.mask, self.wt = mask, wt
         self.alpha = 1.0 if mask.values is not None else mask.scale
-        self.cached = len(mask.keep) <= CACHED_GROUPS
         self._index, self._grad = {}, None
         w = wt.t()
+        k = [len(keep) for keep in mask.keep]
         if mask.perm is not None:
-            # Every set is a window of one permutation: one permuted copy, extended by the units that wrapping
-            # windows read past its end, holds them all, each set's rows are one slice, and the per-step
+            # Every set is a window of one permutation: one permuted copy (extended by the units that wrapping
+            # windows read past its end) holds them all, each set's rows are one slice of it, and the per-step
             # products share one working set.
-            n, k = mask.n, [len(keep) for keep in mask.keep]
-            extra = max(0, max(o + kg for o, kg in zip(mask.offsets, k)) - n)
+            extra = max(0, max(o + kg for o, kg in zip(mask.offsets, k)) - mask.n)
             source = w.index_select(1, torch.cat([mask.perm, mask.perm[:extra]])).t()
-            self._pieces = {g: [(source[o:o + k[g]], 0, k[g])] for g, o in enumerate(mask.offsets)}
-        elif self.cached:  # one pass over the weight gathers every set's rows
+            self._rows = [source[o:o + kg] for o, kg in zip(mask.offsets, k)]
+        elif len(mask.keep) <= CACHED_GROUPS:  # one pass over the weight gathers every set's rows
             rows = w.index_select(1, torch.cat(mask.keep)).t()
-            starts = [0]
-            for keep in mask.keep:
-                starts.append(starts[-1] + len(keep))
-            self._pieces = {g: [(rows[starts[g]:starts[g + 1]], 0, len(keep))] if len(keep) else []
-                            for g, keep in enumerate(mask.keep)}
+            starts = [sum(k[:g]) for g in range(len(k) + 1)]
+            self._rows = [rows[starts[g]:starts[g + 1]] for g in range(len(k))]
         else:  # a fresh set per use: a contiguous wt makes each gather a block copy
-            self._pieces = None
-            self._contiguous = wt.contiguous()
+            self._rows, self._contiguous = None, wt.contiguous()
 
-    def pieces(self, g):
-        """``[(rows, c0, c1)]``: rows of ``wt[K_g]`` that multiply columns ``c0:c1`` of the gathered activation."""
-        if self._pieces is not None:
-            return self._pieces[g]
-        keep = self.mask.keep[g]
-        return [(self._contiguous.index_select(0, keep), 0, len(keep))] if len(keep) else []
+    def rows(self, g):
+        """``wt[K_g]``: ``k x n_out``."""
+        if self._rows is not None:
+            return self._rows[g]
+        return self._contiguous.index_select(0, self.mask.keep[g])
 
     def gather(self, a, g):
         """Kept columns of ``a`` for group ``g``, times their multipliers when those differ per unit."""
@@ -93,16 +87,14 @@ class KeptRows:
 
     def matmul(self, out, a_k, g):
         """``out += s * a_k @ wt[K_g]``."""
-        for rows, c0, c1 in self.pieces(g):
-            out.addmm_(a_k[:, c0:c1], rows, alpha=self.alpha)
+        if a_k.shape[1]:
+            out.addmm_(a_k, self.rows(g), alpha=self.alpha)
         return out
 
     def matmul_t(self, dout, g):
         """``s * dout @ wt[K_g]^T``: the gradient of the kept columns only, ``M x k``."""
-        da_k = dout.new_empty(dout.shape[0], len(self.mask.keep[g]))
-        for rows, c0, c1 in self.pieces(g):
-            part = da_k[:, c0:c1]
-            torch.addmm(part, dout, rows.t(), beta=0, alpha=self.alpha, out=part)
+        rows = self.rows(g)
+        da_k = torch.addmm(dout.new_empty(dout.shape[0], rows.shape[0]), dout, rows.t(), beta=0, alpha=self.alpha)
         if self.mask.values is not None:
             da_k.mul_(self.mask.values[g].to(da_k.dtype))
         return da_k
