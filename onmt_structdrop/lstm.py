@@ -5,7 +5,7 @@ import math
 from typing import Optional
 
 import torch
-from torch import nn
+from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .layer import LayerPlan, StructDropLSTMLayer
@@ -200,8 +200,35 @@ class StructDropLSTM(nn.Module):
         if self.training or explicit:
             self.last_masks = {"input": [self._public(m, x.dtype) for m in masks["input"]],
                                "recurrent": [[self._public(m, x.dtype) for m in r] for r in masks["recurrent"]]}
-        internal = lambda m: self._internal(m, x.device, x.dtype, sorted_indices, self.compact)  # noqa: E731
+        no_dropout = all(m is None for m in masks["input"] + [m for r in masks["recurrent"] for m in r])
+        if no_dropout:  # nothing to skip: nn.LSTM's own kernel (cuDNN on GPU), identical results
+            flat = [getattr(self, name) for name in self._flat_weights_names]
+            if packed:
+                data, h_n, c_n = _VF.lstm(input.data, input.batch_sizes, (h0, c0), flat, self.bias,
+                                          self.num_layers, 0.0, self.training, self.bidirectional)
+                layer_input = None
+            else:
+                layer_input, h_n, c_n = _VF.lstm(x, (h0, c0), flat, self.bias, self.num_layers, 0.0,
+                                                 self.training, self.bidirectional, False)
+        else:
+            layer_input, h_n, c_n = self._run_layers(x, h0, c0, masks, batch_sizes, sorted_indices)
+        if unsorted_indices is not None:
+            h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
 
+        output = layer_input
+        if packed:
+            if not no_dropout:
+                data = pack_padded_sequence(output, lengths, enforce_sorted=True).data
+            output = PackedSequence(data, input.batch_sizes, sorted_indices, unsorted_indices)
+        elif unbatched:
+            output, h_n, c_n = output.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
+        elif self.batch_first:
+            output = output.transpose(0, 1)
+        return output, (h_n, c_n)
+
+    def _run_layers(self, x, h0, c0, masks, batch_sizes, sorted_indices):
+        """The compacted computation: one autograd Function per layer and direction."""
+        internal = lambda m: self._internal(m, x.device, x.dtype, sorted_indices, self.compact)  # noqa: E731
         h_n, c_n = [], []
         layer_input = x.contiguous()
         for layer in range(self.num_layers):
@@ -215,19 +242,7 @@ class StructDropLSTM(nn.Module):
                 h_n.append(h)
                 c_n.append(c)
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
-        h_n, c_n = torch.stack(h_n), torch.stack(c_n)
-        if unsorted_indices is not None:
-            h_n, c_n = h_n.index_select(1, unsorted_indices), c_n.index_select(1, unsorted_indices)
-
-        output = layer_input
-        if packed:
-            out = pack_padded_sequence(output, lengths, enforce_sorted=True)
-            output = PackedSequence(out.data, input.batch_sizes, sorted_indices, unsorted_indices)
-        elif unbatched:
-            output, h_n, c_n = output.squeeze(1), h_n.squeeze(1), c_n.squeeze(1)
-        elif self.batch_first:
-            output = output.transpose(0, 1)
-        return output, (h_n, c_n)
+        return layer_input, torch.stack(h_n), torch.stack(c_n)
 
     def _initial_state(self, hx, B, x, unbatched, sorted_indices):
         shape = (self.num_layers * self.num_directions, B, self.hidden_size)

@@ -79,6 +79,21 @@ def test_matches_dense_reference(mode, p, bidirectional, layers, batch_first, pa
     _assert_close(grads, ref_grads)
 
 
+@pytest.mark.parametrize("rates", [(0.0, 0.5, 0.0), (0.4, 0.0, 0.0), (0.0, 0.0, 0.6), (0.3, 0.0, 0.5)])
+@pytest.mark.parametrize("mode", MASK_MODES)
+def test_some_dropouts_off_matches_dense_reference(mode, rates):
+    torch.manual_seed(3)
+    input_dropout, dropout, recurrent_dropout = rates
+    model = StructDropLSTM(N_IN, H, 2, dropout=dropout, recurrent_dropout=recurrent_dropout,
+                           input_dropout=input_dropout, bidirectional=True, mask_mode=mode).double()
+    x, h0, c0 = _inputs(False, True, 2)
+    outs, grads = _run_module(model, x, h0, c0, False, True)
+    assert sum(m is None for m in model.last_masks["input"]) == (input_dropout == 0) + (dropout == 0)
+    ref_outs, ref_grads = _run_reference(model, x, h0, c0, True, model.last_masks)
+    _assert_close(outs, ref_outs)
+    _assert_close(grads, ref_grads)
+
+
 @pytest.mark.parametrize("mode", MASK_MODES)
 def test_dense_masks_give_the_same_result(mode):
     torch.manual_seed(1)
