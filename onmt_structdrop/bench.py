@@ -133,7 +133,8 @@ def print_report(report):
     results = report["results"]
     width = max(len(r["variant"]) for r in results)
     peaks = "peak_mib" in results[0]
-    print(f"{'variant':<{width}}  {'fwd+bwd ms':>10}  {'vs nn.LSTM':>10}  {'vs dense':>8}" + ("  peak MiB" if peaks else ""))
+    print(f"{'variant':<{width}}  {'fwd+bwd ms':>10}  {'vs nn.LSTM':>10}  {'vs dense':>8}"
+          + ("  peak MiB" if peaks else ""))
     for r in results:
         print(f"{r['variant']:<{width}}  {r['ms']:>10.2f}  {r['vs_nn_lstm']:>9.2f}x  {r['vs_dense']:>7.2f}x"
               + (f"  {r['peak_mib']:>8.1f}" if peaks else ""))

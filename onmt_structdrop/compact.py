@@ -9,10 +9,10 @@ and multiplier ``s``:
     weight grad    dwt[K] += s * a[:, K]^T @ dout       (only kept rows are touched)
 
 :class:`KeptRows` prepares each group's kept rows ``wt[K]`` once per call when a mask has few kept sets: in
-``pool`` mode every set is a slice of one permuted copy of the weight, in ``batch`` mode the one set is gathered;
-with a fresh set per step (``time``) the rows are gathered at every use. Sequence-wide products (:func:`project`) run once per group; they read
-and write a ``[T, B, n_out]`` buffer whose rows are stored in :func:`step_order`, so each group's rows are one
-contiguous slice.
+``pool`` mode every set is a slice of one permuted copy of the weight, in ``batch`` mode the one set is
+gathered; with a fresh set per step (``time``) the rows are gathered at every use. Sequence-wide products
+(:func:`project`) run once per group; they read and write a ``[T, B, n_out]`` buffer whose rows are stored in
+:func:`step_order`, so each group's rows are one contiguous slice.
 """
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ class KeptRows:
     """The rows of ``wt`` that each group of a structured mask keeps, and their accumulated gradient.
 
     ``wt`` is normally the transposed view of a row-major weight ``w`` (``n_out x n``): kept rows of ``wt`` are
-    then gathered as columns of ``w``, which costs one pass over the kept part of the weight.
+    then gathered as columns of ``w``. With few kept sets the rows are prepared once per call (one permuted copy
+    for window sets, one gather of every set otherwise); with many, a set's rows are gathered at each use.
     """
 
     def __init__(self, wt: torch.Tensor, mask: StructuredMask):

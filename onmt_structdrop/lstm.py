@@ -117,15 +117,20 @@ class StructDropLSTM(nn.Module):
         return sample_mask(self.mask_mode, p, n, T, batch=B, generator=self.generator,
                            pool_size=pool_size or self.pool_size, assignment=assignment)
 
+    def _pool_size(self, rates):
+        """One pool size for the masks of a layer: the largest automatic size among its active rates."""
+        active = [p for p in rates if p > 0]
+        return self.pool_size or (max(auto_pool_size(p) for p in active) if active else None)
+
     def sample_masks(self, T, B):
         """Draw the masks of one training forward over ``T`` positions and ``B`` sequences."""
         H, dirs, L = self.hidden_size, self.num_directions, self.num_layers
         # In pool mode the masks of one layer share which set each step uses (the sets themselves are
         # independent), so the layer's products group the same steps together.
         rates = [(self.input_dropout if l == 0 else self.dropout, self.recurrent_dropout) for l in range(L)]
-        sizes = [self.pool_size or max(auto_pool_size(p) for p in r if p > 0) if any(r) else None for r in rates]
-        shared = [pool_assignment(T, sizes[l], self.generator) if self.mask_mode == "pool" and self.training
-                  and sizes[l] else None for l in range(L)]
+        sizes = [self._pool_size(r) for r in rates]
+        pool = self.mask_mode == "pool" and self.training
+        shared = [pool_assignment(T, size, self.generator) if pool and size else None for size in sizes]
         inputs = [self._sample(rates[l][0], self.input_size if l == 0 else H * dirs, T, B, shared[l], sizes[l])
                   for l in range(L)]
         recurrent = [[self._sample(rates[l][1], H, T, B, shared[l], sizes[l]) for _ in range(dirs)]

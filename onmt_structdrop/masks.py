@@ -8,12 +8,12 @@ products that read it can skip it. Modes:
               step, independent across steps.
 ``pool``      at every step exactly ``k`` units are kept: one of ``pool_size`` kept sets drawn per forward call,
               chosen uniformly at each step (by default ``ceil(1 / min(p, 1 - p))``, at least 2: the smallest
-              pool in which no unit is in every set or in none). The sets are cyclic windows of ``k`` consecutive units of one random
-              permutation, at evenly spaced starts, so within a call every unit belongs to the same number of
-              sets (to within one) and none is kept or dropped throughout. Each set is a uniform random
-              ``k``-subset, so every unit is kept with probability exactly ``k / n`` at every step, as in
-              ``time``; what changes is that steps may share a set. Each set's weight rows are gathered once
-              per call, and the steps sharing a set share one product.
+              pool in which no unit is in every set or in none). The sets are cyclic windows of ``k``
+              consecutive units of one random permutation, at evenly spaced starts, so within a call every unit
+              belongs to the same number of sets (to within one). Each set is a uniform random ``k``-subset,
+              so every unit is kept with probability exactly ``k / n`` at every step, as in ``time``; what
+              changes is that steps may share a set. One permuted copy of a weight per call holds every set's
+              rows as a slice, and the steps sharing a set share one product.
 ``batch``     batchwise dropout: one random ``k``-subset for all steps of the call.
 ``bernoulli`` ordinary dropout: an independent draw per element (time, sequence, unit); nothing to compact.
 

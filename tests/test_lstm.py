@@ -55,7 +55,7 @@ def _run_reference(model, x, h0, c0, packed, masks):
 def _assert_close(actual, expected):
     for i, (a, e) in enumerate(zip(actual, expected)):
         assert a is not None and e is not None, f"tensor {i} missing"
-        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=lambda m: f"tensor {i}: {m}")
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=lambda m, i=i: f"tensor {i}: {m}")
 
 
 CASES = list(itertools.product(MASK_MODES, [0.0, 0.3, 0.5, 0.8], [False, True], [1, 2, 3]))
