@@ -14,7 +14,10 @@ def save_line_plot(path, series, xlabel, ylabel, title=None, log_y=False, hline=
     if hline is not None:
         ax.axhline(hline, color="grey", lw=0.8)
     if log_y:
+        from matplotlib.ticker import NullFormatter, ScalarFormatter
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(ScalarFormatter())
+        ax.yaxis.set_minor_formatter(NullFormatter())
     if title:
         ax.set_title(title, fontsize=9)
     ax.set_xlabel(xlabel)
