@@ -21,7 +21,6 @@ import torch
 from .masks import StructuredMask
 
 CACHED_GROUPS = 8  # a mask with at most this many kept sets gets each set's rows prepared once per call
-DENSE_GRAD_GROUPS = 8  # above this many kept sets the weight gradient is one product of the masked input
 
 
 def step_order(mask, steps):
@@ -187,20 +186,12 @@ def project_backward(a, wt, mask, dout, pos, rows=None, need_input_grad=True):
         return da, torch.mm(a_m.t(), flat)
     rows = rows if rows is not None else KeptRows(wt, mask)
     da = a.new_empty(T, B, n) if need_input_grad else None
-    dense_grad = len(mask.keep) > DENSE_GRAD_GROUPS
-    if dense_grad:
-        # Many kept sets (a fresh one per step): scatter-adding k weight rows per step moves more memory than
-        # the skipped multiply-adds save on a CPU, so the weight gradient is one product of the masked input.
-        order = torch.tensor(sorted(range(T), key=own.__getitem__), device=a.device)
-        a_m = (a * mask.dense(a.dtype).to(a.device).unsqueeze(1)).index_select(0, order)
-        dwt = torch.mm(a_m.reshape(T * B, n).t(), flat)
     for g, r0, r1 in _group_rows(mask, B):
         d_g = flat[r0:r1]
-        if not dense_grad:
-            rows.accumulate_grad(rows.gather(_steps_of(a, mask, g).reshape(-1, n), g), d_g, g)
+        rows.accumulate_grad(rows.gather(_steps_of(a, mask, g).reshape(-1, n), g), d_g, g)
         if need_input_grad:
             steps = mask.group_steps[g].to(a.device)
             da_g = a.new_empty(r1 - r0, n)
             rows.scatter_input_grad(d_g, g, da_g)
             da.index_copy_(0, steps, da_g.view(-1, B, n))
-    return da, dwt if dense_grad else rows.weight_grad()
+    return da, rows.weight_grad()
