@@ -17,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 from . import StructDropLSTM
+from .linear import StructuredDropoutLinear
 from .masks import DEFAULT_POOL_SIZE, MASK_MODES, STRUCTURED_MODES, check_rate, kept_count
 from .plotting import save_line_plot
 
@@ -68,6 +69,27 @@ def build_variants(args, device):
     return variants
 
 
+def build_output_variants(args, device):
+    """Dropout then the output projection (``hidden -> output_size``), as after the LSTM of a language model."""
+    H, V, p = args.hidden, args.output_size, args.dropout
+    make = lambda **kw: StructuredDropoutLinear(  # noqa: E731
+        H, V, dropout=p, pool_size=args.pool_size, **kw).to(device)
+    variants = {"nn.Dropout + nn.Linear": nn.Sequential(nn.Dropout(p), nn.Linear(H, V)).to(device),
+                f"dense masks ({args.dense_mode})": make(mask_mode=args.dense_mode, compact=False)}
+    for mode in args.modes:
+        if mode in STRUCTURED_MODES:
+            variants[f"structured {mode}"] = make(mask_mode=mode)
+    return variants
+
+
+def _results(medians, peaks, base_key="vs_nn_lstm"):
+    """Per variant: median ms and ratios against the first variant (``base_key``) and the second (dense masks)."""
+    names = list(medians)
+    base, dense = medians[names[0]], medians[names[1]]
+    return [{"variant": n, "ms": medians[n] * 1e3, base_key: base / medians[n], "vs_dense": dense / medians[n],
+             **({"peak_mib": peaks[n] / 2**20} if n in peaks else {})} for n in names]
+
+
 def time_variants(variants, x, args, device):
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     times = {name: [] for name in variants}
@@ -75,8 +97,13 @@ def time_variants(variants, x, args, device):
 
     def step(model):
         x.grad = None
-        out, (h, c) = model(x)
-        (out.float().square().mean() + h.float().mean()).backward()
+        out = model(x)
+        if isinstance(out, tuple):  # an LSTM: output and final states
+            out, (h, _) = out
+            out = out.float().square().mean() + h.float().mean()
+        else:
+            out = out.float().square().mean()
+        out.backward()
 
     for model in variants.values():
         model.train()
@@ -104,25 +131,30 @@ def run(args, device, dtype):
         model.to(dtype)
     x = torch.randn(args.seq, args.batch, args.input_size, device=device, dtype=dtype, requires_grad=True)
     medians, peaks = time_variants(variants, x, args, device)
-
-    names = list(variants)
-    base, dense = medians[names[0]], medians[names[1]]
-    results = [{"variant": n, "ms": medians[n] * 1e3, "vs_nn_lstm": base / medians[n],
-                "vs_dense": dense / medians[n], **({"peak_mib": peaks[n] / 2**20} if n in peaks else {})}
-               for n in names]
+    results = _results(medians, peaks)
     structured = [r for r in results if r["variant"].startswith("structured")]
     best = max(structured, key=lambda r: r["vs_nn_lstm"]) if structured else None
     time_mode = next((r for r in structured if r["variant"] == "structured time"), None)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
         f"{cpu_name()}, {torch.get_num_threads()} threads")
     config = {k: v for k, v in vars(args).items() if k not in ("json", "plot", "rates")}
+    output_layer = None
+    if args.output_size:
+        outputs = build_output_variants(args, device)
+        for model in outputs.values():
+            model.to(dtype)
+        y = torch.randn(args.seq, args.batch, args.hidden, device=device, dtype=dtype, requires_grad=True)
+        k = args.hidden if args.dropout == 0 else kept_count(args.dropout, args.hidden)
+        output_layer = {"results": _results(*time_variants(outputs, y, args, device), base_key="vs_linear"),
+                        "ideal_ratio": args.hidden / k}
     return {"device": device_name, "torch": torch.__version__, "config": config, "results": results,
             "ideal_ratio": ideal_ratio(args),
             "fastest_structured": best["variant"] if best else None,
             "speedup_vs_nn_lstm": best["vs_nn_lstm"] if best else None,
             "speedup_vs_dense": best["vs_dense"] if best else None,
             "time_mode_vs_nn_lstm": time_mode["vs_nn_lstm"] if time_mode else None,
-            "time_mode_vs_dense": time_mode["vs_dense"] if time_mode else None}
+            "time_mode_vs_dense": time_mode["vs_dense"] if time_mode else None,
+            "output_layer": output_layer}
 
 
 def print_report(report):
@@ -130,18 +162,26 @@ def print_report(report):
     print(f"device: {report['device']}; torch {report['torch']}; {c['layers']} layers, hidden {c['hidden']}, "
           f"input {c['input_size']}, batch {c['batch']}, seq {c['seq']}, NR p={c['dropout']}, "
           f"RH p={c['recurrent_dropout']}, {c['dtype']}, median of {c['repeats']}")
-    results = report["results"]
-    width = max(len(r["variant"]) for r in results)
-    peaks = "peak_mib" in results[0]
-    print(f"{'variant':<{width}}  {'fwd+bwd ms':>10}  {'vs nn.LSTM':>10}  {'vs dense':>8}"
-          + ("  peak MiB" if peaks else ""))
-    for r in results:
-        print(f"{r['variant']:<{width}}  {r['ms']:>10.2f}  {r['vs_nn_lstm']:>9.2f}x  {r['vs_dense']:>7.2f}x"
-              + (f"  {r['peak_mib']:>8.1f}" if peaks else ""))
+    _print_table(report["results"], "vs_nn_lstm", "vs nn.LSTM")
     print(f"ideal ratio (dense / compacted product FLOPs): {report['ideal_ratio']:.2f}x")
     if report["fastest_structured"]:
         print(f"fastest structured: {report['fastest_structured']}: {report['speedup_vs_nn_lstm']:.2f}x vs "
               f"nn.LSTM, {report['speedup_vs_dense']:.2f}x vs dense masks")
+    if report["output_layer"]:
+        print(f"\noutput layer: dropout then Linear {c['hidden']} -> {c['output_size']} on {c['seq']} x {c['batch']} "
+              f"rows, NR p={c['dropout']}")
+        _print_table(report["output_layer"]["results"], "vs_linear", "vs Linear")
+        print(f"ideal ratio: {report['output_layer']['ideal_ratio']:.2f}x")
+
+
+def _print_table(results, base_key, base_label):
+    width = max(len(r["variant"]) for r in results)
+    peaks = "peak_mib" in results[0]
+    print(f"{'variant':<{width}}  {'fwd+bwd ms':>10}  {base_label:>10}  {'vs dense':>8}"
+          + ("  peak MiB" if peaks else ""))
+    for r in results:
+        print(f"{r['variant']:<{width}}  {r['ms']:>10.2f}  {r[base_key]:>9.2f}x  {r['vs_dense']:>7.2f}x"
+              + (f"  {r['peak_mib']:>8.1f}" if peaks else ""))
 
 
 def plot_sweep(reports, path):
@@ -168,6 +208,8 @@ def main(argv=None):
     parser.add_argument("--seq", type=int, default=35)
     parser.add_argument("--dropout", type=float, default=0.5, help="non-recurrent rate (input and between layers)")
     parser.add_argument("--recurrent-dropout", type=float, default=0.5)
+    parser.add_argument("--output-size", type=int, default=10000,
+                        help="also time dropout + the output projection to this many classes (0: skip)")
     parser.add_argument("--rates", type=float, nargs="+", help="sweep: run once per rate, used for NR and RH")
     parser.add_argument("--plot", metavar="PNG", help="with --rates: plot speed-up against the rate")
     parser.add_argument("--modes", nargs="+", default=["time", "pool", "batch", "bernoulli"],
@@ -186,6 +228,8 @@ def main(argv=None):
     for name, rate in [("--dropout", args.dropout), ("--recurrent-dropout", args.recurrent_dropout)] + [
             ("--rates", r) for r in args.rates or []]:
         check_rate(rate, name)
+    if args.output_size < 0:
+        parser.error(f"--output-size must be >= 0, got {args.output_size}")
     for name in ("layers", "hidden", "input_size", "batch", "seq", "repeats", "pool_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")

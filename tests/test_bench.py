@@ -9,7 +9,7 @@ from onmt_structdrop import bench
 def test_benchmark_writes_the_promised_json(tmp_path):
     out = tmp_path / "bench.json"
     report = bench.main(["--hidden", "16", "--batch", "3", "--seq", "4", "--repeats", "2", "--warmup", "1",
-                         "--json", str(out)])
+                         "--output-size", "30", "--json", str(out)])
     saved = json.loads(out.read_text())
     assert set(saved) >= {"device", "config", "results", "speedup_vs_nn_lstm", "speedup_vs_dense", "ideal_ratio"}
     names = [r["variant"] for r in saved["results"]]
@@ -20,12 +20,16 @@ def test_benchmark_writes_the_promised_json(tmp_path):
                                               if r["variant"].startswith("structured"))
     assert saved["ideal_ratio"] == pytest.approx(2.0)
     assert report["results"][0]["vs_nn_lstm"] == pytest.approx(1.0)
+    output = saved["output_layer"]
+    assert [r["variant"] for r in output["results"]][:2] == ["nn.Dropout + nn.Linear", "dense masks (time)"]
+    assert {"structured time", "structured pool", "structured batch"} <= {r["variant"] for r in output["results"]}
+    assert output["results"][0]["vs_linear"] == pytest.approx(1.0) and output["ideal_ratio"] == pytest.approx(2.0)
 
 
 def test_sweep_writes_a_plot(tmp_path):
     png = tmp_path / "sweep.png"
     reports = bench.main(["--hidden", "8", "--batch", "2", "--seq", "3", "--repeats", "1", "--warmup", "0",
-                          "--modes", "pool", "--rates", "0.2", "0.6", "--plot", str(png)])
+                          "--modes", "pool", "--output-size", "0", "--rates", "0.2", "0.6", "--plot", str(png)])
     assert [r["config"]["dropout"] for r in reports] == [0.2, 0.6]
     assert png.stat().st_size > 1000
 
