@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import StructDropLSTM
 from .linear import StructuredDropoutLinear
-from .masks import STRUCTURED_MODES
+from .masks import STRUCTURED_MODES, check_rate
 from .plotting import save_line_plot
 
 log = logging.getLogger("onmt_structdrop.demo")
@@ -149,6 +149,13 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     args = parser.parse_args(argv)
+    for name in ("steps", "eval_every", "hidden", "layers", "batch", "bptt"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    check_rate(args.dropout, "--dropout")
+    check_rate(args.recurrent_dropout, "--recurrent-dropout")
+    if not args.lr > 0:
+        parser.error(f"--lr must be > 0, got {args.lr}")
     args.out.mkdir(parents=True, exist_ok=True)
     handlers = [logging.FileHandler(args.out / "log.txt", mode="w"), logging.StreamHandler()]
     for handler in handlers:
@@ -165,7 +172,6 @@ def main(argv=None):
 
 
 def _run(args):
-
     if args.data:
         vocab = {}
         train_ids, valid_ids = (read_corpus(args.data / f"ptb.{s}.txt", vocab) for s in ("train", "valid"))
@@ -174,6 +180,14 @@ def _run(args):
         ids, n_vocab = synthetic_corpus(110_000, seed=args.seed)
         train_ids, valid_ids = ids[:100_000], ids[100_000:]
     train_data, valid_data = batchify(train_ids, args.batch), batchify(valid_ids, 10)
+    def source(split):
+        return args.data / f"ptb.{split}.txt" if args.data else "the synthetic corpus"
+
+    if train_data.shape[0] < args.bptt + 1:
+        raise ValueError(f"{source('train')} has {train_ids.numel()} tokens: too few for batch {args.batch} x "
+                         f"bptt {args.bptt} (needs {args.batch * (args.bptt + 1)})")
+    if valid_data.shape[0] < 2:
+        raise ValueError(f"{source('valid')} has {valid_ids.numel()} tokens: needs at least 20")
     log.info("corpus: %s, vocabulary %d, %d training tokens", args.data or "synthetic", n_vocab, train_ids.numel())
 
     variants = [("nn.LSTM + dropout", None)] + [(f"structured {m}", m) for m in args.modes]

@@ -32,3 +32,25 @@ def test_demo_reads_a_ptb_directory(tmp_path):
 def test_demo_names_a_missing_corpus_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="ptb.train.txt"):
         demo.main(TINY + ["--data", str(tmp_path), "--out", str(tmp_path / "out")])
+
+
+def test_demo_names_a_corpus_too_short_for_the_batch(tmp_path):
+    data = tmp_path / "ptb"
+    data.mkdir()
+    (data / "ptb.train.txt").write_text(" a b c \n")
+    (data / "ptb.valid.txt").write_text(" a b c \n" * 20)
+    with pytest.raises(ValueError, match="ptb.train.txt has 4 tokens: too few for batch 4 x bptt 5 \\(needs 24\\)"):
+        demo.main(TINY + ["--data", str(data), "--out", str(tmp_path / "out")])
+
+
+@pytest.mark.parametrize("argv,match", [(["--dropout", "1.0"], "--dropout must be in \\[0, 1\\), got 1.0"),
+                                        (["--recurrent-dropout", "-0.1"], "--recurrent-dropout must be in")])
+def test_demo_names_a_bad_rate(tmp_path, argv, match):
+    with pytest.raises(ValueError, match=match):
+        demo.main(TINY + argv + ["--out", str(tmp_path)])
+
+
+def test_demo_names_a_bad_size(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        demo.main(TINY + ["--eval-every", "0", "--out", str(tmp_path)])
+    assert "--eval-every must be >= 1, got 0" in capsys.readouterr().err
