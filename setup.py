@@ -10,7 +10,12 @@ setup(
     packages=find_packages(include=["onmt_structdrop", "onmt_structdrop.*"]),
     python_requires=">=3.9",
     # OpenNMT-py 3.5.1 pins torch<2.3; it is installed separately without its dependencies (scripts/setup_env.sh).
-    install_requires=["torch>=2.1", "numpy", "tqdm"],
+    install_requires=["torch>=2.4", "numpy", "tqdm"],
     extras_require={"cuda": ["cupy-cuda12x"], "plot": ["matplotlib"], "test": ["pytest>=7"]},
-    entry_points={"console_scripts": ["onmt-structdrop-bench=onmt_structdrop.bench:main"]},
+    entry_points={
+        "console_scripts": ["onmt-structdrop-bench=onmt_structdrop.bench:main",
+                            "onmt-structdrop-patch=onmt_structdrop.opennmt.patching:main"],
+        # found by OpenNMT-py once patched (patches/opennmt-3.5.1/01-plugins.patch)
+        "onmt.plugins": ["structdrop=onmt_structdrop.opennmt:register"],
+    },
 )

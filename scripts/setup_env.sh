@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create or update the project virtual environment (.venv): torch, OpenNMT-py 3.5.1 without its torch pin,
-# its runtime dependencies, the test tools and this package in editable mode. A second run with unchanged
-# requirements does nothing.
+# its runtime dependencies, the test tools and this package in editable mode, then apply the patch set to
+# OpenNMT-py (patches/). A second run with unchanged requirements does nothing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
@@ -10,8 +10,9 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}   # a CPU build lies on disk on the proj
 ONMT_SPEC="OpenNMT-py==3.5.1"
 
 stamp="$VENV/.onmt-structdrop-installed"
-digest=$(cat setup.py requirements/*.txt scripts/setup_env.sh | sha256sum | cut -d' ' -f1)
-if [[ -f "$stamp" && "$(cat "$stamp")" == "$digest" ]]; then
+digest=$(cat setup.py requirements/*.txt scripts/setup_env.sh patches/*/*.patch | sha256sum | cut -d' ' -f1)
+if [[ -f "$stamp" && "$(cat "$stamp")" == "$digest" ]] && "$VENV/bin/onmt-structdrop-patch" check >/dev/null 2>&1
+then
     echo "setup: $VENV is up to date"
     exit 0
 fi
@@ -27,7 +28,7 @@ try:
 except ImportError:
     sys.exit(1)
 major, minor = (int(v) for v in torch.__version__.split(".")[:2])
-sys.exit(0 if (major, minor) >= (2, 1) else 1)
+sys.exit(0 if (major, minor) >= (2, 4) else 1)  # 2.4: torch.serialization.add_safe_globals
 PY
 then
     echo "setup: keeping torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"
@@ -38,5 +39,6 @@ fi
 pip install -q -r requirements/opennmt.txt -r requirements/dev.txt
 pip install -q --no-deps "$ONMT_SPEC"
 pip install -q --no-deps --no-build-isolation -e .
+"$VENV/bin/onmt-structdrop-patch" apply
 "$VENV/bin/python" -c "import torch, onmt, onmt_structdrop; print('setup: torch', torch.__version__, '| OpenNMT-py', onmt.__version__, '| onmt_structdrop', onmt_structdrop.__version__)"
 echo "$digest" > "$stamp"

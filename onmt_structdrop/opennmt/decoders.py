@@ -1,0 +1,263 @@
+"""``sd_rnn`` and ``sd_ifrnn``: OpenNMT's RNN decoders with structured dropout, and a generator that skips the
+units the decoder's output dropout drops.
+
+Dropout sits where the stock decoders have it (embeddings, between layers, on the attentional output) plus on
+h(t-1), all structured: the same units of every sentence are dropped, a fresh set per step ("mask mode"). The
+output mask is what makes the generator (``hidden x vocab``, often the largest product of the model) shrink:
+the decoder remembers the mask of its last training output, and the generator it builds computes its product on
+the kept units only when it is given that very output (otherwise, e.g. in translation, it is ``nn.Linear``).
+In ``eval()`` both decoders run the stock code, so translation is unchanged.
+"""
+from __future__ import annotations
+
+import weakref
+
+import torch
+from onmt.decoders.decoder import InputFeedRNNDecoder, StdRNNDecoder
+from torch import nn
+from torch.nn import functional as F
+
+from ..lstm import StructDropLSTM
+from ..masks import StructuredMask, sample_mask
+from .encoders import mask_generator, silence_embedding_dropout
+from .options import Settings
+from .stepwise import StepProduct, apply_mask, lstm_pointwise, masked_linear
+
+
+class OutputMask:
+    """The structured mask of a decoder's last training output, tied to that output tensor (weakly)."""
+
+    def __init__(self):
+        self.clear()
+
+    def clear(self):
+        self._output, self._mask = None, None
+
+    def record(self, output, mask):
+        """``output`` ``[B, T, H]`` already carries ``mask`` (a StructuredMask over ``T`` steps and ``H`` units)."""
+        self._output, self._mask = weakref.ref(output), mask
+
+    def lookup(self, x):
+        """``(mask, B, T)`` if ``x`` (``[B * T, H]``) is the recorded output itself or a view of it, else None."""
+        output = self._output() if self._output is not None else None
+        if output is None or x.dim() != 2 or not x.is_contiguous() or not output.is_contiguous():
+            return None
+        B, T, H = output.shape
+        if x.data_ptr() != output.data_ptr() or tuple(x.shape) != (B * T, H):
+            return None
+        return self._mask, B, T
+
+
+class StructDropGenerator(nn.Linear):
+    """``nn.Linear`` (same parameters) whose product skips the units its decoder's output dropout dropped."""
+
+    def __init__(self, in_features, out_features, output_mask: OutputMask, bias=True, device=None, dtype=None):
+        super().__init__(in_features, out_features, bias, device, dtype)
+        self.output_mask = output_mask
+
+    def forward(self, x):
+        found = self.output_mask.lookup(x) if self.training else None
+        # With several kept sets the steps' rows interleave in the batch-major output, and reordering the
+        # logits costs more than the skipped work (measured on CPU): the dense product, exact since the dropped
+        # units are zeros, is faster there.
+        if found is None or len(found[0].keep) > 1:
+            return F.linear(x, self.weight, self.bias)
+        mask, B, T = found
+        return masked_linear(x.view(B, T, -1), self.weight, self.bias, mask, scaled=True).view(B * T, -1)
+
+
+class StructuredOutputDropout(nn.Module):
+    """Structured dropout on a decoder's output ``[B, T, H]``; ``last_mask`` is the mask it drew."""
+
+    def __init__(self, p, settings: Settings, generator=None):
+        super().__init__()
+        self.p, self.settings, self.generator = p, settings, generator
+        self.last_mask = None
+
+    def sample(self, T, B, H):
+        if not self.training or self.p == 0.0:
+            return None
+        return sample_mask(self.settings.mask_mode, self.p, H, T, batch=B, generator=self.generator,
+                           pool_size=self.settings.pool_size)
+
+    def forward(self, x):
+        mask = self.sample(x.shape[1], x.shape[0], x.shape[2])
+        self.last_mask = mask.to(x.device) if mask is not None else None
+        return apply_mask(x, self.last_mask)
+
+
+class _StructDropDecoder:
+    """What both decoders share: settings, the output mask and the generator built on it."""
+
+    def _setup(self, settings: Settings, embeddings):
+        self.settings = settings
+        silence_embedding_dropout(embeddings)
+        self.output_mask = OutputMask()
+        self.masks = mask_generator(settings.seed, 1)
+
+    def build_generator(self, in_features, out_features):
+        """Called by OpenNMT's model builder (patched) in place of ``nn.Linear(in_features, out_features)``."""
+        return StructDropGenerator(in_features, out_features, self.output_mask)
+
+    def _record(self, dec_outs, mask):
+        if self.settings.compact and isinstance(mask, StructuredMask):
+            self.output_mask.record(dec_outs, mask)
+
+
+class StructDropStdRNNDecoder(_StructDropDecoder, StdRNNDecoder):
+    """OpenNMT's ``StdRNNDecoder`` (the whole target at once) on a :class:`~onmt_structdrop.StructDropLSTM`."""
+
+    def __init__(self, bidirectional_encoder, num_layers, hidden_size, settings: Settings, attn_type="general",
+                 attn_func="softmax", context_gate=None, embeddings=None):
+        super().__init__("LSTM", bidirectional_encoder, num_layers, hidden_size, attn_type, attn_func,
+                         context_gate=context_gate, dropout=settings.dropout, embeddings=embeddings)
+        self._setup(settings, embeddings)
+        self.rnn = StructDropLSTM(embeddings.embedding_size, hidden_size, num_layers, batch_first=True,
+                                  input_dropout=settings.dropout, generator=mask_generator(settings.seed, 2),
+                                  **settings.lstm_kwargs())
+        self.dropout = StructuredOutputDropout(settings.dropout, settings, self.masks)
+
+    @classmethod
+    def from_opt(cls, opt, embeddings):
+        if opt.copy_attn or opt.coverage_attn:
+            raise ValueError("sd_rnn, like OpenNMT's rnn decoder without input feed, supports neither copy_attn "
+                             "nor coverage_attn; use sd_ifrnn")
+        return cls(opt.brnn, opt.dec_layers, opt.dec_hid_size, Settings(opt), opt.global_attention,
+                   opt.global_attention_function, opt.context_gate, embeddings)
+
+    def forward(self, tgt, enc_out, src_len=None, step=None, **kwargs):
+        self.output_mask.clear()
+        dec_outs, attns = super().forward(tgt, enc_out, src_len=src_len, step=step, **kwargs)
+        self._record(dec_outs, self.dropout.last_mask)
+        return dec_outs, attns
+
+    def update_dropout(self, dropout, attention_dropout=None):
+        self.settings.next_phase(dropout)
+        self.dropout.p = self.rnn.dropout = self.rnn.input_dropout = self.settings.dropout
+        self.rnn.recurrent_dropout = self.settings.recurrent_dropout
+
+
+class StructDropInputFeedDecoder(_StructDropDecoder, InputFeedRNNDecoder):
+    """OpenNMT's ``InputFeedRNNDecoder`` (step by step, attention, coverage, copy attention) with structured
+    dropout; same parameters and names, so stock ``ifrnn`` weights load into it and back.
+
+    In training, the embeddings' product of the first layer is computed for all steps at once, and every
+    product reads only the kept units of its input: the embeddings, the previous step's output (input feed),
+    h(t-1) and the layer below.
+    """
+
+    def __init__(self, bidirectional_encoder, num_layers, hidden_size, settings: Settings, attn_type="general",
+                 attn_func="softmax", coverage_attn=False, copy_attn=False, embeddings=None,
+                 reuse_copy_attn=False, copy_attn_type="general"):
+        super().__init__("LSTM", bidirectional_encoder, num_layers, hidden_size, attn_type, attn_func,
+                         coverage_attn, None, copy_attn, settings.dropout, embeddings, reuse_copy_attn,
+                         copy_attn_type)
+        self._setup(settings, embeddings)
+        self.last_masks = None  # the masks of the last training forward, dense ([T, n], [T, B, n] if bernoulli)
+
+    @classmethod
+    def from_opt(cls, opt, embeddings):
+        if opt.context_gate is not None:
+            raise ValueError("sd_ifrnn does not support context_gate (the stock ifrnn decoder does)")
+        return cls(opt.brnn, opt.dec_layers, opt.dec_hid_size, Settings(opt), opt.global_attention,
+                   opt.global_attention_function, opt.coverage_attn, opt.copy_attn, embeddings,
+                   opt.reuse_copy_attn, opt.copy_attn_type)
+
+    def _sample(self, p, n, T, B):
+        if p == 0.0:
+            return None
+        mask = sample_mask(self.settings.mask_mode, p, n, T, batch=B, generator=self.masks,
+                           pool_size=self.settings.pool_size)
+        return mask if (isinstance(mask, StructuredMask) and self.settings.compact) or not isinstance(
+            mask, StructuredMask) else mask.dense()
+
+    def _run_forward_pass(self, tgt, enc_out, src_len=None):
+        s = self.settings
+        if not self.training or (s.dropout == 0.0 and s.recurrent_dropout == 0.0):
+            self._out_mask = None
+            return super()._run_forward_pass(tgt, enc_out, src_len=src_len)
+
+        emb = self.embeddings(tgt)  # [B, T, E]; the embeddings' own dropout is off
+        B, T, E = emb.shape
+        H, L, dev = self.hidden_size, self.num_layers, emb.device
+        to = lambda m: m.to(dev) if m is not None else None  # noqa: E731
+        emb_mask = to(self._sample(s.dropout, E, T, B))
+        between = [to(self._sample(s.dropout, H, T, B)) for _ in range(L - 1)]
+        recurrent = [to(self._sample(s.recurrent_dropout, H, T, B)) for _ in range(L)]
+        out_mask = to(self._sample(s.dropout, H, T, B))
+        self._out_mask = out_mask
+        dense = lambda m: m.dense(emb.dtype) if isinstance(m, StructuredMask) else m  # noqa: E731
+        self.last_masks = {"embedding": dense(emb_mask), "between": [dense(m) for m in between],
+                           "recurrent": [dense(m) for m in recurrent], "output": dense(out_mask)}
+        out_dense = (out_mask.dense(emb.dtype) if isinstance(out_mask, StructuredMask) else out_mask)
+
+        cells = self.rnn.layers
+        w0 = cells[0].weight_ih
+        pre = masked_linear(emb, w0[:, :E], cells[0].bias_ih + cells[0].bias_hh, emb_mask)  # [B, T, 4H]
+        feed = StepProduct(w0[:, E:], out_mask, scaled=True)  # the input feed is last step's masked output
+        below = [StepProduct(cells[l].weight_ih, between[l - 1]) for l in range(1, L)]
+        hidden = [StepProduct(cells[l].weight_hh, recurrent[l]) for l in range(L)]
+
+        h, c = (list(x.unbind(0)) for x in self.state["hidden"])
+        input_feed = self.state["input_feed"].squeeze(0)
+        coverage = self.state["coverage"].squeeze(0) if self.state["coverage"] is not None else None
+        dec_outs, attns = [], {}
+        if self.attn is not None:
+            attns["std"] = []
+        if self.copy_attn is not None or self._reuse_copy_attn:
+            attns["copy"] = []
+        if self._coverage:
+            attns["coverage"] = []
+        for t in range(T):
+            x = None
+            for l in range(L):
+                if l == 0:
+                    gates = pre[:, t] + (feed(input_feed, t - 1) if t > 0 else F.linear(input_feed, w0[:, E:]))
+                else:
+                    gates = below[l - 1](x, t) + cells[l].bias_ih + cells[l].bias_hh
+                h[l], c[l] = lstm_pointwise(gates + hidden[l](h[l], t), c[l])
+                x = h[l]
+            if self.attentional:
+                dec_out, p_attn = self.attn(x, enc_out, src_len=src_len)
+                attns["std"].append(p_attn)
+            else:
+                dec_out = x
+            if out_dense is not None:
+                dec_out = dec_out * out_dense[t]
+            input_feed = dec_out
+            dec_outs.append(dec_out)
+            if self._coverage:
+                coverage = p_attn if coverage is None else p_attn + coverage
+                attns["coverage"].append(coverage)
+            if self.copy_attn is not None:
+                _, copy_attn = self.copy_attn(dec_out, enc_out)
+                attns["copy"].append(copy_attn)
+            elif self._reuse_copy_attn:
+                attns["copy"] = attns["std"]
+        return (torch.stack(h), torch.stack(c)), dec_outs, attns
+
+    def forward(self, tgt, enc_out, src_len=None, step=None, **kwargs):
+        self.output_mask.clear()
+        dec_state, dec_outs, attns = self._run_forward_pass(tgt, enc_out, src_len=src_len)
+        self.state["hidden"] = dec_state if isinstance(dec_state, tuple) else (dec_state,)
+        dec_outs = torch.stack(dec_outs, dim=1)  # [B, T, H]
+        attns = {k: torch.stack(v, dim=1) if isinstance(v, list) else v for k, v in attns.items()}  # [B, T, S]
+        self.state["input_feed"] = dec_outs[:, -1, :].unsqueeze(0)
+        self.state["coverage"] = attns["coverage"][:, -1, :].unsqueeze(0) if "coverage" in attns else None
+        self._record(dec_outs, self._out_mask)
+        return dec_outs, attns
+
+    def update_dropout(self, dropout, attention_dropout=None):
+        self.settings.next_phase(dropout)
+        self.dropout.p = self.rnn.dropout.p = self.settings.dropout
+
+
+def register():
+    """Add the decoders to OpenNMT's ``str2dec`` (idempotent); runs when this module is imported."""
+    from onmt.decoders import register_decoder, str2dec
+    for name, cls in (("sd_rnn", StructDropStdRNNDecoder), ("sd_ifrnn", StructDropInputFeedDecoder)):
+        if name not in str2dec:
+            register_decoder(name)(cls)
+
+
+register()

@@ -1,0 +1,131 @@
+"""Evaluate recipes: translate the test set with the last checkpoint, detokenise, score with sacreBLEU, and read
+training speed (tokens/s) and validation perplexity from the training log.
+
+    python -m onmt_structdrop.opennmt.evaluate --config recipes/multi30k_deen.yaml \
+        --config recipes/multi30k_deen_baseline.yaml --plot runs/multi30k_valid_ppl.png
+
+Each recipe's results go to ``eval.json`` beside its checkpoints; with several recipes a table compares them to
+the last one given (the baseline): BLEU difference and speed ratio.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+_STEP = re.compile(r"Step (\d+)/\s*\d+;.*?(\d+)/\s*(\d+) tok/s")
+_VALID = re.compile(r"Validation perplexity: ([\d.]+)")
+_CKPT = re.compile(r"_step_(\d+)\.pt$")
+
+
+def read_recipe(path: Path) -> dict:
+    if not path.is_file():
+        raise SystemExit(f"recipe {path} not found")
+    return yaml.safe_load(path.read_text())
+
+
+def last_checkpoint(save_model: str) -> Path:
+    base = Path(save_model)
+    found = sorted(base.parent.glob(base.name + "_step_*.pt"), key=lambda p: int(_CKPT.search(p.name).group(1)))
+    if not found:
+        raise SystemExit(f"no checkpoint {base}_step_*.pt: train first")
+    return found[-1]
+
+
+def training_log(path: Path, skip_first: int = 1) -> dict:
+    """Tokens/s (source, target; median of the report lines after the first ``skip_first``) and the
+    validation perplexities in order, from an ``onmt_train`` log."""
+    if not path.is_file():
+        raise SystemExit(f"training log {path} not found (log_file in the recipe)")
+    steps, src, tgt, valid = [], [], [], []
+    last_step = 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        m = _STEP.search(line)
+        if m:
+            last_step = int(m.group(1))
+            steps.append(last_step)
+            src.append(int(m.group(2)))
+            tgt.append(int(m.group(3)))
+            continue
+        m = _VALID.search(line)
+        if m:
+            valid.append((last_step, float(m.group(1))))
+    if len(steps) <= skip_first:
+        raise SystemExit(f"{path}: not enough 'Step ... tok/s' report lines")
+    return {"src_tok_s": statistics.median(src[skip_first:]), "tgt_tok_s": statistics.median(tgt[skip_first:]),
+            "valid_ppl": valid, "steps": steps[-1]}
+
+
+def translate_and_score(recipe: dict, checkpoint: Path, out_dir: Path, beam: int = 5) -> dict:
+    import pyonmttok
+    import sacrebleu
+    data_dir = Path(recipe["data"]["corpus_1"]["path_src"]).parent
+    src, ref = data_dir / "test.src", data_dir / "test.ref"
+    for path in (src, ref, data_dir / "tokenizer.json"):
+        if not path.is_file():
+            raise SystemExit(f"{path} not found: run python -m onmt_structdrop.opennmt.prepare first")
+    pred_tok = out_dir / "test.pred.tok"
+    subprocess.run([sys.executable, "-m", "onmt.bin.translate", "-model", str(checkpoint), "-src", str(src),
+                    "-output", str(pred_tok), "-beam_size", str(beam), "-batch_size", "32", "-max_length", "200"],
+                   check=True)
+    tokenizer = pyonmttok.Tokenizer(**json.loads((data_dir / "tokenizer.json").read_text()))
+    hyps = [tokenizer.detokenize(line.split()) for line in pred_tok.read_text(encoding="utf-8").splitlines()]
+    refs = ref.read_text(encoding="utf-8").splitlines()
+    if len(hyps) != len(refs):
+        raise SystemExit(f"{pred_tok} has {len(hyps)} lines for {len(refs)} references")
+    (out_dir / "test.pred").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+    bleu = sacrebleu.corpus_bleu(hyps, [refs])
+    return {"bleu": round(bleu.score, 2), "bleu_signature": str(bleu.format(signature=True))}
+
+
+def evaluate(config: Path, beam: int = 5, log: Path = None) -> dict:
+    recipe = read_recipe(config)
+    checkpoint = last_checkpoint(recipe["save_model"])
+    out_dir = checkpoint.parent
+    result = {"recipe": str(config), "checkpoint": str(checkpoint),
+              "encoder_type": recipe.get("encoder_type"), "decoder_type": recipe.get("decoder_type"),
+              **training_log(log or Path(recipe["log_file"])), **translate_and_score(recipe, checkpoint, out_dir, beam)}
+    (out_dir / "eval.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def comparison_table(results) -> str:
+    base = results[-1]
+    lines = ["| recipe | encoder / decoder | steps | test BLEU | vs baseline | src tok/s | tgt tok/s | speed ratio |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {Path(r['recipe']).stem} | {r['encoder_type']} / {r['decoder_type']} | {r['steps']} | "
+                     f"{r['bleu']:.2f} | {r['bleu'] - base['bleu']:+.2f} | {r['src_tok_s']:.0f} | "
+                     f"{r['tgt_tok_s']:.0f} | {r['tgt_tok_s'] / base['tgt_tok_s']:.2f}x |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, action="append", required=True,
+                        help="a recipe (repeat; the last one is the baseline of the comparison)")
+    parser.add_argument("--log", type=Path, action="append", default=None,
+                        help="training log of each --config, in order (default: the recipe's log_file)")
+    parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--plot", type=Path, default=None, help="PNG of validation perplexity against step")
+    args = parser.parse_args(argv)
+    logs = args.log or [None] * len(args.config)
+    if len(logs) != len(args.config):
+        parser.error(f"give one --log per --config ({len(args.config)}), got {len(logs)}")
+    results = [evaluate(config, args.beam, log) for config, log in zip(args.config, logs)]
+    print(comparison_table(results))
+    if args.plot:
+        from ..plotting import save_line_plot
+        series = [(Path(r["recipe"]).stem, [s for s, _ in r["valid_ppl"]], [p for _, p in r["valid_ppl"]], {})
+                  for r in results if r["valid_ppl"]]
+        save_line_plot(args.plot, series, "training step", "validation perplexity", log_y=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The plugin's OpenNMT-py options, added to ``model_opts`` so that they are parsed from YAML and the command line,
+checked at start-up and saved in checkpoints.
+
+The non-recurrent rate is OpenNMT's own ``dropout`` (with ``dropout_steps``); these options add the rest.
+"""
+from __future__ import annotations
+
+import argparse
+
+from ..masks import MASK_MODES, check_rate
+
+DEFAULTS = {"sd_recurrent_dropout": [0.0], "sd_mask_mode": "pool", "sd_pool_size": 0, "sd_seed": -1,
+            "sd_compact": True}
+
+
+def _rate(text):
+    """argparse type: a dropout rate in [0, 1), the error naming the bad value."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    try:
+        return check_rate(value, "sd_recurrent_dropout")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def _bool(text):
+    if isinstance(text, bool):
+        return text
+    if str(text).lower() in ("true", "1", "yes"):
+        return True
+    if str(text).lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def add_opts(parser):
+    group = parser.add_argument_group("Structured dropout (onmt-structdrop: encoder/decoder types sd_rnn, sd_brnn, "
+                                      "sd_ifrnn)")
+    group.add_argument("--sd_recurrent_dropout", "-sd_recurrent_dropout", type=_rate, nargs="+",
+                       default=DEFAULTS["sd_recurrent_dropout"],
+                       help="Structured dropout rate on h(t-1) of every LSTM layer: one value, or one per entry "
+                            "of -dropout (it then follows -dropout_steps).")
+    group.add_argument("--sd_mask_mode", "-sd_mask_mode", choices=list(MASK_MODES), default=DEFAULTS["sd_mask_mode"],
+                       help="Which units are dropped: 'time' (a fresh set per step, shared by the batch), 'pool' "
+                            "(each step picks one of a few sets drawn per batch), 'batch' (one set per batch), "
+                            "'bernoulli' (ordinary dropout, nothing skipped).")
+    group.add_argument("--sd_pool_size", "-sd_pool_size", type=_non_negative_int, default=DEFAULTS["sd_pool_size"],
+                       help="Kept sets per batch in 'pool' mode; 0 picks ceil(1 / min(p, 1 - p)).")
+    group.add_argument("--sd_seed", "-sd_seed", type=int, default=DEFAULTS["sd_seed"],
+                       help="Seed of the dropout masks' own random generator; -1 draws them from torch's global "
+                            "generator (seeded by -seed).")
+    group.add_argument("--sd_compact", "-sd_compact", type=_bool, default=DEFAULTS["sd_compact"],
+                       help="Skip the dropped units' work (true) or multiply by the same masks (false, for "
+                            "comparison).")
+
+
+def _first(value):
+    return value[0] if isinstance(value, (list, tuple)) else value
+
+
+def check(opt):
+    """Raise ValueError for option combinations argparse cannot see (run when a model is built)."""
+    rates = list(getattr(opt, "sd_recurrent_dropout", DEFAULTS["sd_recurrent_dropout"]))
+    dropout = opt.dropout if isinstance(opt.dropout, (list, tuple)) else [opt.dropout]
+    if len(rates) not in (1, len(dropout)):
+        raise ValueError(f"sd_recurrent_dropout needs one value or one per dropout entry ({len(dropout)}), "
+                         f"got {rates}")
+    for rate in rates:
+        check_rate(rate, "sd_recurrent_dropout")
+    for rate in dropout:
+        check_rate(rate, "dropout")
+    if getattr(opt, "rnn_type", "LSTM") != "LSTM":
+        raise ValueError(f"structured dropout encoders and decoders are LSTMs; rnn_type must be LSTM, "
+                         f"got {opt.rnn_type!r}")
+
+
+class Settings:
+    """The structured-dropout settings of one encoder or decoder, and their schedule over ``dropout_steps``."""
+
+    def __init__(self, opt):
+        check(opt)
+        get = lambda name: getattr(opt, name, DEFAULTS[name])  # noqa: E731
+        self.dropout = float(_first(opt.dropout))
+        self.recurrent_schedule = [float(r) for r in get("sd_recurrent_dropout")]
+        self.recurrent_dropout = self.recurrent_schedule[0]
+        self.mask_mode = get("sd_mask_mode")
+        self.pool_size = get("sd_pool_size") or None
+        self.seed = get("sd_seed")
+        self.compact = bool(get("sd_compact"))
+        self._phase = 0
+
+    def lstm_kwargs(self):
+        return {"dropout": self.dropout, "recurrent_dropout": self.recurrent_dropout, "mask_mode": self.mask_mode,
+                "pool_size": self.pool_size, "compact": self.compact}
+
+    def next_phase(self, dropout):
+        """``update_dropout`` is called once per ``dropout_steps`` boundary, in order: move to the next phase."""
+        self._phase += 1
+        self.dropout = float(dropout)
+        if len(self.recurrent_schedule) > 1:
+            self.recurrent_dropout = self.recurrent_schedule[min(self._phase, len(self.recurrent_schedule) - 1)]

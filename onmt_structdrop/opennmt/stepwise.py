@@ -1,0 +1,157 @@
+"""Compacted products for code that runs step by step under autograd (the input-feed decoder, the generator).
+
+``masked_linear`` applies a whole sequence's mask at once; ``StepProduct`` one step at a time. With a
+:class:`~onmt_structdrop.masks.StructuredMask` only the kept columns of the input and of the weight are read:
+the weight's kept columns are gathered once per kept set and call (at every step when the sets are many), and
+autograd turns the product into the compacted backward (input gradient on kept columns only, weight gradient
+accumulated into kept columns only). ``scaled=True`` says that the input already carries the mask (its dropped
+columns are zero and its kept ones scaled), so the mask's values are not applied again.
+"""
+from __future__ import annotations
+
+import torch
+from torch.nn import functional as F
+
+from ..compact import CACHED_GROUPS
+from ..masks import StructuredMask
+
+
+def _multiplier(mask, g):
+    return mask.values[g] if mask.values is not None else mask.scale
+
+
+def apply_mask(x, mask):
+    """``x`` ``[B, T, n]`` times a ``[T, n]`` or ``[T, B, n]`` dense mask, or a StructuredMask."""
+    if mask is None:
+        return x
+    if isinstance(mask, StructuredMask):
+        mask = mask.dense(x.dtype).to(x.device)
+    return x * (mask.unsqueeze(0) if mask.dim() == 2 else mask.transpose(0, 1))
+
+
+class _StepwiseLinear(torch.autograd.Function):
+    """``y[:, t] = x[:, t, K_t] @ W[:, K_t]^T + b`` for ``x`` ``[B, T, n]``, one product per step written in place
+    into the batch-major output (a strided BLAS operand), so the output is never reordered: for a large output
+    (a generator's vocabulary) a reordering copy costs as much as the skipped work."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mask, scaled):
+        B, T, _ = x.shape
+        weights = _kept_weights(weight, mask, scaled)
+        out = x.new_empty(B, T, weight.shape[0])
+        for t in range(T):
+            g = mask.step_group[t]
+            xk = x[:, t].index_select(1, mask.keep[g])
+            if bias is not None:
+                torch.addmm(bias, xk, weights[g].t(), out=out[:, t])
+            else:
+                torch.mm(xk, weights[g].t(), out=out[:, t])
+        ctx.mask, ctx.scaled, ctx.has_bias = mask, scaled, bias is not None
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dout):
+        x, weight = ctx.saved_tensors
+        mask = ctx.mask
+        B, T, n = x.shape
+        weights = _kept_weights(weight, mask, ctx.scaled)
+        dx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
+        dweights = [weight.new_zeros(weight.shape[0], len(keep)) for keep in mask.keep]
+        for t in range(T):
+            g = mask.step_group[t]
+            keep, dy = mask.keep[g], dout[:, t]
+            if dx is not None:
+                dx[:, t].index_copy_(1, keep, dy @ weights[g])
+            dweights[g].addmm_(dy.t(), x[:, t].index_select(1, keep))
+        dweight = torch.zeros_like(weight)
+        for g, keep in enumerate(mask.keep):
+            dweight.index_add_(1, keep, dweights[g] if ctx.scaled else dweights[g] * _multiplier(mask, g))
+        db = dout.sum(dim=(0, 1)) if ctx.has_bias else None
+        return dx, dweight, db, None, None
+
+
+def _kept_weights(weight, mask, scaled):
+    weights = [weight.index_select(1, keep) for keep in mask.keep]
+    return weights if scaled else [w * _multiplier(mask, g) for g, w in enumerate(weights)]
+
+
+def masked_linear(x, weight, bias, mask, scaled=False):
+    """``F.linear`` of ``x`` ``[B, T, n]`` masked per step (``mask`` over ``T`` steps and ``n`` units)."""
+    if not isinstance(mask, StructuredMask):
+        return F.linear(x if scaled else apply_mask(x, mask), weight, bias)
+    if len(mask.keep) == 1:  # one kept set: one product over every step
+        w = weight.index_select(1, mask.keep[0])
+        return F.linear(x.index_select(2, mask.keep[0]), w if scaled else w * _multiplier(mask, 0), bias)
+    return _StepwiseLinear.apply(x, weight, bias, mask, scaled)
+
+
+class StepProduct:
+    """``x_t @ weight^T`` for the steps ``t`` of one forward call, reading only the kept columns of ``x_t``."""
+
+    def __init__(self, weight, mask, scaled=False):
+        self.weight, self.mask, self.scaled = weight, mask, scaled
+        self.structured = isinstance(mask, StructuredMask)
+        self.cache = self.structured and len(mask.keep) <= CACHED_GROUPS
+        self._weights = {}
+        if mask is not None and not self.structured and not scaled:
+            self.dense = mask.to(weight.dtype)
+
+    def __call__(self, x, t):
+        if self.mask is None or (self.scaled and not self.structured):
+            return F.linear(x, self.weight)
+        if not self.structured:
+            return F.linear(x * self.dense[t], self.weight)
+        g = self.mask.step_group[t]
+        keep = self.mask.keep[g]
+        x = x.index_select(1, keep)
+        if not self.cache:  # a set per step: scale the (smaller) input rather than the gathered weight
+            w = self.weight.index_select(1, keep)
+            return F.linear(x if self.scaled else x * _multiplier(self.mask, g), w)
+        w = self._weights.get(g)
+        if w is None:  # once per kept set and call, the mask's values folded in
+            w = self.weight.index_select(1, keep)
+            self._weights[g] = w if self.scaled else w * _multiplier(self.mask, g)
+            w = self._weights[g]
+        return F.linear(x, w)
+
+
+class _LSTMPointwise(torch.autograd.Function):
+    """``(gates, c_prev) -> (h, c)`` of one LSTM step (gate order i, f, g, o) as one autograd node: a step-by-step
+    loop otherwise spends much of its time building and walking the graph of a dozen small ops."""
+
+    @staticmethod
+    def forward(ctx, gates, c_prev):
+        H = c_prev.shape[1]
+        act = gates.sigmoid()
+        torch.tanh(gates[:, 2 * H: 3 * H], out=act[:, 2 * H: 3 * H])
+        i, f, g, o = act.chunk(4, dim=1)
+        c = torch.mul(f, c_prev).addcmul_(i, g)
+        tanh_c = c.tanh()
+        ctx.save_for_backward(act, c_prev, tanh_c)
+        return o * tanh_c, c
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, dh, dc):
+        act, c_prev, tanh_c = ctx.saved_tensors
+        i, f, g, o = act.chunk(4, dim=1)
+        dh = dh if dh is not None else torch.zeros_like(c_prev)
+        dc = (dc.clone() if dc is not None else torch.zeros_like(c_prev))
+        dc.addcmul_(dh * o, 1 - tanh_c * tanh_c)
+        dgates = torch.empty_like(act)
+        di, df, dg, do = dgates.chunk(4, dim=1)
+        torch.mul(dc, g, out=di)
+        torch.mul(dc, c_prev, out=df)
+        torch.mul(dc, i, out=dg)
+        torch.mul(dh, tanh_c, out=do)
+        H = c_prev.shape[1]
+        deriv = act * (1 - act)  # sigmoid'; the g block is replaced by tanh'
+        torch.addcmul(torch.ones_like(g), g, g, value=-1, out=deriv[:, 2 * H: 3 * H])
+        return dgates.mul_(deriv), dc.mul_(f)
+
+
+def lstm_pointwise(gates, c_prev):
+    """One LSTM step from its pre-activation gates: ``(h, c)``; the cell state is never dropped."""
+    return _LSTMPointwise.apply(gates, c_prev)
