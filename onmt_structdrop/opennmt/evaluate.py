@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-_STEP = re.compile(r"Step (\d+)/\s*\d+;.*?(\d+)/\s*(\d+) tok/s")
+_STEP = re.compile(r"Step\s+(\d+)/\s*\d+;.*?(\d+)/\s*(\d+) tok/s")
 _VALID = re.compile(r"Validation perplexity: ([\d.]+)")
 _CKPT = re.compile(r"_step_(\d+)\.pt$")
 

@@ -90,6 +90,9 @@ class Settings:
     """The structured-dropout settings of one encoder or decoder, and their schedule over ``dropout_steps``."""
 
     def __init__(self, opt):
+        if not hasattr(opt, "sd_mask_mode"):  # the options were never parsed: is OpenNMT-py patched?
+            from . import require_patched_onmt
+            require_patched_onmt()
         check(opt)
         get = lambda name: getattr(opt, name, DEFAULTS[name])  # noqa: E731
         self.dropout = float(_first(opt.dropout))

@@ -1,0 +1,155 @@
+"""End to end with the stock OpenNMT-py commands on a tiny real sample (Multi30k): prepare, onmt_build_vocab,
+onmt_train (structured and stock), onmt_translate with beam search and -replace_unk, -train_from, checkpoint
+contents, evaluation, and the refusal of a checkpoint that would run code."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("onmt")
+from onmt.models.model_saver import safe_load  # noqa: E402
+
+from onmt_structdrop.opennmt import evaluate, prepare  # noqa: E402
+
+SAMPLE = Path(__file__).parent / "data" / "multi30k_sample"
+MODELS = {
+    "sd_ifrnn": "encoder_type: sd_brnn\ndecoder_type: sd_ifrnn\nbridge: true\nsd_recurrent_dropout: [0.25]\n"
+                "sd_mask_mode: pool\nsd_seed: 3\n",
+    "sd_rnn": "encoder_type: sd_rnn\ndecoder_type: sd_rnn\nsd_recurrent_dropout: [0.2]\nsd_mask_mode: time\n",
+    "stock": "encoder_type: brnn\ndecoder_type: rnn\ninput_feed: 1\n",
+}
+
+
+def onmt(command, *args, cwd, check=True):
+    module = {"build_vocab": "onmt.bin.build_vocab", "train": "onmt.bin.train", "translate": "onmt.bin.translate"}
+    env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="2")
+    result = subprocess.run([sys.executable, "-m", module[command], *map(str, args)], cwd=cwd, env=env,
+                            capture_output=True, text=True, timeout=600)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{command} failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
+    return result
+
+
+def write_config(work, name, steps):
+    config = work / f"{name}.yaml"
+    config.write_text(f"""save_data: runs/{name}/data
+src_vocab: runs/vocab.src
+tgt_vocab: runs/vocab.tgt
+overwrite: true
+data:
+  corpus_1:
+    path_src: data/train.src
+    path_tgt: data/train.tgt
+  valid:
+    path_src: data/valid.src
+    path_tgt: data/valid.tgt
+bucket_size: 2000
+num_workers: 0
+{MODELS[name]}layers: 2
+hidden_size: 32
+word_vec_size: 16
+dropout: [0.3]
+seed: 1
+batch_type: sents
+batch_size: 32
+valid_batch_size: 32
+optim: adam
+learning_rate: 0.01
+train_steps: {steps}
+valid_steps: 1000
+save_checkpoint_steps: {steps}
+report_every: 2
+save_model: runs/{name}/model
+log_file: runs/{name}/train.log
+""")
+    return config
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    work = tmp_path_factory.mktemp("e2e")
+    prepare.prepare("multi30k_deen", work / "data", source=SAMPLE, bpe_merges=300)
+    write_config(work, "sd_ifrnn", 6)
+    onmt("build_vocab", "-config", "sd_ifrnn.yaml", "-n_sample", "-1", cwd=work)
+    return work
+
+
+@pytest.fixture(scope="module")
+def trained(work):
+    """The structured model, trained for 6 steps."""
+    onmt("train", "-config", "sd_ifrnn.yaml", cwd=work)
+    return work / "runs" / "sd_ifrnn" / "model_step_6.pt"
+
+
+def translate(work, model, *extra):
+    out = work / f"pred_{model.stem}.txt"
+    onmt("translate", "-model", model, "-src", "data/test.src", "-output", out, "-beam_size", "5",
+         "-max_length", "20", *extra, cwd=work)
+    return out.read_text().splitlines()
+
+
+def test_checkpoint_keeps_the_plugins_parameters_and_options(trained):
+    checkpoint = safe_load(trained)
+    opt = checkpoint["opt"]
+    assert (opt.encoder_type, opt.decoder_type) == ("sd_brnn", "sd_ifrnn")
+    assert opt.sd_recurrent_dropout == [0.25] and opt.sd_mask_mode == "pool" and opt.sd_seed == 3
+    assert {"encoder.rnn.weight_hh_l1_reverse", "decoder.rnn.layers.1.weight_hh", "encoder.bridge.0.weight"} <= set(
+        checkpoint["model"])
+    assert set(checkpoint["generator"]) == {"weight", "bias"}
+
+
+def test_translate_with_beam_search_replace_unk_and_attention(trained, work):
+    # attention reaches beam search batch first: -replace_unk, -attn_debug and the coverage penalty read it
+    lines = translate(work, trained, "-replace_unk", "-coverage_penalty", "wu", "-beta", "0.2", "-attn_debug")
+    assert len(lines) == len((work / "data" / "test.src").read_text().splitlines()) == 30
+
+
+def test_train_from_resumes(trained, work):
+    onmt("train", "-config", "sd_ifrnn.yaml", "-train_from", trained, "-train_steps", "8",
+         "-save_checkpoint_steps", "8", cwd=work)
+    resumed = safe_load(work / "runs" / "sd_ifrnn" / "model_step_8.pt")
+    assert resumed["opt"].sd_mask_mode == "pool"
+    log = (work / "runs" / "sd_ifrnn" / "train.log").read_text()
+    assert "Loading checkpoint from" in log and re.search(r"Step\s+8/", log)  # reports reach -log_file
+
+
+@pytest.mark.parametrize("name", ["sd_rnn", "stock"])
+def test_other_models_train_and_translate(name, work):
+    write_config(work, name, 4)
+    onmt("train", "-config", f"{name}.yaml", cwd=work)
+    lines = translate(work, work / "runs" / name / "model_step_4.pt", "-replace_unk")
+    assert len(lines) == 30
+
+
+def test_evaluate_reports_bleu_and_speed(trained, work, monkeypatch):
+    monkeypatch.chdir(work)  # recipes' paths are relative to where onmt_train ran
+    result = evaluate.evaluate(work / "sd_ifrnn.yaml", beam=2)
+    assert 0.0 <= result["bleu"] <= 100.0 and result["src_tok_s"] > 0 and "BLEU" in result["bleu_signature"]
+    assert (Path(result["checkpoint"]).parent / "eval.json").is_file()
+    assert (Path(result["checkpoint"]).parent / "test.pred").read_text().count("\n") == 30
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_checkpoint_that_runs_code_is_refused(trained, work):
+    marker = work / "pwned"
+    evil = torch.load(trained, map_location="cpu", weights_only=False)
+    evil["opt"].payload = _RunsCode(marker)
+    torch.save(evil, work / "evil.pt")
+    result = onmt("translate", "-model", "evil.pt", "-src", "data/test.src", "-output", "x.txt", cwd=work,
+                  check=False)
+    assert result.returncode != 0 and "refusing to load evil.pt" in result.stderr
+    result = onmt("train", "-config", "sd_ifrnn.yaml", "-train_from", "evil.pt", "-train_steps", "10", cwd=work,
+                  check=False)
+    assert result.returncode != 0 and "refusing to load evil.pt" in result.stderr
+    assert not marker.exists()
