@@ -1,7 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo demo-lm bench clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -10,6 +10,9 @@ test: setup
 	$(PY) -m pytest -q tests
 
 demo: setup
+	$(PY) -m onmt_structdrop.opennmt.demo
+
+demo-lm: setup
 	$(PY) -m onmt_structdrop.demo
 
 bench: setup

@@ -13,9 +13,9 @@ import torch
 pytest.importorskip("onmt")
 from onmt.models.model_saver import safe_load  # noqa: E402
 
-from onmt_structdrop.opennmt import evaluate, prepare  # noqa: E402
+from onmt_structdrop.opennmt import demo, evaluate, prepare  # noqa: E402
 
-SAMPLE = Path(__file__).parent / "data" / "multi30k_sample"
+SAMPLE = Path(__file__).resolve().parents[1] / "recipes" / "sample_multi30k_deen"
 MODELS = {
     "sd_ifrnn": "encoder_type: sd_brnn\ndecoder_type: sd_ifrnn\nbridge: true\nsd_recurrent_dropout: [0.25]\n"
                 "sd_mask_mode: pool\nsd_seed: 3\n",
@@ -35,44 +35,13 @@ def onmt(command, *args, cwd, check=True):
 
 
 def write_config(work, name, steps):
-    config = work / f"{name}.yaml"
-    config.write_text(f"""save_data: runs/{name}/data
-src_vocab: runs/vocab.src
-tgt_vocab: runs/vocab.tgt
-overwrite: true
-data:
-  corpus_1:
-    path_src: data/train.src
-    path_tgt: data/train.tgt
-  valid:
-    path_src: data/valid.src
-    path_tgt: data/valid.tgt
-bucket_size: 2000
-num_workers: 0
-{MODELS[name]}layers: 2
-hidden_size: 32
-word_vec_size: 16
-dropout: [0.3]
-seed: 1
-batch_type: sents
-batch_size: 32
-valid_batch_size: 32
-optim: adam
-learning_rate: 0.01
-train_steps: {steps}
-valid_steps: 1000
-save_checkpoint_steps: {steps}
-report_every: 2
-save_model: runs/{name}/model
-log_file: runs/{name}/train.log
-""")
-    return config
+    return demo.write_config(work, name, MODELS[name], steps, hidden=32, report_every=2)
 
 
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
-    prepare.prepare("multi30k_deen", work / "data", source=SAMPLE, bpe_merges=300)
+    prepare.prepare("multi30k_deen", work / "data", source=SAMPLE, max_train=400, bpe_merges=300)
     write_config(work, "sd_ifrnn", 6)
     onmt("build_vocab", "-config", "sd_ifrnn.yaml", "-n_sample", "-1", cwd=work)
     return work
@@ -105,7 +74,7 @@ def test_checkpoint_keeps_the_plugins_parameters_and_options(trained):
 def test_translate_with_beam_search_replace_unk_and_attention(trained, work):
     # attention reaches beam search batch first: -replace_unk, -attn_debug and the coverage penalty read it
     lines = translate(work, trained, "-replace_unk", "-coverage_penalty", "wu", "-beta", "0.2", "-attn_debug")
-    assert len(lines) == len((work / "data" / "test.src").read_text().splitlines()) == 30
+    assert len(lines) == len((work / "data" / "test.src").read_text().splitlines()) == 200
 
 
 def test_train_from_resumes(trained, work):
@@ -122,7 +91,7 @@ def test_other_models_train_and_translate(name, work):
     write_config(work, name, 4)
     onmt("train", "-config", f"{name}.yaml", cwd=work)
     lines = translate(work, work / "runs" / name / "model_step_4.pt", "-replace_unk")
-    assert len(lines) == 30
+    assert len(lines) == 200
 
 
 def test_evaluate_reports_bleu_and_speed(trained, work, monkeypatch):
@@ -130,7 +99,7 @@ def test_evaluate_reports_bleu_and_speed(trained, work, monkeypatch):
     result = evaluate.evaluate(work / "sd_ifrnn.yaml", beam=2)
     assert 0.0 <= result["bleu"] <= 100.0 and result["src_tok_s"] > 0 and "BLEU" in result["bleu_signature"]
     assert (Path(result["checkpoint"]).parent / "eval.json").is_file()
-    assert (Path(result["checkpoint"]).parent / "test.pred").read_text().count("\n") == 30
+    assert (Path(result["checkpoint"]).parent / "test.pred").read_text().count("\n") == 200
 
 
 class _RunsCode:
