@@ -212,7 +212,7 @@ def main(argv=None):
                         help="also time dropout + the output projection to this many classes (0: skip)")
     parser.add_argument("--rates", type=float, nargs="+", help="sweep: run once per rate, used for NR and RH")
     parser.add_argument("--plot", metavar="PNG", help="with --rates: plot speed-up against the rate")
-    parser.add_argument("--modes", nargs="+", default=["time", "pool", "batch", "bernoulli"],
+    parser.add_argument("--modes", nargs="+", default=["time", "pool", "batch", "rbd", "tbd", "bernoulli"],
                         choices=MASK_MODES)
     parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE, help="default: automatic")
     parser.add_argument("--dense-mode", default="time", choices=STRUCTURED_MODES,

@@ -48,8 +48,10 @@ class KeptRows:
     """The rows of ``wt`` that each group of a structured mask keeps, and their accumulated gradient.
 
     ``wt`` is normally the transposed view of a row-major weight ``w`` (``n_out x n``): kept rows of ``wt`` are
-    then gathered as columns of ``w``. With few kept sets the rows are prepared once per call (one permuted copy
-    for window sets, one gather of every set otherwise); with many, a set's rows are gathered at each use.
+    then gathered as columns of ``w``. With few kept sets the rows are prepared once per call (strided views of
+    one transposed copy for regularly strided sets, one permuted copy for window sets, one gather of every set
+    otherwise); with many, a set's rows are gathered at each use. ``layout`` says which (the benchmark prints
+    it: a gather is where a mode pays for its irregularity).
     """
 
     def __init__(self, wt: torch.Tensor, mask: StructuredMask):
@@ -58,19 +60,28 @@ class KeptRows:
         self._index, self._grad = {}, None
         w = wt.t()
         k = [len(keep) for keep in mask.keep]
-        if mask.perm is not None:
+        if mask.strides is not None:
+            # every set is a regular stride of units (rbd): with one transposed copy of the weight per call,
+            # each set's rows are a strided view, a valid BLAS operand: nothing is gathered
+            source = wt.contiguous()
+            self._rows = [source[start::step] for start, step in mask.strides]
+            self.layout = "strided views"
+        elif mask.perm is not None:
             # Every set is a window of one permutation: one permuted copy (extended by the units that wrapping
             # windows read past its end) holds them all, each set's rows are one slice of it, and the per-step
             # products share one working set.
             extra = max(0, max(o + kg for o, kg in zip(mask.offsets, k)) - mask.n)
             source = w.index_select(1, torch.cat([mask.perm, mask.perm[:extra]])).t()
             self._rows = [source[o:o + kg] for o, kg in zip(mask.offsets, k)]
+            self.layout = "slices of one permuted copy"
         elif len(mask.keep) <= CACHED_GROUPS:  # one pass over the weight gathers every set's rows
             rows = w.index_select(1, torch.cat(mask.keep)).t()
             starts = [sum(k[:g]) for g in range(len(k) + 1)]
             self._rows = [rows[starts[g]:starts[g + 1]] for g in range(len(k))]
+            self.layout = "one gather per call"
         else:  # a fresh set per use: a contiguous wt makes each gather a block copy
             self._rows, self._contiguous = None, wt.contiguous()
+            self.layout = "a gather per use"
 
     def rows(self, g):
         """``wt[K_g]``: ``k x n_out``."""

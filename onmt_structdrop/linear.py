@@ -8,7 +8,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from .compact import project, project_backward, step_order
-from .masks import (DEFAULT_POOL_SIZE, StructuredMask, check_mode, check_pool_size, check_rate, sample_mask)
+from .masks import (DEFAULT_POOL_SIZE, PatternOptions, StructuredMask, check_mode, check_pool_size, check_rate,
+                    sample_mask)
 
 
 class _DropoutLinear(torch.autograd.Function):
@@ -53,7 +54,8 @@ class StructuredDropoutLinear(nn.Module):
     """
 
     def __init__(self, in_features, out_features, bias=True, dropout=0.0, mask_mode="time", batch_first=False,
-                 pool_size=DEFAULT_POOL_SIZE, compact=True, generator=None, device=None, dtype=None):
+                 pool_size=DEFAULT_POOL_SIZE, compact=True, generator=None, pattern=PatternOptions(), device=None,
+                 dtype=None):
         super().__init__()
         for name, value in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -64,6 +66,7 @@ class StructuredDropoutLinear(nn.Module):
         self.batch_first, self.compact = bool(batch_first), bool(compact)
         self.pool_size = check_pool_size(pool_size)
         self.generator = generator
+        self.pattern = pattern
         self.last_mask = None
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
@@ -92,7 +95,7 @@ class StructuredDropoutLinear(nn.Module):
         T, B, n = xt.shape
         if mask is None:
             mask = sample_mask(self.mask_mode, self.dropout, n, T, batch=B, generator=self.generator,
-                               pool_size=self.pool_size)
+                               pool_size=self.pool_size, pattern=self.pattern)
         elif not isinstance(mask, StructuredMask) and (not torch.is_tensor(mask) or tuple(mask.shape) not in
                                                        ((T, n), (T, B, n))):
             got = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__

@@ -9,7 +9,7 @@ from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .layer import LayerPlan, StructDropLSTMLayer
-from .masks import (DEFAULT_POOL_SIZE, StructuredMask, auto_pool_size, check_mode, check_pool_size, check_rate,
+from .masks import (DEFAULT_POOL_SIZE, PatternOptions, StructuredMask, auto_pool_size, check_mode, check_pool_size, check_rate,
                     mask_from_dense, pool_assignment, sample_mask)
 
 
@@ -30,12 +30,13 @@ class StructDropLSTM(nn.Module):
         recurrent_dropout: rate of the dropout on h(t-1) (h(t+1) in reverse) before the recurrent product.
         input_dropout: rate of the dropout on the input of the first layer.
         mask_mode: ``time`` (default; a fresh set of kept units per step, the same for every sequence),
-            ``pool``, ``batch`` or ``bernoulli``; see :mod:`onmt_structdrop.masks`.
+            ``pool``, ``batch``, ``rbd``, ``tbd`` or ``bernoulli``; see :mod:`onmt_structdrop.masks`.
         pool_size: number of kept sets drawn per forward call in ``pool`` mode (``None``: automatic, the
             smallest pool in which no unit is kept or dropped at every step of a call).
         compact: skip the dropped units' work (default). ``False`` multiplies by the same masks instead, as a
             reference for speed.
         generator: ``torch.Generator`` (CPU) the masks are drawn from; the global generator when ``None``.
+        pattern: :class:`~onmt_structdrop.masks.PatternOptions` of the ``rbd`` and ``tbd`` modes.
 
     ``forward(input, hx=None, masks=None)`` also takes explicit masks in the format of :attr:`last_masks`,
     which holds, after a training-mode forward, the masks that were used: ``{"input": [per layer: [T, n_in]],
@@ -46,7 +47,8 @@ class StructDropLSTM(nn.Module):
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, recurrent_dropout=0.0, input_dropout=0.0, mask_mode="time",
-                 pool_size=DEFAULT_POOL_SIZE, compact=True, generator=None, device=None, dtype=None):
+                 pool_size=DEFAULT_POOL_SIZE, compact=True, generator=None, pattern=PatternOptions(), device=None,
+                 dtype=None):
         super().__init__()
         self.input_size = _check_size(input_size, "input_size")
         self.hidden_size = _check_size(hidden_size, "hidden_size")
@@ -59,6 +61,9 @@ class StructDropLSTM(nn.Module):
         self.pool_size = check_pool_size(pool_size)
         self.compact = bool(compact)
         self.generator = generator
+        if not isinstance(pattern, PatternOptions):
+            raise TypeError(f"pattern must be a PatternOptions, got {type(pattern).__name__}")
+        self.pattern = pattern
         self.last_masks = None
         self.proj_size = 0  # read by code written for nn.LSTM
 
@@ -115,7 +120,7 @@ class StructDropLSTM(nn.Module):
         if not self.training or p == 0.0:
             return None
         return sample_mask(self.mask_mode, p, n, T, batch=B, generator=self.generator,
-                           pool_size=pool_size or self.pool_size, assignment=assignment)
+                           pool_size=pool_size or self.pool_size, assignment=assignment, pattern=self.pattern)
 
     def _pool_size(self, rates):
         """One pool size for the masks of a layer: the largest automatic size among its active rates."""

@@ -15,22 +15,29 @@ products that read it can skip it. Modes:
               changes is that steps may share a set. One permuted copy of a weight per call holds every set's
               rows as a slice, and the steps sharing a set share one product.
 ``batch``     batchwise dropout: one random ``k``-subset for all steps of the call.
+``rbd``       approximate random dropout, row based (Song et al., DATE 2019): of every ``dp`` consecutive units
+              one is kept, starting at ``offset``; ``dp`` is drawn from a searched distribution over
+              ``{1, ..., dp_max}`` (:func:`pattern_distribution`) and ``offset`` uniformly in ``[0, dp)``, afresh at
+              every step (or once per call). Kept units are scaled by ``dp``.
+``tbd``       the same over tiles of ``tile_size`` consecutive units, so kept weight rows come in tiles.
 ``bernoulli`` ordinary dropout: an independent draw per element (time, sequence, unit); nothing to compact.
 
 ``k = max(1, round((1 - p) * n))`` and kept values are scaled by ``n / k`` (``1 / (1 - p)`` in ``bernoulli``
-mode), so every mask has expectation exactly one per element and a dropout layer leaves the expectation of
-its input unchanged.
+mode, ``dp`` in ``rbd``/``tbd``), so every mask has expectation exactly one per element and a dropout layer
+leaves the expectation of its input unchanged.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 
-MASK_MODES = ("time", "pool", "batch", "bernoulli")
-STRUCTURED_MODES = ("time", "pool", "batch")
+MASK_MODES = ("time", "pool", "batch", "rbd", "tbd", "bernoulli")
+STRUCTURED_MODES = ("time", "pool", "batch", "rbd", "tbd")
+PATTERN_MODES = ("rbd", "tbd")
 DEFAULT_POOL_SIZE = None  # automatic: see auto_pool_size
 
 
@@ -73,6 +80,7 @@ class StructuredMask:
     perm: Optional[torch.Tensor] = None
     offsets: Optional[List[int]] = None
     step_group: List[int] = field(default_factory=list)
+    strides: Optional[List[Tuple[int, int]]] = None  # (start, step): keep[g] == arange(start, n, step)
 
     def __post_init__(self):
         if not self.step_group:
@@ -86,7 +94,7 @@ class StructuredMask:
         move = lambda ts: None if ts is None else [t.to(device) for t in ts]  # noqa: E731
         return StructuredMask(self.n, self.steps, move(self.keep), move(self.group_steps), self.scale,
                               move(self.values), None if self.perm is None else self.perm.to(device),
-                              self.offsets, list(self.step_group))
+                              self.offsets, list(self.step_group), self.strides)
 
     def dense(self, dtype=torch.float32):
         """The mask as a ``[steps, n]`` tensor: 0 for dropped units, the multiplier for kept ones."""
@@ -146,18 +154,104 @@ def sample_pool(p, n, steps, generator=None, size=DEFAULT_POOL_SIZE, assignment=
                           perm=perm, offsets=[starts[u] for u in used])
 
 
+@dataclass(frozen=True)
+class PatternOptions:
+    """Parameters of the ``rbd``/``tbd`` modes: ``dp`` ranges over ``1..dp_max``; its distribution is searched
+    with entropy weight ``lam``; ``tile_size`` units per tile in ``tbd`` (``None``: the largest power of two up
+    to 32 that divides the width); ``per_batch`` draws one pattern per call instead of one per step."""
+
+    dp_max: int = 8
+    lam: float = 1e-4
+    tile_size: Optional[int] = None
+    per_batch: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.dp_max, bool) or not isinstance(self.dp_max, int) or self.dp_max < 1:
+            raise ValueError(f"dp_max must be an integer >= 1, got {self.dp_max!r}")
+        if isinstance(self.lam, bool) or not isinstance(self.lam, (int, float)) or not self.lam >= 0:
+            raise ValueError(f"the pattern search's lambda must be >= 0, got {self.lam!r}")
+        if self.tile_size is not None and (isinstance(self.tile_size, bool) or not isinstance(self.tile_size, int)
+                                           or self.tile_size < 1):
+            raise ValueError(f"tile_size must be a positive integer or None, got {self.tile_size!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def pattern_distribution(p, dp_max=8, lam=1e-4, iterations=1500):
+    """The probabilities of ``dp = 1..dp_max`` whose expected dropout rate ``E[1 - 1/dp]`` is ``p``, as spread as
+    possible: Song et al.'s search, minimising ``(rate - p)^2 - lam * entropy`` by gradient descent over a
+    softmax. Deterministic and cached. Returns ``(probabilities, achieved rate)``."""
+    p = check_rate(p)
+    PatternOptions(dp_max, lam)
+    top = 1.0 - 1.0 / dp_max
+    if p > top + 1e-12:
+        raise ValueError(f"dropout {p} cannot be reached with dp_max={dp_max} (at most {top:.4f}); "
+                         f"use dp_max >= {math.ceil(1.0 / (1.0 - p) - 1e-9)}")
+    rates = 1.0 - 1.0 / torch.arange(1, dp_max + 1, dtype=torch.float64)
+    logits = torch.zeros(dp_max, dtype=torch.float64, requires_grad=True)
+    optimiser = torch.optim.Adam([logits], lr=0.05)
+    for _ in range(iterations):
+        probs = torch.softmax(logits, 0)
+        entropy = -(probs * torch.log(probs.clamp_min(1e-300))).sum()
+        loss = 1e4 * ((probs @ rates - p) ** 2 - lam * entropy)  # scaled up so that Adam's steps resolve it
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    probs = torch.softmax(logits.detach(), 0)
+    # the entropy term leaves the rate a hair off p: mix in the tiny weight of dp = 1 (rate 0) or dp = dp_max
+    # (the top rate) that makes it exact
+    achieved = float(probs @ rates)
+    if achieved != p:
+        j = 0 if achieved > p else dp_max - 1
+        w = (achieved - p) / (achieved - float(rates[j]))
+        probs = (1 - w) * probs
+        probs[j] += w
+    return tuple(probs.tolist()), float(probs @ rates)
+
+
+def check_tile_size(tile_size, n):
+    if tile_size is None:
+        return next(t for t in (32, 16, 8, 4, 2, 1) if n % t == 0)
+    if n % tile_size:
+        raise ValueError(f"tile_size {tile_size} does not divide the width {n}")
+    return tile_size
+
+
+def sample_pattern(mode, p, n, steps, generator=None, options=PatternOptions()):
+    """``rbd``/``tbd`` masks: at each step (or once per call) ``dp`` from :func:`pattern_distribution` and an
+    offset uniform in ``[0, dp)``; of every ``dp`` consecutive tiles the one at the offset is kept."""
+    probs, _ = pattern_distribution(p, options.dp_max, options.lam)
+    tile = 1 if mode == "rbd" else check_tile_size(options.tile_size, n)
+    draws = 1 if options.per_batch else steps
+    dps = torch.multinomial(torch.tensor(probs), draws, replacement=True, generator=generator) + 1
+    offsets = (torch.rand(draws, generator=generator, dtype=torch.float64) * dps).floor().long()
+    groups = {}
+    for t in range(steps):
+        d = 0 if options.per_batch else t
+        groups.setdefault((int(dps[d]), int(offsets[d])), []).append(t)
+    keeps, values, strides = [], [], []
+    for (dp, offset), _ in groups.items():
+        tiles = torch.arange(offset, max(offset, n // tile), dp)  # empty when the offset lies past the end
+        keeps.append((tiles.unsqueeze(1) * tile + torch.arange(tile)).flatten())
+        values.append(torch.full((len(keeps[-1]),), float(dp)))
+        strides.append((offset, dp))
+    return StructuredMask(n, steps, keeps, [torch.tensor(ts) for ts in groups.values()], values=values,
+                          strides=strides if tile == 1 else None)
+
+
 def sample_bernoulli(p, n, steps, batch, generator=None):
     keep = torch.rand(steps, batch, n, generator=generator) >= p
     return keep.float().mul_(1.0 / (1.0 - p))
 
 
-def sample_mask(mode, p, n, steps, batch=None, generator=None, pool_size=DEFAULT_POOL_SIZE, assignment=None):
+def sample_mask(mode, p, n, steps, batch=None, generator=None, pool_size=DEFAULT_POOL_SIZE, assignment=None,
+                pattern=PatternOptions()):
     """Draw a mask for ``steps`` positions of ``n`` units; ``None`` when ``p == 0`` (nothing dropped).
 
     Returns a :class:`StructuredMask` for structured modes, a ``[steps, batch, n]`` float tensor for
     ``bernoulli``. Masks are drawn on the CPU from ``generator`` (the global generator when ``None``), so a
     seed gives the same masks on every device. In ``pool`` mode, ``assignment`` (see :func:`pool_assignment`)
-    fixes which set each step uses, so that several masks can share their grouping of steps.
+    fixes which set each step uses, so that several masks can share their grouping of steps. ``pattern``
+    (:class:`PatternOptions`) parametrises ``rbd`` and ``tbd``.
     """
     p = check_rate(p)
     check_mode(mode)
@@ -169,6 +263,8 @@ def sample_mask(mode, p, n, steps, batch=None, generator=None, pool_size=DEFAULT
         return sample_batch(p, n, steps, generator)
     if mode == "pool":
         return sample_pool(p, n, steps, generator, pool_size, assignment)
+    if mode in PATTERN_MODES:
+        return sample_pattern(mode, p, n, steps, generator, pattern)
     if batch is None:
         raise ValueError("bernoulli masks need the batch size")
     return sample_bernoulli(p, n, steps, batch, generator)

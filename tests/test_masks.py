@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from onmt_structdrop.masks import (STRUCTURED_MODES, auto_pool_size, kept_count, mask_from_dense, sample_mask)
+from onmt_structdrop.masks import (auto_pool_size, kept_count, mask_from_dense, sample_mask)
 
 N, STEPS = 40, 30
 
@@ -15,7 +15,7 @@ def _dense(mode, p, seed=0, steps=STEPS, n=N, batch=6, **kw):
     return m if mode == "bernoulli" else m.dense(torch.float64)
 
 
-@pytest.mark.parametrize("mode", STRUCTURED_MODES)
+@pytest.mark.parametrize("mode", ["time", "pool", "batch"])
 @pytest.mark.parametrize("p", [0.3, 0.5, 0.8])
 def test_exactly_k_units_kept_per_step_with_scale_n_over_k(mode, p):
     m = _dense(mode, p)

@@ -38,6 +38,16 @@ def embeddings(seed=0):
     return Embeddings(word_vec_size=E, word_vocab_size=V, word_padding_idx=1, dropout=0.4).double()
 
 
+def initialised(module, seed=7):
+    """OpenNMT builds some layers with skip_init (uninitialised memory) and initialises every parameter
+    afterwards (param_init): do the same."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.copy_(torch.rand(p.shape, generator=g, dtype=p.dtype) * 0.6 - 0.3)
+    return module
+
+
 def decoder_inputs(seed=1):
     g = torch.Generator().manual_seed(seed)
     enc_out = torch.randn(B, S, H, generator=g, dtype=torch.float64, requires_grad=True)
@@ -93,8 +103,8 @@ def check_close(got, want, what):
 @pytest.mark.parametrize("compact", [True, False])
 def test_input_feed_decoder_matches_reference(mode, compact):
     opt = make_opt(mode, sd_compact=compact)
-    dec = StructDropInputFeedDecoder.from_opt(opt, embeddings()).double().train()
-    gen = dec.build_generator(H, 9).double()
+    dec = initialised(StructDropInputFeedDecoder.from_opt(opt, embeddings()).double()).train()
+    gen = initialised(dec.build_generator(H, 9).double(), 8)
     enc_out, final, tgt = decoder_inputs()
     params = [p for p in dec.parameters()] + list(gen.parameters()) + [enc_out]
 
@@ -120,8 +130,8 @@ def test_input_feed_decoder_matches_reference(mode, compact):
 
 def test_input_feed_decoder_in_eval_is_the_stock_decoder():
     opt = make_opt()
-    ours = StructDropInputFeedDecoder.from_opt(opt, embeddings(0)).double().eval()
-    stock = InputFeedRNNDecoder.from_opt(opt, embeddings(0)).double().eval()
+    ours = initialised(StructDropInputFeedDecoder.from_opt(opt, embeddings(0)).double()).eval()
+    stock = initialised(InputFeedRNNDecoder.from_opt(opt, embeddings(0)).double()).eval()
     stock.load_state_dict(ours.state_dict())  # same parameter names and shapes
     enc_out, final, tgt = decoder_inputs()
     outs = []
@@ -133,7 +143,7 @@ def test_input_feed_decoder_in_eval_is_the_stock_decoder():
 
 def test_input_feed_decoder_keeps_the_input_feed_across_calls_and_coverage():
     opt = make_opt("time", coverage_attn=True)
-    dec = StructDropInputFeedDecoder.from_opt(opt, embeddings()).double().train()
+    dec = initialised(StructDropInputFeedDecoder.from_opt(opt, embeddings()).double()).train()
     enc_out, final, tgt = decoder_inputs()
     dec.init_state(None, enc_out, final)
     out1, attns = dec(tgt[:, :2], enc_out, src_len=SRC_LEN)
@@ -146,8 +156,8 @@ def test_input_feed_decoder_keeps_the_input_feed_across_calls_and_coverage():
 @pytest.mark.parametrize("mode", ["time", "batch", "bernoulli"])
 def test_std_rnn_decoder_matches_reference(mode):
     opt = make_opt(mode)
-    dec = StructDropStdRNNDecoder.from_opt(opt, embeddings()).double().train()
-    gen = dec.build_generator(H, 9).double()
+    dec = initialised(StructDropStdRNNDecoder.from_opt(opt, embeddings()).double()).train()
+    gen = initialised(dec.build_generator(H, 9).double(), 8)
     enc_out, final, tgt = decoder_inputs()
     params = list(dec.parameters()) + list(gen.parameters()) + [enc_out]
     dec.init_state(None, enc_out, final)
@@ -171,8 +181,8 @@ def test_std_rnn_decoder_matches_reference(mode):
 
 def test_std_rnn_decoder_in_eval_is_the_stock_decoder():
     opt = make_opt(input_feed=0)
-    ours = StructDropStdRNNDecoder.from_opt(opt, embeddings(0)).double().eval()
-    stock = StdRNNDecoder.from_opt(opt, embeddings(0)).double().eval()
+    ours = initialised(StructDropStdRNNDecoder.from_opt(opt, embeddings(0)).double()).eval()
+    stock = initialised(StdRNNDecoder.from_opt(opt, embeddings(0)).double()).eval()
     stock.load_state_dict(ours.state_dict())
     enc_out, final, tgt = decoder_inputs()
     outs = []
@@ -184,8 +194,8 @@ def test_std_rnn_decoder_in_eval_is_the_stock_decoder():
 
 def test_generator_compacts_only_the_decoders_own_output():
     opt = make_opt("batch")
-    dec = StructDropInputFeedDecoder.from_opt(opt, embeddings()).double().train()
-    gen = dec.build_generator(H, 9).double()
+    dec = initialised(StructDropInputFeedDecoder.from_opt(opt, embeddings()).double()).train()
+    gen = initialised(dec.build_generator(H, 9).double(), 8)
     assert isinstance(gen, StructDropGenerator) and set(dict(gen.named_parameters())) == {"weight", "bias"}
     enc_out, final, tgt = decoder_inputs()
     dec.init_state(None, enc_out, final)
@@ -203,8 +213,8 @@ def test_generator_compacts_only_the_decoders_own_output():
 @pytest.mark.parametrize("cls, stock_brnn", [(StructDropRNNEncoder, False), (StructDropBiRNNEncoder, True)])
 def test_encoder_in_eval_is_the_stock_encoder_with_merged_states(cls, stock_brnn):
     opt = make_opt()
-    ours = cls.from_opt(opt, embeddings(0)).double().eval()
-    stock = RNNEncoder("LSTM", stock_brnn, L, H, 0.4, embeddings(0).double()).double().eval()
+    ours = initialised(cls.from_opt(opt, embeddings(0)).double()).eval()
+    stock = initialised(RNNEncoder("LSTM", stock_brnn, L, H, 0.4, embeddings(0).double()).double()).eval()
     stock.load_state_dict(ours.state_dict())
     src = torch.randint(2, V, (B, S, 1), generator=torch.Generator().manual_seed(3))
     out, (h, c), _ = ours(src, SRC_LEN)

@@ -78,7 +78,7 @@ class StructuredOutputDropout(nn.Module):
         if not self.training or self.p == 0.0:
             return None
         return sample_mask(self.settings.mask_mode, self.p, H, T, batch=B, generator=self.generator,
-                           pool_size=self.settings.pool_size)
+                           pool_size=self.settings.pool_size, pattern=self.settings.pattern)
 
     def forward(self, x):
         mask = self.sample(x.shape[1], x.shape[0], x.shape[2])
@@ -167,7 +167,7 @@ class StructDropInputFeedDecoder(_StructDropDecoder, InputFeedRNNDecoder):
         if p == 0.0:
             return None
         mask = sample_mask(self.settings.mask_mode, p, n, T, batch=B, generator=self.masks,
-                           pool_size=self.settings.pool_size)
+                           pool_size=self.settings.pool_size, pattern=self.settings.pattern)
         return mask if (isinstance(mask, StructuredMask) and self.settings.compact) or not isinstance(
             mask, StructuredMask) else mask.dense()
 

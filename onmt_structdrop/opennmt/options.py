@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 
-from ..masks import MASK_MODES, check_rate
+from ..masks import MASK_MODES, PatternOptions, check_rate
 
 DEFAULTS = {"sd_recurrent_dropout": [0.0], "sd_mask_mode": "pool", "sd_pool_size": 0, "sd_seed": -1,
-            "sd_compact": True}
+            "sd_compact": True, "sd_dp_max": 8, "sd_tile_size": 0, "sd_pattern_lambda": 1e-4,
+            "sd_pattern_per_batch": False}
 
 
 def _rate(text):
@@ -35,6 +36,23 @@ def _bool(text):
     raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
+def _non_negative_float(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def _positive_int(text):
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def _non_negative_int(text):
     try:
         value = int(text)
@@ -55,12 +73,23 @@ def add_opts(parser):
     group.add_argument("--sd_mask_mode", "-sd_mask_mode", choices=list(MASK_MODES), default=DEFAULTS["sd_mask_mode"],
                        help="Which units are dropped: 'time' (a fresh set per step, shared by the batch), 'pool' "
                             "(each step picks one of a few sets drawn per batch), 'batch' (one set per batch), "
+                            "'rbd'/'tbd' (approximate random dropout: one unit/tile of every dp kept), "
                             "'bernoulli' (ordinary dropout, nothing skipped).")
     group.add_argument("--sd_pool_size", "-sd_pool_size", type=_non_negative_int, default=DEFAULTS["sd_pool_size"],
                        help="Kept sets per batch in 'pool' mode; 0 picks ceil(1 / min(p, 1 - p)).")
     group.add_argument("--sd_seed", "-sd_seed", type=int, default=DEFAULTS["sd_seed"],
                        help="Seed of the dropout masks' own random generator; -1 draws them from torch's global "
                             "generator (seeded by -seed).")
+    group.add_argument("--sd_dp_max", "-sd_dp_max", type=_positive_int, default=DEFAULTS["sd_dp_max"],
+                       help="'rbd'/'tbd': the largest pattern period dp (one unit or tile of every dp kept).")
+    group.add_argument("--sd_tile_size", "-sd_tile_size", type=_non_negative_int, default=DEFAULTS["sd_tile_size"],
+                       help="'tbd': units per tile; 0 picks the largest power of two up to 32 dividing the width.")
+    group.add_argument("--sd_pattern_lambda", "-sd_pattern_lambda", type=_non_negative_float,
+                       default=DEFAULTS["sd_pattern_lambda"],
+                       help="'rbd'/'tbd': entropy weight of the search for the distribution of dp.")
+    group.add_argument("--sd_pattern_per_batch", "-sd_pattern_per_batch", type=_bool,
+                       default=DEFAULTS["sd_pattern_per_batch"],
+                       help="'rbd'/'tbd': draw one pattern per batch instead of one per step.")
     group.add_argument("--sd_compact", "-sd_compact", type=_bool, default=DEFAULTS["sd_compact"],
                        help="Skip the dropped units' work (true) or multiply by the same masks (false, for "
                             "comparison).")
@@ -81,6 +110,11 @@ def check(opt):
         check_rate(rate, "sd_recurrent_dropout")
     for rate in dropout:
         check_rate(rate, "dropout")
+    if getattr(opt, "sd_mask_mode", "pool") in ("rbd", "tbd"):
+        from ..masks import pattern_distribution
+        for rate in set(rates) | set(dropout):
+            if rate > 0:
+                pattern_distribution(rate, getattr(opt, "sd_dp_max", 8), getattr(opt, "sd_pattern_lambda", 1e-4))
     if getattr(opt, "rnn_type", "LSTM") != "LSTM":
         raise ValueError(f"structured dropout encoders and decoders are LSTMs; rnn_type must be LSTM, "
                          f"got {opt.rnn_type!r}")
@@ -102,11 +136,13 @@ class Settings:
         self.pool_size = get("sd_pool_size") or None
         self.seed = get("sd_seed")
         self.compact = bool(get("sd_compact"))
+        self.pattern = PatternOptions(get("sd_dp_max"), float(get("sd_pattern_lambda")), get("sd_tile_size") or None,
+                                      bool(get("sd_pattern_per_batch")))
         self._phase = 0
 
     def lstm_kwargs(self):
         return {"dropout": self.dropout, "recurrent_dropout": self.recurrent_dropout, "mask_mode": self.mask_mode,
-                "pool_size": self.pool_size, "compact": self.compact}
+                "pool_size": self.pool_size, "compact": self.compact, "pattern": self.pattern}
 
     def next_phase(self, dropout):
         """``update_dropout`` is called once per ``dropout_steps`` boundary, in order: move to the next phase."""
