@@ -80,8 +80,9 @@ def translate_and_score(recipe: dict, checkpoint: Path, out_dir: Path, beam: int
     if len(hyps) != len(refs):
         raise SystemExit(f"{pred_tok} has {len(hyps)} lines for {len(refs)} references")
     (out_dir / "test.pred").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-    bleu = sacrebleu.corpus_bleu(hyps, [refs])
-    return {"bleu": round(bleu.score, 2), "bleu_signature": str(bleu.format(signature=True))}
+    metric = sacrebleu.BLEU()
+    score = metric.corpus_score(hyps, [refs])
+    return {"bleu": round(score.score, 2), "bleu_signature": str(metric.get_signature()), "bleu_detail": str(score)}
 
 
 def evaluate(config: Path, beam: int = 5, log: Path = None) -> dict:
