@@ -74,7 +74,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=Path("runs/nmt_demo"))
     parser.add_argument("--steps", type=int, default=300)
-    parser.add_argument("--mode", default="pool", help="sd_mask_mode of the structured model")
+    parser.add_argument("--mode", default="time", help="sd_mask_mode of the structured model")
     parser.add_argument("--recurrent-dropout", type=float, default=0.0, help="sd_recurrent_dropout (on h(t-1))")
     args = parser.parse_args(argv)
     work = args.out.resolve()

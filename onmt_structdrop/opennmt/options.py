@@ -9,7 +9,7 @@ import argparse
 
 from ..masks import MASK_MODES, PatternOptions, check_rate
 
-DEFAULTS = {"sd_recurrent_dropout": [0.0], "sd_mask_mode": "pool", "sd_pool_size": 0, "sd_seed": -1,
+DEFAULTS = {"sd_recurrent_dropout": [0.0], "sd_mask_mode": "time", "sd_pool_size": 0, "sd_seed": -1,
             "sd_compact": True, "sd_dp_max": 8, "sd_tile_size": 0, "sd_pattern_lambda": 1e-4,
             "sd_pattern_per_batch": False}
 
