@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..lstm import StructDropLSTM
-from ..masks import StructuredMask, sample_mask
+from ..masks import StructuredMask
 from .encoders import mask_generator, silence_embedding_dropout
 from .options import Settings
 from .stepwise import StepProduct, apply_mask, lstm_pointwise, masked_linear
@@ -74,14 +74,9 @@ class StructuredOutputDropout(nn.Module):
         self.p, self.settings, self.generator = p, settings, generator
         self.last_mask = None
 
-    def sample(self, T, B, H):
-        if not self.training or self.p == 0.0:
-            return None
-        return sample_mask(self.settings.mask_mode, self.p, H, T, batch=B, generator=self.generator,
-                           pool_size=self.settings.pool_size, pattern=self.settings.pattern)
-
     def forward(self, x):
-        mask = self.sample(x.shape[1], x.shape[0], x.shape[2])
+        mask = self.settings.sample(self.p, x.shape[2], x.shape[1], x.shape[0], self.generator) if (
+            self.training) else None
         self.last_mask = mask.to(x.device) if mask is not None else None
         return apply_mask(x, self.last_mask)
 
@@ -99,9 +94,14 @@ class _StructDropDecoder:
         """Called by OpenNMT's model builder (patched) in place of ``nn.Linear(in_features, out_features)``."""
         return StructDropGenerator(in_features, out_features, self.output_mask)
 
-    def _record(self, dec_outs, mask):
-        if self.settings.compact and isinstance(mask, StructuredMask):
-            self.output_mask.record(dec_outs, mask)
+    def forward(self, tgt, enc_out, src_len=None, step=None, **kwargs):
+        """The stock forward (outputs and attention stacked batch first), then the output mask recorded for
+        the generator."""
+        self.output_mask.clear()
+        dec_outs, attns = super().forward(tgt, enc_out, src_len=src_len, step=step, **kwargs)
+        if isinstance(self._out_mask, StructuredMask):  # structured and compact (else a dense tensor or None)
+            self.output_mask.record(dec_outs, self._out_mask)
+        return dec_outs, attns
 
 
 class StructDropStdRNNDecoder(_StructDropDecoder, StdRNNDecoder):
@@ -125,11 +125,9 @@ class StructDropStdRNNDecoder(_StructDropDecoder, StdRNNDecoder):
         return cls(opt.brnn, opt.dec_layers, opt.dec_hid_size, Settings(opt), opt.global_attention,
                    opt.global_attention_function, opt.context_gate, embeddings)
 
-    def forward(self, tgt, enc_out, src_len=None, step=None, **kwargs):
-        self.output_mask.clear()
-        dec_outs, attns = super().forward(tgt, enc_out, src_len=src_len, step=step, **kwargs)
-        self._record(dec_outs, self.dropout.last_mask)
-        return dec_outs, attns
+    @property
+    def _out_mask(self):
+        return self.dropout.last_mask
 
     def update_dropout(self, dropout, attention_dropout=None):
         self.settings.next_phase(dropout)
@@ -153,6 +151,7 @@ class StructDropInputFeedDecoder(_StructDropDecoder, InputFeedRNNDecoder):
                          coverage_attn, None, copy_attn, settings.dropout, embeddings, reuse_copy_attn,
                          copy_attn_type)
         self._setup(settings, embeddings)
+        self._out_mask = None
         self.last_masks = None  # the masks of the last training forward, dense ([T, n], [T, B, n] if bernoulli)
 
     @classmethod
@@ -163,14 +162,6 @@ class StructDropInputFeedDecoder(_StructDropDecoder, InputFeedRNNDecoder):
                    opt.global_attention_function, opt.coverage_attn, opt.copy_attn, embeddings,
                    opt.reuse_copy_attn, opt.copy_attn_type)
 
-    def _sample(self, p, n, T, B):
-        if p == 0.0:
-            return None
-        mask = sample_mask(self.settings.mask_mode, p, n, T, batch=B, generator=self.masks,
-                           pool_size=self.settings.pool_size, pattern=self.settings.pattern)
-        return mask if (isinstance(mask, StructuredMask) and self.settings.compact) or not isinstance(
-            mask, StructuredMask) else mask.dense()
-
     def _run_forward_pass(self, tgt, enc_out, src_len=None):
         s = self.settings
         if not self.training or (s.dropout == 0.0 and s.recurrent_dropout == 0.0):
@@ -180,16 +171,15 @@ class StructDropInputFeedDecoder(_StructDropDecoder, InputFeedRNNDecoder):
         emb = self.embeddings(tgt)  # [B, T, E]; the embeddings' own dropout is off
         B, T, E = emb.shape
         H, L, dev = self.hidden_size, self.num_layers, emb.device
-        to = lambda m: m.to(dev) if m is not None else None  # noqa: E731
-        emb_mask = to(self._sample(s.dropout, E, T, B))
-        between = [to(self._sample(s.dropout, H, T, B)) for _ in range(L - 1)]
-        recurrent = [to(self._sample(s.recurrent_dropout, H, T, B)) for _ in range(L)]
-        out_mask = to(self._sample(s.dropout, H, T, B))
-        self._out_mask = out_mask
+        sample = lambda p, n: s.sample(p, n, T, B, self.masks, dev)  # noqa: E731
+        emb_mask = sample(s.dropout, E)
+        between = [sample(s.dropout, H) for _ in range(L - 1)]
+        recurrent = [sample(s.recurrent_dropout, H) for _ in range(L)]
+        out_mask = self._out_mask = sample(s.dropout, H)
         dense = lambda m: m.dense(emb.dtype) if isinstance(m, StructuredMask) else m  # noqa: E731
         self.last_masks = {"embedding": dense(emb_mask), "between": [dense(m) for m in between],
                            "recurrent": [dense(m) for m in recurrent], "output": dense(out_mask)}
-        out_dense = (out_mask.dense(emb.dtype) if isinstance(out_mask, StructuredMask) else out_mask)
+        out_dense = self.last_masks["output"]
 
         cells = self.rnn.layers
         w0 = cells[0].weight_ih
@@ -235,17 +225,6 @@ class StructDropInputFeedDecoder(_StructDropDecoder, InputFeedRNNDecoder):
             elif self._reuse_copy_attn:
                 attns["copy"] = attns["std"]
         return (torch.stack(h), torch.stack(c)), dec_outs, attns
-
-    def forward(self, tgt, enc_out, src_len=None, step=None, **kwargs):
-        self.output_mask.clear()
-        dec_state, dec_outs, attns = self._run_forward_pass(tgt, enc_out, src_len=src_len)
-        self.state["hidden"] = dec_state if isinstance(dec_state, tuple) else (dec_state,)
-        dec_outs = torch.stack(dec_outs, dim=1)  # [B, T, H]
-        attns = {k: torch.stack(v, dim=1) if isinstance(v, list) else v for k, v in attns.items()}  # [B, T, S]
-        self.state["input_feed"] = dec_outs[:, -1, :].unsqueeze(0)
-        self.state["coverage"] = attns["coverage"][:, -1, :].unsqueeze(0) if "coverage" in attns else None
-        self._record(dec_outs, self._out_mask)
-        return dec_outs, attns
 
     def update_dropout(self, dropout, attention_dropout=None):
         self.settings.next_phase(dropout)

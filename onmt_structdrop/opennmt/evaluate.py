@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from .prepare import make_tokenizer
+
 _STEP = re.compile(r"Step\s+(\d+)/\s*\d+;.*?(\d+)/\s*(\d+) tok/s")
 _VALID = re.compile(r"Validation perplexity: ([\d.]+)")
 _CKPT = re.compile(r"_step_(\d+)\.pt$")
@@ -63,7 +65,6 @@ def training_log(path: Path, skip_first: int = 1) -> dict:
 
 
 def translate_and_score(recipe: dict, checkpoint: Path, out_dir: Path, beam: int = 5) -> dict:
-    import pyonmttok
     import sacrebleu
     data_dir = Path(recipe["data"]["corpus_1"]["path_src"]).parent
     src, ref = data_dir / "test.src", data_dir / "test.ref"
@@ -74,7 +75,7 @@ def translate_and_score(recipe: dict, checkpoint: Path, out_dir: Path, beam: int
     subprocess.run([sys.executable, "-m", "onmt.bin.translate", "-model", str(checkpoint), "-src", str(src),
                     "-output", str(pred_tok), "-beam_size", str(beam), "-batch_size", "32", "-max_length", "200"],
                    check=True)
-    tokenizer = pyonmttok.Tokenizer(**json.loads((data_dir / "tokenizer.json").read_text()))
+    tokenizer = make_tokenizer(data_dir)
     hyps = [tokenizer.detokenize(line.split()) for line in pred_tok.read_text(encoding="utf-8").splitlines()]
     refs = ref.read_text(encoding="utf-8").splitlines()
     if len(hyps) != len(refs):

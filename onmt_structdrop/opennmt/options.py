@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..masks import MASK_MODES, PatternOptions, check_rate
+from ..masks import MASK_MODES, PatternOptions, StructuredMask, check_rate, sample_mask
 
 DEFAULTS = {"sd_recurrent_dropout": [0.0], "sd_mask_mode": "time", "sd_pool_size": 0, "sd_seed": -1,
             "sd_compact": True, "sd_dp_max": 8, "sd_tile_size": 0, "sd_pattern_lambda": 1e-4,
@@ -139,6 +139,16 @@ class Settings:
         self.pattern = PatternOptions(get("sd_dp_max"), float(get("sd_pattern_lambda")), get("sd_tile_size") or None,
                                       bool(get("sd_pattern_per_batch")))
         self._phase = 0
+
+    def sample(self, p, n, T, B, generator=None, device=None):
+        """A mask over ``T`` steps and ``n`` units for a batch of ``B`` (None when ``p`` is 0), in the form the
+        products compute with: a StructuredMask to compact, a dense tensor with ``compact`` off or in bernoulli
+        mode."""
+        mask = sample_mask(self.mask_mode, p, n, T, batch=B, generator=generator, pool_size=self.pool_size,
+                           pattern=self.pattern)
+        if isinstance(mask, StructuredMask) and not self.compact:
+            mask = mask.dense()
+        return mask.to(device) if mask is not None and device is not None else mask
 
     def lstm_kwargs(self):
         return {"dropout": self.dropout, "recurrent_dropout": self.recurrent_dropout, "mask_mode": self.mask_mode,
