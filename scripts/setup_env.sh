@@ -36,7 +36,7 @@ else
     echo "setup: installing $TORCH_SPEC"
     pip install -q "$TORCH_SPEC"
 fi
-pip install -q -r requirements/opennmt.txt -r requirements/dev.txt
+pip install -q -r requirements/opennmt.txt -r requirements/tasks.txt -r requirements/dev.txt
 pip install -q --no-deps "$ONMT_SPEC"
 pip install -q --no-deps --no-build-isolation -e .
 "$VENV/bin/onmt-structdrop-patch" apply

@@ -1,0 +1,116 @@
+"""Recipes: a YAML file of options, overridable on the command line (``-config FILE -epochs 2``).
+
+Every key of a recipe must be a known option: a misspelt key is an error naming the file and the key, never
+silently ignored.
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import yaml
+
+from ..masks import check_rate
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    type: Callable[[str], Any]
+    default: Any
+    help: str
+    choices: Optional[Sequence[Any]] = None
+
+
+def boolean(text):
+    value = {"true": True, "yes": True, "1": True, "false": False, "no": False, "0": False}.get(str(text).lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return value
+
+
+def optional_int(text):
+    return None if str(text).lower() in ("none", "null", "") else int(text)
+
+
+def build_parser(prog, description, options):
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("-config", "--config", type=Path, help="YAML recipe; command-line options override it")
+    for opt in options:
+        parser.add_argument(f"-{opt.name}", f"--{opt.name}", type=opt.type, default=opt.default,
+                            choices=opt.choices, help=opt.help)
+    return parser
+
+
+def read_recipe(path: Path, options) -> dict:
+    """The options a YAML recipe sets, each converted and checked like its command-line form."""
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path}: a recipe is a mapping of option: value, got {type(values).__name__}")
+    known = {opt.name: opt for opt in options}
+    out = {}
+    for key, value in values.items():
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else f"; known keys: {', '.join(sorted(known))}"
+            raise ValueError(f"{path}: unknown key {key!r}{hint}")
+        try:
+            value = _convert(known[key], value)
+        except (TypeError, ValueError, argparse.ArgumentTypeError) as err:
+            raise ValueError(f"{path}: {key}: {err}") from None
+        opt = known[key]
+        if opt.choices is not None and value not in opt.choices:
+            raise ValueError(f"{path}: {key} must be one of {', '.join(map(str, opt.choices))}, got {value!r}")
+        out[key] = value
+    return out
+
+
+def _convert(opt, value):
+    """A YAML value as the option's type; strings go through the command-line conversion."""
+    if value is None and opt.default is None:  # an optional setting left unset
+        return None
+    if isinstance(value, str):
+        return opt.type(value)
+    expected = {int: (int,), optional_int: (int,), float: (int, float), boolean: (bool,)}.get(opt.type, ())
+    if isinstance(value, bool) != (opt.type is boolean) or not isinstance(value, expected):
+        raise ValueError(f"expected {getattr(opt.type, '__name__', 'a value')}, got {value!r}")
+    return opt.type(value)
+
+
+def parse_options(parser, options, argv=None):
+    """Command line over recipe over defaults; a bad recipe exits with its message, like a bad flag."""
+    first, _ = parser.parse_known_args(argv)
+    if first.config is not None:
+        try:
+            parser.set_defaults(**read_recipe(first.config, options))
+        except (FileNotFoundError, ValueError) as err:
+            parser.error(str(err))
+    return parser.parse_args(argv)
+
+
+def check_values(parser, args, at_least_one=(), positive=(), rates=()):
+    """Exit with a message naming the first option whose value is out of range."""
+    for name in at_least_one:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"{name} must be >= 1, got {value}")
+    for name in positive:
+        if not getattr(args, name) > 0:
+            parser.error(f"{name} must be > 0, got {getattr(args, name)}")
+    for name in rates:
+        try:
+            check_rate(getattr(args, name), name)
+        except ValueError as err:
+            parser.error(str(err))
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"device {args.device!r}: no CUDA device is available")

@@ -1,0 +1,101 @@
+"""What every task run shares: its directory (log, history, checkpoints, curve plot), seeding and resuming."""
+from __future__ import annotations
+
+import json
+import logging
+import random
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..plotting import save_line_plot
+
+log = logging.getLogger("onmt_structdrop.tasks")
+
+CHECKPOINT = "last.pt"
+HISTORY = "history.json"
+
+
+class _ProgressBarFriendlyHandler(logging.StreamHandler):
+    """Console lines printed above a running tqdm bar instead of through it."""
+
+    def emit(self, record):
+        try:
+            tqdm.write(self.format(record))
+        except Exception:  # noqa: BLE001 - logging must not raise
+            self.handleError(record)
+
+
+class RunLogger:
+    """Log lines to ``save_dir/train.log`` (appending, so a resumed run keeps its past) and to the console."""
+
+    def __init__(self, save_dir: Path):
+        self.handlers = [logging.FileHandler(save_dir / "train.log", mode="a", encoding="utf-8"),
+                         _ProgressBarFriendlyHandler()]
+
+    def __enter__(self):
+        for handler in self.handlers:
+            handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%Y-%m-%d %H:%M:%S"))
+            log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+        return log
+
+    def __exit__(self, *exc):
+        for handler in self.handlers:
+            log.removeHandler(handler)
+            handler.close()
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_state():
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def set_rng_state(state):
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+def save_checkpoint(save_dir: Path, **state):
+    """Write ``last.pt`` atomically: a run killed while saving keeps its previous checkpoint."""
+    tmp = save_dir / (CHECKPOINT + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(save_dir / CHECKPOINT)
+
+
+def load_checkpoint(path: Path):
+    """A checkpoint of this package: tensors, numbers, strings and RNG states only, loaded without pickle code."""
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def write_history(save_dir: Path, history, config):
+    (save_dir / HISTORY).write_text(json.dumps({"config": config, "epochs": history}, indent=2) + "\n")
+
+
+def read_history(run_dir: Path):
+    path = run_dir / HISTORY
+    if not path.is_file():
+        raise FileNotFoundError(f"no {HISTORY} in {run_dir}: not a finished or running task run")
+    return json.loads(path.read_text())
+
+
+def plot_curves(path, runs, metrics, ylabel, log_y=False):
+    """One line per (run, metric) against the epoch; ``runs``: ``[(label, history)]``."""
+    series = []
+    for (label, history), color in zip(runs, [f"C{i}" for i in range(10)] * 10):
+        for metric, style in zip(metrics, ({"ls": "-"}, {"ls": "--", "marker": "x"})):
+            points = [(e["epoch"], e[metric]) for e in history if e.get(metric) is not None]
+            if points:
+                series.append((f"{label} {metric.replace('_', ' ')}", *zip(*points), {"color": color, **style}))
+    try:
+        save_line_plot(path, series, "epoch", ylabel, log_y=log_y)
+    except ImportError:
+        log.warning("matplotlib is not installed: no plot %s", path)
