@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
@@ -19,10 +18,10 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import StructDropLSTM
-from .linear import StructuredDropoutLinear
 from .masks import STRUCTURED_MODES, check_rate
 from .plotting import save_line_plot
+from .tasks.corpus import Vocabulary, batchify, read_words
+from .tasks.lm import LanguageModel, evaluate
 
 log = logging.getLogger("onmt_structdrop.demo")
 
@@ -41,62 +40,6 @@ def synthetic_corpus(n_tokens, vocab=400, seed=0):
         w = int(random_words[i]) if noise[i] else int(successors[w, choice[i]])
         words[i] = w
     return words, vocab
-
-
-def read_corpus(path, vocab):
-    """Token ids of a whitespace-tokenised file, one ``<eos>`` per line; grows ``vocab`` (a dict)."""
-    if not path.is_file():
-        raise FileNotFoundError(f"corpus file not found: {path}")
-    ids = []
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            for word in line.split() + ["<eos>"]:
-                ids.append(vocab.setdefault(word, len(vocab)))
-    return torch.tensor(ids, dtype=torch.long)
-
-
-def batchify(ids, batch):
-    n = ids.numel() // batch
-    return ids[: n * batch].view(batch, n).t().contiguous()  # [n, batch], time-major
-
-
-class WordLM(nn.Module):
-    """Embedding -> dropout -> 2-layer LSTM -> dropout -> softmax projection."""
-
-    def __init__(self, vocab, hidden, layers, dropout, recurrent_dropout, mode):
-        super().__init__()
-        self.embed = nn.Embedding(vocab, hidden)
-        self.structured = mode is not None
-        if self.structured:
-            self.rnn = StructDropLSTM(hidden, hidden, layers, dropout=dropout, input_dropout=dropout,
-                                      recurrent_dropout=recurrent_dropout, mask_mode=mode)
-            self.out = StructuredDropoutLinear(hidden, vocab, dropout=dropout, mask_mode=mode)
-        else:
-            self.drop = nn.Dropout(dropout)
-            self.rnn = nn.LSTM(hidden, hidden, layers, dropout=dropout)
-            self.out = nn.Linear(hidden, vocab)
-
-    def forward(self, x, state=None):
-        e = self.embed(x)
-        if self.structured:
-            y, state = self.rnn(e, state)
-            return self.out(y), state
-        y, state = self.rnn(self.drop(e), state)
-        return self.out(self.drop(y)), state
-
-
-def evaluate(model, data, bptt):
-    model.eval()
-    total, count, state = 0.0, 0, None
-    with torch.no_grad():
-        for i in range(0, data.shape[0] - 1, bptt):
-            x, y = data[i:i + bptt], data[i + 1:i + 1 + bptt]
-            x = x[: y.shape[0]]
-            logits, state = model(x, state)
-            total += nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum").item()
-            count += y.numel()
-    model.train()
-    return math.exp(total / count)
 
 
 def train(model, train_data, valid_data, args, name):
@@ -173,8 +116,9 @@ def main(argv=None):
 
 def _run(args):
     if args.data:
-        vocab = {}
-        train_ids, valid_ids = (read_corpus(args.data / f"ptb.{s}.txt", vocab) for s in ("train", "valid"))
+        words = [read_words(args.data / f"ptb.{s}.txt") for s in ("train", "valid")]
+        vocab = Vocabulary(words[0] + words[1])
+        train_ids, valid_ids = (vocab.encode(w, args.data) for w in words)
         n_vocab = len(vocab)
     else:
         ids, n_vocab = synthetic_corpus(110_000, seed=args.seed)
@@ -192,12 +136,13 @@ def _run(args):
 
     variants = [("nn.LSTM + dropout", None)] + [(f"structured {m}", m) for m in args.modes]
     torch.manual_seed(args.seed)
-    base = WordLM(n_vocab, args.hidden, args.layers, args.dropout, 0.0, None)
+    base = LanguageModel(n_vocab, args.hidden, args.layers, args.dropout, impl="standard")
     results = []
     for name, mode in variants:
         torch.manual_seed(args.seed)
-        model = WordLM(n_vocab, args.hidden, args.layers, args.dropout,
-                       args.recurrent_dropout if mode else 0.0, mode)
+        model = (LanguageModel(n_vocab, args.hidden, args.layers, args.dropout, args.recurrent_dropout,
+                               mask_mode=mode) if mode else
+                 LanguageModel(n_vocab, args.hidden, args.layers, args.dropout, impl="standard"))
         model.load_state_dict(base.state_dict())  # identical parameter names: the same start
         results.append(train(model, train_data, valid_data, args, name))
 

@@ -14,7 +14,6 @@ default, conlleval-compatible mode, on ``dev`` (eng.testa) and ``test`` (eng.tes
 """
 from __future__ import annotations
 
-import math
 import random
 import re
 import time
