@@ -37,6 +37,16 @@ def optional_int(text):
     return None if str(text).lower() in ("none", "null", "") else int(text)
 
 
+COMPACT_OUTPUT = Option(
+    "compact_output", str, "auto", "skip the dropped inputs' share of the output layer's product: auto = only in "
+    "batch mode (one kept set for all steps: one smaller product; per-step sets cost more in gathers than they "
+    "save, measured on CPU), true, false (same results, multiplied by the masks)", ("auto", "true", "false"))
+
+
+def compacts_output(args):
+    return args.compact_output == "true" or (args.compact_output == "auto" and args.mask_mode == "batch")
+
+
 def build_parser(prog, description, options):
     parser = argparse.ArgumentParser(prog=prog, description=description,
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)

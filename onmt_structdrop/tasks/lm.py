@@ -24,7 +24,8 @@ from .. import StructDropLSTM
 from ..linear import StructuredDropoutLinear
 from ..masks import MASK_MODES
 from . import training
-from .config import Option, boolean, build_parser, check_values, optional_int, parse_options
+from .config import (COMPACT_OUTPUT, Option, boolean, build_parser, check_values, compacts_output, optional_int,
+                     parse_options)
 from .corpus import batchify, load_corpus
 
 OPTIONS = [
@@ -33,6 +34,7 @@ OPTIONS = [
     Option("dropout_impl", str, "structured", "structured dropout, or standard (nn.Dropout + nn.LSTM)",
            ("structured", "standard")),
     Option("mask_mode", str, "time", "structured mask mode (see onmt_structdrop.masks)", MASK_MODES),
+    COMPACT_OUTPUT,
     Option("hidden_size", int, 200, "LSTM and embedding size"),
     Option("num_layers", int, 2, "LSTM layers"),
     Option("dropout", float, 0.0, "dropout on the embeddings, between layers and before the projection"),
@@ -61,14 +63,16 @@ class LanguageModel(nn.Module):
     Both implementations name their parameters alike, so a state dict moves between them.
     """
 
-    def __init__(self, vocab, hidden, layers, dropout, recurrent_dropout=0.0, impl="structured", mask_mode="time"):
+    def __init__(self, vocab, hidden, layers, dropout, recurrent_dropout=0.0, impl="structured", mask_mode="time",
+                 compact_output=True):
         super().__init__()
         self.embed = nn.Embedding(vocab, hidden)
         self.structured = impl == "structured"
         if self.structured:
             self.rnn = StructDropLSTM(hidden, hidden, layers, dropout=dropout, input_dropout=dropout,
                                       recurrent_dropout=recurrent_dropout, mask_mode=mask_mode)
-            self.out = StructuredDropoutLinear(hidden, vocab, dropout=dropout, mask_mode=mask_mode)
+            self.out = StructuredDropoutLinear(hidden, vocab, dropout=dropout, mask_mode=mask_mode,
+                                               compact=compact_output)
         else:
             self.drop = nn.Dropout(dropout)
             # nn.LSTM has no dropout on h(t-1): then ordinary (per-sequence Bernoulli) masks, applied densely
@@ -142,7 +146,7 @@ def train_epoch(model, opt, data, args, epoch, log):
 
 def build(args, n_vocab):
     model = LanguageModel(n_vocab, args.hidden_size, args.num_layers, args.dropout, args.recurrent_dropout,
-                          args.dropout_impl, args.mask_mode)
+                          args.dropout_impl, args.mask_mode, compacts_output(args))
     for p in model.parameters():
         nn.init.uniform_(p, -args.init_range, args.init_range)
     return model.to(args.device)

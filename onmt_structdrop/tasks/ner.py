@@ -29,7 +29,8 @@ from .. import StructDropLSTM
 from ..linear import StructuredDropoutLinear
 from ..masks import MASK_MODES
 from . import training
-from .config import Option, boolean, build_parser, check_values, optional_int, parse_options
+from .config import (COMPACT_OUTPUT, Option, boolean, build_parser, check_values, compacts_output, optional_int,
+                     parse_options)
 from .conll import iob1_to_iob2, read_conll
 
 PAD, UNK = "<pad>", "<unk>"
@@ -41,6 +42,7 @@ OPTIONS = [
     Option("dropout_impl", str, "structured", "structured dropout, or standard (nn.Dropout + nn.LSTM)",
            ("structured", "standard")),
     Option("mask_mode", str, "time", "structured mask mode (see onmt_structdrop.masks)", MASK_MODES),
+    COMPACT_OUTPUT,
     Option("word_dim", int, 100, "word embedding size"),
     Option("pretrained_embeddings", Path, None, "GloVe-format text file (word v1 v2 ...) to start words from"),
     Option("min_word_count", int, 2, "rarer training words are <unk>"),
@@ -115,7 +117,8 @@ class Tagger(nn.Module):
     parameters alike, so a state dict moves between them."""
 
     def __init__(self, n_words, n_chars, n_tags, word_dim=100, char_dim=30, char_filters=30, hidden=200,
-                 layers=1, dropout=0.5, recurrent_dropout=0.0, impl="structured", mask_mode="time", crf=True):
+                 layers=1, dropout=0.5, recurrent_dropout=0.0, impl="structured", mask_mode="time", crf=True,
+                 compact_output=True):
         super().__init__()
         self.words = nn.Embedding(n_words, word_dim, padding_idx=0)
         self.chars = CharCNN(n_chars, char_dim, char_filters) if char_filters else None
@@ -124,7 +127,8 @@ class Tagger(nn.Module):
         if self.structured:
             self.rnn = StructDropLSTM(n_in, hidden, layers, bidirectional=True, dropout=dropout,
                                       input_dropout=dropout, recurrent_dropout=recurrent_dropout, mask_mode=mask_mode)
-            self.out = StructuredDropoutLinear(2 * hidden, n_tags, dropout=dropout, mask_mode=mask_mode)
+            self.out = StructuredDropoutLinear(2 * hidden, n_tags, dropout=dropout, mask_mode=mask_mode,
+                                               compact=compact_output)
         else:
             self.drop = nn.Dropout(dropout)
             between = dropout if layers > 1 else 0.0  # nn.LSTM warns about dropout it would not apply
@@ -289,7 +293,7 @@ def run(args):
         training.seed_everything(args.seed)
         model = Tagger(len(words_ix), len(chars_ix), len(tags_ix), args.word_dim, args.char_dim, args.char_filters,
                        args.hidden_size, args.num_layers, args.dropout, args.recurrent_dropout, args.dropout_impl,
-                       args.mask_mode, args.crf)
+                       args.mask_mode, args.crf, compacts_output(args))
         if args.pretrained_embeddings:
             load_pretrained(model.words, words_ix, args.pretrained_embeddings, log)
         model.to(args.device)
