@@ -190,7 +190,7 @@ def run(args):
                                      epoch=epoch, history=history, vocab=vocab.words, config=config,
                                      rng=training.rng_state())
             training.write_history(args.save_dir, history, config)
-            training.plot_curves(args.save_dir / "curves.png", [(args.dropout_impl, history)],
+            training.plot_curves(args.save_dir / "curves.png", [(args.dropout_impl, history, {})],
                                  ("train_ppl", "valid_ppl"), "perplexity", log_y=True)
         test_ppl = evaluate(model, test_data, args.bptt)
         if history:

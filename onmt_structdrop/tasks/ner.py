@@ -327,7 +327,7 @@ def run(args):
                                      batch_rng=rng.getstate(), words=words_ix.items, chars=chars_ix.items,
                                      tags=tags_ix.items)
             training.write_history(args.save_dir, history, config)
-            training.plot_curves(args.save_dir / "curves.png", [(args.dropout_impl, history)], ("dev_f1", "test_f1"),
+            training.plot_curves(args.save_dir / "curves.png", [(args.dropout_impl, history, {})], ("dev_f1", "test_f1"),
                                  "span F1 (%)")
     return history
 

@@ -33,6 +33,17 @@ def summarise(run_dir: Path):
             "words_per_s": words / sum(e["train_seconds"] for e in epochs), "history": epochs}
 
 
+def _impl(row):
+    return "ordinary" if row["impl"] == "standard" else f"structured {row['mode']}"
+
+
+def _style(row, rows):
+    """A colour per implementation, a line style per seed."""
+    impls = list(dict.fromkeys(_impl(r) for r in rows))
+    seeds = list(dict.fromkeys(r["seed"] for r in rows))
+    return {"color": f"C{impls.index(_impl(row)) % 10}", "ls": ["-", "--", ":", "-."][seeds.index(row["seed"]) % 4]}
+
+
 def table(rows):
     task = rows[0]["task"]
     metrics = ["valid_ppl", "test_ppl"] if task == "lm" else ["dev_f1", "test_f1"]
@@ -72,7 +83,8 @@ def main(argv=None):
     print(table(rows))
     if args.plot:
         _, _, _, curves, ylabel = TASKS[rows[0]["task"]]
-        training.plot_curves(args.plot, [(Path(r["run"]).name, r["history"]) for r in rows], curves, ylabel,
+        training.plot_curves(args.plot, [(f"{Path(r['run']).name} ({_impl(r)}, seed {r['seed']})", r["history"],
+                                          _style(r, rows)) for r in rows], curves, ylabel,
                              log_y=rows[0]["task"] == "lm")
         print(f"plot: {args.plot}")
     return rows

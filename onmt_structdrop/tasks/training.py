@@ -88,13 +88,15 @@ def read_history(run_dir: Path):
 
 
 def plot_curves(path, runs, metrics, ylabel, log_y=False):
-    """One line per (run, metric) against the epoch; ``runs``: ``[(label, history)]``."""
+    """One line per (run, metric) against the epoch; ``runs``: ``[(label, history, line style)]``. A second
+    metric is drawn dashed in the run's colour."""
     series = []
-    for (label, history), color in zip(runs, [f"C{i}" for i in range(10)] * 10):
-        for metric, style in zip(metrics, ({"ls": "-"}, {"ls": "--", "marker": "x"})):
+    for label, history, style in runs:
+        for metric, extra in zip(metrics, ({}, {"ls": "--", "marker": "x"})):
             points = [(e["epoch"], e[metric]) for e in history if e.get(metric) is not None]
             if points:
-                series.append((f"{label} {metric.replace('_', ' ')}", *zip(*points), {"color": color, **style}))
+                name = label if len(metrics) == 1 else f"{label} {metric.replace('_', ' ')}"
+                series.append((name, *zip(*points), {**style, **extra}))
     try:
         save_line_plot(path, series, "epoch", ylabel, log_y=log_y)
     except ImportError:
