@@ -9,8 +9,8 @@ from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from .layer import LayerPlan, StructDropLSTMLayer
-from .masks import (DEFAULT_POOL_SIZE, PatternOptions, StructuredMask, auto_pool_size, check_mode, check_pool_size, check_rate,
-                    mask_from_dense, pool_assignment, sample_mask)
+from .masks import (DEFAULT_POOL_SIZE, PatternOptions, StructuredMask, auto_pool_size, check_mode, check_pool_size,
+                    check_rate, mask_from_dense, pool_assignment, sample_mask)
 
 
 def _check_size(value, name, minimum=1):

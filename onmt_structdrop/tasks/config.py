@@ -14,7 +14,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import yaml
 
-from ..masks import check_rate
+from ..masks import MASK_MODES, check_rate
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,24 @@ COMPACT_OUTPUT = Option(
     "compact_output", str, "auto", "skip the dropped inputs' share of the output layer's product: auto = only in "
     "batch mode (one kept set for all steps: one smaller product; per-step sets cost more in gathers than they "
     "save, measured on CPU), true, false (same results, multiplied by the masks)", ("auto", "true", "false"))
+
+
+DROPOUT_OPTIONS = [
+    Option("dropout_impl", str, "structured", "structured dropout, or standard (nn.Dropout + nn.LSTM)",
+           ("structured", "standard")),
+    Option("mask_mode", str, "time", "structured mask mode (see onmt_structdrop.masks)", MASK_MODES),
+    COMPACT_OUTPUT,
+    Option("dropout", float, 0.0, "dropout on the embeddings, between layers and before the output layer"),
+    Option("recurrent_dropout", float, 0.0, "dropout on h(t-1)"),
+]
+RUN_OPTIONS = [
+    Option("max_grad_norm", float, 5.0, "gradient clipping (global norm)"),
+    Option("max_steps_per_epoch", optional_int, None, "stop each epoch early (for smoke tests)"),
+    Option("seed", int, 1, "seed of the parameters, masks, batches and everything random"),
+    Option("threads", optional_int, None, "torch CPU threads (default: torch's choice)"),
+    Option("device", str, "cpu", "cpu or cuda"),
+    Option("resume", boolean, False, "continue the run in save_dir from its last.pt"),
+]
 
 
 def compacts_output(args):

@@ -22,38 +22,25 @@ from tqdm import tqdm
 
 from .. import StructDropLSTM
 from ..linear import StructuredDropoutLinear
-from ..masks import MASK_MODES
 from . import training
-from .config import (COMPACT_OUTPUT, Option, boolean, build_parser, check_values, compacts_output, optional_int,
+from .config import (DROPOUT_OPTIONS, RUN_OPTIONS, Option, build_parser, check_values, compacts_output,
                      parse_options)
 from .corpus import batchify, load_corpus
 
 OPTIONS = [
     Option("data", Path, Path("data/ptb"), "directory with ptb.{train,valid,test}.txt"),
     Option("save_dir", Path, Path("runs/ptb"), "run directory: log, history, checkpoint, plot"),
-    Option("dropout_impl", str, "structured", "structured dropout, or standard (nn.Dropout + nn.LSTM)",
-           ("structured", "standard")),
-    Option("mask_mode", str, "time", "structured mask mode (see onmt_structdrop.masks)", MASK_MODES),
-    COMPACT_OUTPUT,
     Option("hidden_size", int, 200, "LSTM and embedding size"),
     Option("num_layers", int, 2, "LSTM layers"),
-    Option("dropout", float, 0.0, "dropout on the embeddings, between layers and before the projection"),
-    Option("recurrent_dropout", float, 0.0, "dropout on h(t-1)"),
     Option("batch_size", int, 20, "training sequences per batch"),
     Option("bptt", int, 20, "truncated back-propagation length"),
     Option("epochs", int, 13, "training epochs"),
     Option("lr", float, 1.0, "SGD learning rate"),
     Option("lr_decay", float, 0.5, "learning-rate factor per epoch after decay_after epochs"),
     Option("decay_after", int, 4, "epochs at the full learning rate"),
-    Option("max_grad_norm", float, 5.0, "gradient clipping (global norm)"),
     Option("init_range", float, 0.1, "parameters start uniform in [-init_range, init_range]"),
     Option("eval_batch_size", int, 10, "sequences per batch in evaluation"),
-    Option("max_steps_per_epoch", optional_int, None, "stop each epoch early (for smoke tests)"),
-    Option("seed", int, 1, "seed of the parameters, masks and everything random"),
-    Option("threads", optional_int, None, "torch CPU threads (default: torch's choice)"),
-    Option("device", str, "cpu", "cpu or cuda"),
-    Option("resume", boolean, False, "continue the run in save_dir from its last.pt"),
-]
+] + DROPOUT_OPTIONS + RUN_OPTIONS
 MODEL_KEYS = ("dropout_impl", "mask_mode", "hidden_size", "num_layers", "dropout", "recurrent_dropout")
 
 
@@ -172,7 +159,8 @@ def run(args):
         training.seed_everything(args.seed)
         model = build(args, len(vocab))
         opt = torch.optim.SGD(model.parameters(), lr=args.lr)
-        history, start_epoch = resume_or_start(args, model, opt, vocab, log)
+        history, start_epoch, _ = training.resume_or_start(args, model, opt, MODEL_KEYS, {"vocab": vocab.words},
+                                                           log)
         log.info("%s dropout (%s), %d x %d, vocabulary %d, %d training words; epochs %d..%d",
                  args.dropout_impl, args.mask_mode if model.structured else "nn.Dropout + nn.LSTM",
                  args.num_layers, args.hidden_size, len(vocab), ids["train"].numel(), start_epoch, args.epochs)
@@ -198,27 +186,6 @@ def run(args):
             training.write_history(args.save_dir, history, config)
         log.info("test ppl %.2f (after epoch %d)", test_ppl, args.epochs)
     return history, test_ppl
-
-
-def resume_or_start(args, model, opt, vocab, log):
-    checkpoint = args.save_dir / training.CHECKPOINT
-    if not checkpoint.is_file():
-        if args.resume:
-            raise FileNotFoundError(f"resume: no checkpoint {checkpoint}")
-        return [], 1
-    if not args.resume:
-        raise FileExistsError(f"{args.save_dir} already holds a run ({checkpoint}): pass -resume true to continue "
-                              f"it, or choose another save_dir")
-    state = training.load_checkpoint(checkpoint)
-    changed = [k for k in MODEL_KEYS if state["config"][k] != str(getattr(args, k))]
-    if changed or state["vocab"] != vocab.words:
-        what = ", ".join(f"{k} {state['config'][k]} -> {getattr(args, k)}" for k in changed) or "the vocabulary"
-        raise ValueError(f"cannot resume {checkpoint}: {what} changed")
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    training.set_rng_state(state["rng"])
-    log.info("resumed %s after epoch %d", checkpoint, state["epoch"])
-    return list(state["history"]), state["epoch"] + 1
 
 
 def main(argv=None):

@@ -27,9 +27,8 @@ from tqdm import tqdm
 
 from .. import StructDropLSTM
 from ..linear import StructuredDropoutLinear
-from ..masks import MASK_MODES
 from . import training
-from .config import (COMPACT_OUTPUT, Option, boolean, build_parser, check_values, compacts_output, optional_int,
+from .config import (DROPOUT_OPTIONS, RUN_OPTIONS, Option, boolean, build_parser, check_values, compacts_output,
                      parse_options)
 from .conll import iob1_to_iob2, read_conll
 
@@ -39,10 +38,6 @@ OPTIONS = [
     Option("dev", Path, Path("data/conll2003/eng.testa"), "development file, scored every epoch"),
     Option("test", Path, Path("data/conll2003/eng.testb"), "test file, scored every epoch"),
     Option("save_dir", Path, Path("runs/conll2003"), "run directory: log, history, checkpoints, plot"),
-    Option("dropout_impl", str, "structured", "structured dropout, or standard (nn.Dropout + nn.LSTM)",
-           ("structured", "standard")),
-    Option("mask_mode", str, "time", "structured mask mode (see onmt_structdrop.masks)", MASK_MODES),
-    COMPACT_OUTPUT,
     Option("word_dim", int, 100, "word embedding size"),
     Option("pretrained_embeddings", Path, None, "GloVe-format text file (word v1 v2 ...) to start words from"),
     Option("min_word_count", int, 2, "rarer training words are <unk>"),
@@ -51,21 +46,13 @@ OPTIONS = [
     Option("hidden_size", int, 200, "LSTM size per direction"),
     Option("num_layers", int, 1, "LSTM layers"),
     Option("crf", boolean, True, "CRF output layer (pytorch-crf); false: per-token softmax"),
-    Option("dropout", float, 0.5, "dropout on the embeddings, between layers and before the output layer"),
-    Option("recurrent_dropout", float, 0.0, "dropout on h(t-1)"),
     Option("batch_size", int, 32, "sentences per batch"),
     Option("epochs", int, 30, "training epochs"),
     Option("optimizer", str, "adam", "optimizer", ("adam", "sgd")),
     Option("lr", float, 0.001, "learning rate"),
     Option("lr_decay", float, 0.0, "lr / (1 + lr_decay * epochs done), as in Ma and Hovy (2016)"),
     Option("momentum", float, 0.9, "SGD momentum"),
-    Option("max_grad_norm", float, 5.0, "gradient clipping (global norm)"),
-    Option("max_steps_per_epoch", optional_int, None, "stop each epoch early (for smoke tests)"),
-    Option("seed", int, 1, "seed of the parameters, masks, batches and everything random"),
-    Option("threads", optional_int, None, "torch CPU threads (default: torch's choice)"),
-    Option("device", str, "cpu", "cpu or cuda"),
-    Option("resume", boolean, False, "continue the run in save_dir from its last.pt"),
-]
+] + DROPOUT_OPTIONS + RUN_OPTIONS
 MODEL_KEYS = ("dropout_impl", "mask_mode", "word_dim", "char_filters", "char_dim", "hidden_size", "num_layers",
               "crf", "dropout", "recurrent_dropout")
 DIGITS = re.compile(r"\d")
@@ -300,7 +287,10 @@ def run(args):
         opt = (torch.optim.Adam(model.parameters(), lr=args.lr) if args.optimizer == "adam" else
                torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum))
         rng = random.Random(args.seed)
-        history, start_epoch = resume_or_start(args, model, opt, indexes, rng, log)
+        vocabularies = {"words": words_ix.items, "chars": chars_ix.items, "tags": tags_ix.items}
+        history, start_epoch, state = training.resume_or_start(args, model, opt, MODEL_KEYS, vocabularies, log)
+        if state is not None:
+            rng.setstate(state["batch_rng"])
         log.info("%s dropout (%s), BiLSTM %d x %d%s, %d words, %d chars, tags %s; %d training sentences; "
                  "epochs %d..%d", args.dropout_impl, args.mask_mode if model.structured else "nn.Dropout + nn.LSTM",
                  args.num_layers, args.hidden_size, " + CRF" if args.crf else "", len(words_ix), len(chars_ix),
@@ -324,34 +314,11 @@ def run(args):
                 torch.save(model.state_dict(), args.save_dir / "best.pt")
             training.save_checkpoint(args.save_dir, model=model.state_dict(), optimizer=opt.state_dict(),
                                      epoch=epoch, history=history, config=config, rng=training.rng_state(),
-                                     batch_rng=rng.getstate(), words=words_ix.items, chars=chars_ix.items,
-                                     tags=tags_ix.items)
+                                     batch_rng=rng.getstate(), **vocabularies)
             training.write_history(args.save_dir, history, config)
-            training.plot_curves(args.save_dir / "curves.png", [(args.dropout_impl, history, {})], ("dev_f1", "test_f1"),
-                                 "span F1 (%)")
+            training.plot_curves(args.save_dir / "curves.png", [(args.dropout_impl, history, {})],
+                                 ("dev_f1", "test_f1"), "span F1 (%)")
     return history
-
-
-def resume_or_start(args, model, opt, indexes, rng, log):
-    checkpoint = args.save_dir / training.CHECKPOINT
-    if not checkpoint.is_file():
-        if args.resume:
-            raise FileNotFoundError(f"resume: no checkpoint {checkpoint}")
-        return [], 1
-    if not args.resume:
-        raise FileExistsError(f"{args.save_dir} already holds a run ({checkpoint}): pass -resume true to continue "
-                              f"it, or choose another save_dir")
-    state = training.load_checkpoint(checkpoint)
-    changed = [k for k in MODEL_KEYS if state["config"][k] != str(getattr(args, k))]
-    if changed or [state["words"], state["chars"], state["tags"]] != [ix.items for ix in indexes]:
-        what = ", ".join(f"{k} {state['config'][k]} -> {getattr(args, k)}" for k in changed) or "the training data"
-        raise ValueError(f"cannot resume {checkpoint}: {what} changed")
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    training.set_rng_state(state["rng"])
-    rng.setstate(state["batch_rng"])
-    log.info("resumed %s after epoch %d", checkpoint, state["epoch"])
-    return list(state["history"]), state["epoch"] + 1
 
 
 def main(argv=None):

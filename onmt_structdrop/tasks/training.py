@@ -76,6 +76,30 @@ def load_checkpoint(path: Path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def resume_or_start(args, model, opt, model_keys, data, log):
+    """``(history, first epoch, checkpoint or None)``: a fresh start, or, with ``-resume true``, the run in
+    ``args.save_dir`` restored (parameters, optimizer, random states). ``data`` (vocabularies) and the options
+    in ``model_keys`` must be those the checkpoint was trained with; an existing run is never overwritten."""
+    checkpoint = args.save_dir / CHECKPOINT
+    if not checkpoint.is_file():
+        if args.resume:
+            raise FileNotFoundError(f"resume: no checkpoint {checkpoint}")
+        return [], 1, None
+    if not args.resume:
+        raise FileExistsError(f"{args.save_dir} already holds a run ({checkpoint}): pass -resume true to continue "
+                              f"it, or choose another save_dir")
+    state = load_checkpoint(checkpoint)
+    changed = [k for k in model_keys if state["config"][k] != str(getattr(args, k))]
+    if changed or any(state[k] != v for k, v in data.items()):
+        what = ", ".join(f"{k} {state['config'][k]} -> {getattr(args, k)}" for k in changed) or "the training data"
+        raise ValueError(f"cannot resume {checkpoint}: {what} changed")
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    log.info("resumed %s after epoch %d", checkpoint, state["epoch"])
+    return list(state["history"]), state["epoch"] + 1, state
+
+
 def write_history(save_dir: Path, history, config):
     (save_dir / HISTORY).write_text(json.dumps({"config": config, "epochs": history}, indent=2) + "\n")
 
