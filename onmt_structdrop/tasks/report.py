@@ -84,8 +84,7 @@ def main(argv=None):
     if args.plot:
         _, _, _, curves, ylabel = TASKS[rows[0]["task"]]
         training.plot_curves(args.plot, [(f"{Path(r['run']).name} ({_impl(r)}, seed {r['seed']})", r["history"],
-                                          _style(r, rows)) for r in rows], curves, ylabel,
-                             log_y=rows[0]["task"] == "lm")
+                                          _style(r, rows)) for r in rows], curves, ylabel)
         print(f"plot: {args.plot}")
     return rows
 
