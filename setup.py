@@ -14,10 +14,10 @@ setup(
     extras_require={"cuda": ["cupy-cuda12x"], "plot": ["matplotlib"], "test": ["pytest>=7"],
                     "tasks": ["pytorch-crf", "seqeval"]},
     entry_points={
-        "console_scripts": ["onmt-structdrop-bench=onmt_structdrop.bench:main",
+        "console_scripts": ["onmt-structdrop-bench=onmt_structdrop.bench:cli",
                             "onmt-structdrop-patch=onmt_structdrop.opennmt.patching:main",
-                            "onmt-structdrop-lm=onmt_structdrop.tasks.lm:main",
-                            "onmt-structdrop-ner=onmt_structdrop.tasks.ner:main"],
+                            "onmt-structdrop-lm=onmt_structdrop.tasks.lm:cli",
+                            "onmt-structdrop-ner=onmt_structdrop.tasks.ner:cli"],
         # found by OpenNMT-py once patched (patches/opennmt-3.5.1/01-plugins.patch)
         "onmt.plugins": ["structdrop=onmt_structdrop.opennmt:register"],
     },

@@ -257,5 +257,11 @@ def main(argv=None):
     return reports[0] if not args.rates else reports
 
 
+
+def cli(argv=None):
+    """The console command: its entry point passes the return value to ``sys.exit``, so it returns nothing."""
+    main(argv)
+
+
 if __name__ == "__main__":
     main()

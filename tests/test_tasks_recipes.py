@@ -112,3 +112,22 @@ def test_report_tables_and_plots_runs(tmp_path, capsys):
     with pytest.raises(SystemExit):
         report.main([str(tmp_path / "nothing")])
     assert "no history.json" in capsys.readouterr().err
+
+
+def test_the_commands_are_installed():
+    from importlib.metadata import entry_points
+    scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
+    assert scripts["onmt-structdrop-lm"] == "onmt_structdrop.tasks.lm:cli"
+    assert scripts["onmt-structdrop-ner"] == "onmt_structdrop.tasks.ner:cli"
+    assert scripts["onmt-structdrop-bench"] == "onmt_structdrop.bench:cli"
+
+
+def test_the_console_commands_exit_with_status_zero(tmp_path):
+    # console entry points call sys.exit(cli()): anything but None would be printed and exit with status 1
+    data = write_ptb(tmp_path / "ptb")
+    assert lm.cli(["-data", str(data), "-save_dir", str(tmp_path / "lm"), "-hidden_size", "8", "-batch_size", "4",
+                    "-bptt", "5", "-eval_batch_size", "2", "-epochs", "1"]) is None
+    files = write_conll(tmp_path / "conll")
+    assert ner.cli(["-train", str(files["eng.train"]), "-dev", str(files["eng.testa"]), "-test",
+                     str(files["eng.testb"]), "-save_dir", str(tmp_path / "ner"), "-hidden_size", "4",
+                     "-epochs", "1"]) is None

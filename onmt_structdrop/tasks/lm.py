@@ -189,6 +189,7 @@ def run(args):
 
 
 def main(argv=None):
+    """The command line, returning what ``run`` returns."""
     parser = build_parser("onmt-structdrop-lm", __doc__.splitlines()[0], OPTIONS)
     args = parse_options(parser, OPTIONS, argv)
     check_values(parser, args, at_least_one=("hidden_size", "num_layers", "batch_size", "bptt", "epochs",
@@ -198,6 +199,12 @@ def main(argv=None):
         return run(args)
     except (OSError, ValueError) as err:  # missing or bad data, an occupied save_dir: the message says which
         parser.exit(2, f"{parser.prog}: error: {err}\n")
+
+
+
+def cli(argv=None):
+    """The console command: its entry point passes the return value to ``sys.exit``, so it returns nothing."""
+    main(argv)
 
 
 if __name__ == "__main__":
