@@ -8,6 +8,7 @@ from torch.nn import functional as F
 
 from onmt_structdrop.reference import reference_lstm
 from onmt_structdrop.tasks import lm
+from onmt_structdrop.tasks.config import build_parser
 from onmt_structdrop.tasks.corpus import Vocabulary, batchify, load_corpus
 
 from task_data import write_ptb
@@ -53,7 +54,7 @@ def test_both_implementations_share_parameters_and_agree_in_eval():
 
 
 def test_learning_rate_follows_zaremba_schedule():
-    args = lm.build_parser("t", "", lm.OPTIONS).parse_args(["-lr", "1", "-lr_decay", "0.5", "-decay_after", "4"])
+    args = build_parser("t", "", lm.OPTIONS).parse_args(["-lr", "1", "-lr_decay", "0.5", "-decay_after", "4"])
     assert [lm.learning_rate(args, e) for e in (1, 4, 5, 6)] == [1.0, 1.0, 0.5, 0.25]
 
 

@@ -126,7 +126,7 @@ def parse_options(parser, options, argv=None):
     return parser.parse_args(argv)
 
 
-def check_values(parser, args, at_least_one=(), positive=(), rates=()):
+def check_values(parser, args, at_least_one=(), positive=(), non_negative=(), rates=()):
     """Exit with a message naming the first option whose value is out of range."""
     for name in at_least_one:
         value = getattr(args, name)
@@ -135,6 +135,9 @@ def check_values(parser, args, at_least_one=(), positive=(), rates=()):
     for name in positive:
         if not getattr(args, name) > 0:
             parser.error(f"{name} must be > 0, got {getattr(args, name)}")
+    for name in non_negative:
+        if getattr(args, name) < 0:
+            parser.error(f"{name} must be >= 0, got {getattr(args, name)}")
     for name in rates:
         try:
             check_rate(getattr(args, name), name)
@@ -142,3 +145,17 @@ def check_values(parser, args, at_least_one=(), positive=(), rates=()):
             parser.error(str(err))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"device {args.device!r}: no CUDA device is available")
+
+
+def run_command(prog, description, options, run, argv=None, at_least_one=(), positive=(), non_negative=()):
+    """A task's command line: recipe and options parsed and checked (the shared dropout and run options
+    included), then ``run(args)``. Missing or malformed data and an occupied save_dir exit with their message."""
+    parser = build_parser(prog, description, options)
+    args = parse_options(parser, options, argv)
+    check_values(parser, args, at_least_one=(*at_least_one, "max_steps_per_epoch", "threads"),
+                 positive=(*positive, "max_grad_norm"), non_negative=non_negative,
+                 rates=("dropout", "recurrent_dropout"))
+    try:
+        return run(args)
+    except (OSError, ValueError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")

@@ -23,8 +23,7 @@ from tqdm import tqdm
 from .. import StructDropLSTM
 from ..linear import StructuredDropoutLinear
 from . import training
-from .config import (DROPOUT_OPTIONS, RUN_OPTIONS, Option, build_parser, check_values, compacts_output,
-                     parse_options)
+from .config import DROPOUT_OPTIONS, RUN_OPTIONS, Option, compacts_output, run_command
 from .corpus import batchify, load_corpus
 
 OPTIONS = [
@@ -141,11 +140,7 @@ def build(args, n_vocab):
 
 def run(args):
     """Train (or resume) as ``args`` says; returns the history, one dict per epoch, and the test perplexity."""
-    args.save_dir.mkdir(parents=True, exist_ok=True)
-    config = {k: str(v) for k, v in sorted(vars(args).items()) if k != "config"}
-    with training.RunLogger(args.save_dir) as log:
-        if args.threads:
-            torch.set_num_threads(args.threads)
+    with training.run_directory(args) as (log, config):
         vocab, ids = load_corpus(args.data)
         train_data = batchify(ids["train"], args.batch_size).to(args.device)
         valid_data, test_data = (batchify(ids[s], args.eval_batch_size).to(args.device) for s in ("valid", "test"))
@@ -190,16 +185,9 @@ def run(args):
 
 def main(argv=None):
     """The command line, returning what ``run`` returns."""
-    parser = build_parser("onmt-structdrop-lm", __doc__.splitlines()[0], OPTIONS)
-    args = parse_options(parser, OPTIONS, argv)
-    check_values(parser, args, at_least_one=("hidden_size", "num_layers", "batch_size", "bptt", "epochs",
-                                             "eval_batch_size", "max_steps_per_epoch", "threads"),
-                 positive=("lr", "lr_decay", "max_grad_norm", "init_range"), rates=("dropout", "recurrent_dropout"))
-    try:
-        return run(args)
-    except (OSError, ValueError) as err:  # missing or bad data, an occupied save_dir: the message says which
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
-
+    return run_command("onmt-structdrop-lm", __doc__.splitlines()[0], OPTIONS, run, argv,
+                       at_least_one=("hidden_size", "num_layers", "batch_size", "bptt", "epochs", "eval_batch_size"),
+                       positive=("lr", "lr_decay", "init_range"))
 
 
 def cli(argv=None):

@@ -28,8 +28,7 @@ from tqdm import tqdm
 from .. import StructDropLSTM
 from ..linear import StructuredDropoutLinear
 from . import training
-from .config import (DROPOUT_OPTIONS, RUN_OPTIONS, Option, boolean, build_parser, check_values, compacts_output,
-                     parse_options)
+from .config import DROPOUT_OPTIONS, RUN_OPTIONS, Option, boolean, compacts_output, run_command
 from .conll import iob1_to_iob2, read_conll
 
 PAD, UNK = "<pad>", "<unk>"
@@ -265,11 +264,7 @@ def train_epoch(model, opt, groups, indexes, args, epoch, log):
 
 def run(args):
     """Train (or resume) as ``args`` says; returns the history, one dict per epoch."""
-    args.save_dir.mkdir(parents=True, exist_ok=True)
-    config = {k: str(v) for k, v in sorted(vars(args).items()) if k != "config"}
-    with training.RunLogger(args.save_dir) as log:
-        if args.threads:
-            torch.set_num_threads(args.threads)
+    with training.run_directory(args) as (log, config):
         splits = read_splits(args)
         indexes = build_indexes(splits["train"], args.min_word_count)
         words_ix, chars_ix, tags_ix = indexes
@@ -323,19 +318,10 @@ def run(args):
 
 def main(argv=None):
     """The command line, returning what ``run`` returns."""
-    parser = build_parser("onmt-structdrop-ner", __doc__.splitlines()[0], OPTIONS)
-    args = parse_options(parser, OPTIONS, argv)
-    check_values(parser, args, at_least_one=("word_dim", "min_word_count", "hidden_size", "num_layers",
-                                             "batch_size", "epochs", "max_steps_per_epoch", "threads"),
-                 positive=("lr", "max_grad_norm"), rates=("dropout", "recurrent_dropout"))
-    for name in ("char_filters", "char_dim", "lr_decay", "momentum"):
-        if getattr(args, name) < 0:
-            parser.error(f"{name} must be >= 0, got {getattr(args, name)}")
-    try:
-        return run(args)
-    except (OSError, ValueError) as err:  # missing or malformed data, an occupied save_dir: the message says which
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
-
+    return run_command("onmt-structdrop-ner", __doc__.splitlines()[0], OPTIONS, run, argv,
+                       at_least_one=("word_dim", "min_word_count", "hidden_size", "num_layers", "batch_size",
+                                     "epochs"),
+                       positive=("lr",), non_negative=("char_filters", "char_dim", "lr_decay", "momentum"))
 
 
 def cli(argv=None):

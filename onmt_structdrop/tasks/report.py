@@ -12,9 +12,8 @@ from statistics import mean
 
 from . import training
 
-# task: (metric key, label, best epoch is the one that maximises (NER) or the last one (LM), curves, y label)
-TASKS = {"lm": ("valid_ppl", "valid ppl", False, ("valid_ppl",), "perplexity"),
-         "ner": ("dev_f1", "dev F1", True, ("dev_f1",), "span F1 (%)")}
+# task: (validation metric, whether the best epoch maximises it (NER) or is the last one (LM), its plot label)
+TASKS = {"lm": ("valid_ppl", False, "perplexity"), "ner": ("dev_f1", True, "span F1 (%)")}
 
 
 def summarise(run_dir: Path):
@@ -23,7 +22,7 @@ def summarise(run_dir: Path):
     if not epochs:
         raise ValueError(f"{run_dir}: no finished epoch yet")
     task = "ner" if "dev_f1" in epochs[0] else "lm"
-    key, _, maximise, _, _ = TASKS[task]
+    key, maximise, _ = TASKS[task]
     chosen = max(epochs, key=lambda e: e[key]) if maximise else epochs[-1]
     final = {"valid_ppl": chosen.get("valid_ppl"), "test_ppl": epochs[-1].get("test_ppl")} if task == "lm" else \
         {"dev_f1": chosen["dev_f1"], "test_f1": chosen["test_f1"]}
@@ -34,7 +33,8 @@ def summarise(run_dir: Path):
 
 
 def _impl(row):
-    return "ordinary" if row["impl"] == "standard" else f"structured {row['mode']}"
+    """The run's dropout: ``standard`` (its mask mode is unused) or ``structured (mode)``."""
+    return "standard" if row["impl"] == "standard" else f"structured ({row['mode']})"
 
 
 def _style(row, rows):
@@ -53,18 +53,16 @@ def table(rows):
     lines = [f"| run | dropout | seed | epochs | {' | '.join(m.replace('_', ' ') for m in metrics)} | words/s | "
              f"speed vs {'ordinary' if standard else 'first run'} |", "|---" * (6 + len(metrics)) + "|"]
     for r in rows:
-        impl = r["impl"] if r["impl"] == "standard" else f"structured ({r['mode']})"
-        lines.append(f"| {Path(r['run']).name} | {impl} | {r['seed']} | {r['epochs']} | "
+        lines.append(f"| {Path(r['run']).name} | {_impl(r)} | {r['seed']} | {r['epochs']} | "
                      f"{' | '.join(fmt(r[m]) for m in metrics)} | {r['words_per_s']:.0f} | "
                      f"{r['words_per_s'] / base:.2f}x |")
     lines += ["", f"| dropout | runs | {' | '.join('mean ' + m.replace('_', ' ') for m in metrics)} | mean words/s | "
                   f"speed |", "|---" * (4 + len(metrics)) + "|"]
-    for impl in dict.fromkeys((r["impl"], r["mode"] if r["impl"] != "standard" else "") for r in rows):
-        group = [r for r in rows if (r["impl"], r["mode"] if r["impl"] != "standard" else "") == impl]
+    for impl in dict.fromkeys(_impl(r) for r in rows):
+        group = [r for r in rows if _impl(r) == impl]
         values = [fmt(mean(r[m] for r in group) if all(r[m] is not None for r in group) else None) for m in metrics]
         speed = mean(r["words_per_s"] for r in group)
-        name = impl[0] if impl[0] == "standard" else f"structured ({impl[1]})"
-        lines.append(f"| {name} | {len(group)} | {' | '.join(values)} | {speed:.0f} | {speed / base:.2f}x |")
+        lines.append(f"| {impl} | {len(group)} | {' | '.join(values)} | {speed:.0f} | {speed / base:.2f}x |")
     return "\n".join(lines)
 
 
@@ -82,9 +80,9 @@ def main(argv=None):
         parser.error("the runs mix language-modelling and NER runs")
     print(table(rows))
     if args.plot:
-        _, _, _, curves, ylabel = TASKS[rows[0]["task"]]
+        key, _, ylabel = TASKS[rows[0]["task"]]
         training.plot_curves(args.plot, [(f"{Path(r['run']).name} ({_impl(r)}, seed {r['seed']})", r["history"],
-                                          _style(r, rows)) for r in rows], curves, ylabel)
+                                          _style(r, rows)) for r in rows], (key,), ylabel)
         print(f"plot: {args.plot}")
     return rows
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -46,6 +47,18 @@ class RunLogger:
         for handler in self.handlers:
             log.removeHandler(handler)
             handler.close()
+
+
+@contextmanager
+def run_directory(args):
+    """Open a run: ``save_dir`` created, its log attached, torch's thread count set. Yields the logger and the
+    run's options as strings (what checkpoints and history.json record)."""
+    args.save_dir.mkdir(parents=True, exist_ok=True)
+    config = {k: str(v) for k, v in sorted(vars(args).items()) if k != "config"}
+    with RunLogger(args.save_dir) as run_log:
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        yield run_log, config
 
 
 def seed_everything(seed):
