@@ -1,7 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo demo-lm bench clean
+.PHONY: setup test demo demo-lm bench bench-nmt clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -18,6 +18,9 @@ demo-lm: setup
 bench: setup
 	$(PY) -m onmt_structdrop.bench --device cpu --layers 2 --hidden 650 --batch 20 --seq 35 \
 	    --dropout 0.5 --recurrent-dropout 0.5 --json bench-cpu.json
+
+bench-nmt: setup
+	$(PY) -m onmt_structdrop.opennmt.bench --device cpu --threads 1 --json bench-nmt-cpu.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
