@@ -20,6 +20,11 @@ def _multiplier(mask, g):
     return mask.values[g] if mask.values is not None else mask.scale
 
 
+def _row_multiplier(mask, g):
+    """The multipliers of group ``g``'s kept units for ``k x ...`` operands (one per row)."""
+    return mask.values[g].unsqueeze(1) if mask.values is not None else mask.scale
+
+
 def apply_mask(x, mask):
     """``x`` ``[B, T, n]`` times a ``[T, n]`` or ``[T, B, n]`` dense mask, or a StructuredMask."""
     if mask is None:
@@ -37,15 +42,15 @@ class _StepwiseLinear(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, mask, scaled):
         B, T, _ = x.shape
-        weights = _kept_weights(weight, mask, scaled)
+        rows = _kept_rows(weight, mask, scaled)
         out = x.new_empty(B, T, weight.shape[0])
         for t in range(T):
             g = mask.step_group[t]
             xk = x[:, t].index_select(1, mask.keep[g])
             if bias is not None:
-                torch.addmm(bias, xk, weights[g].t(), out=out[:, t])
+                torch.addmm(bias, xk, rows[g], out=out[:, t])
             else:
-                torch.mm(xk, weights[g].t(), out=out[:, t])
+                torch.mm(xk, rows[g], out=out[:, t])
         ctx.mask, ctx.scaled, ctx.has_bias = mask, scaled, bias is not None
         ctx.save_for_backward(x, weight)
         return out
@@ -55,26 +60,26 @@ class _StepwiseLinear(torch.autograd.Function):
     def backward(ctx, dout):
         x, weight = ctx.saved_tensors
         mask = ctx.mask
-        B, T, n = x.shape
-        weights = _kept_weights(weight, mask, ctx.scaled)
+        rows = _kept_rows(weight, mask, ctx.scaled)
         dx = torch.zeros_like(x) if ctx.needs_input_grad[0] else None
-        dweights = [weight.new_zeros(weight.shape[0], len(keep)) for keep in mask.keep]
-        for t in range(T):
+        dwt = weight.new_zeros(weight.shape[1], weight.shape[0])  # W^T: kept units' gradients are whole rows
+        for t in range(x.shape[1]):
             g = mask.step_group[t]
             keep, dy = mask.keep[g], dout[:, t]
             if dx is not None:
-                dx[:, t].index_copy_(1, keep, dy @ weights[g])
-            dweights[g].addmm_(dy.t(), x[:, t].index_select(1, keep))
-        dweight = torch.zeros_like(weight)
-        for g, keep in enumerate(mask.keep):
-            dweight.index_add_(1, keep, dweights[g] if ctx.scaled else dweights[g] * _multiplier(mask, g))
+                dx[:, t].index_copy_(1, keep, dy @ rows[g].t())
+            dwt_k = x[:, t].index_select(1, keep).t() @ dy
+            dwt.index_add_(0, keep, dwt_k if ctx.scaled else dwt_k * _row_multiplier(mask, g))
         db = dout.sum(dim=(0, 1)) if ctx.has_bias else None
-        return dx, dweight, db, None, None
+        return dx, dwt.t(), db, None, None
 
 
-def _kept_weights(weight, mask, scaled):
-    weights = [weight.index_select(1, keep) for keep in mask.keep]
-    return weights if scaled else [w * _multiplier(mask, g) for g, w in enumerate(weights)]
+def _kept_rows(weight, mask, scaled):
+    """Each kept set's rows of ``W^T`` (``k x n_out``), the mask's values folded in unless ``scaled``: gathered
+    from one transposed copy, so that each gather is a block copy of whole rows."""
+    wt = weight.t().contiguous()
+    rows = [wt.index_select(0, keep) for keep in mask.keep]
+    return rows if scaled else [r * _row_multiplier(mask, g) for g, r in enumerate(rows)]
 
 
 def masked_linear(x, weight, bias, mask, scaled=False):
@@ -95,6 +100,10 @@ class StepProduct:
         self.structured = isinstance(mask, StructuredMask)
         self.cache = self.structured and len(mask.keep) <= CACHED_GROUPS
         self._weights = {}
+        if self.structured and not self.cache:
+            # a fresh set per step: one transposed copy per call makes each step's gather a block copy of whole
+            # rows (and its gradient a row-wise add) instead of a strided gather of columns
+            self._wt = weight.t().contiguous()
         if mask is not None and not self.structured and not scaled:
             self.dense = mask.to(weight.dtype)
 
@@ -106,9 +115,8 @@ class StepProduct:
         g = self.mask.step_group[t]
         keep = self.mask.keep[g]
         x = x.index_select(1, keep)
-        if not self.cache:  # a set per step: scale the (smaller) input rather than the gathered weight
-            w = self.weight.index_select(1, keep)
-            return F.linear(x if self.scaled else x * _multiplier(self.mask, g), w)
+        if not self.cache:  # scale the (smaller) input rather than the gathered weight
+            return torch.mm(x if self.scaled else x * _multiplier(self.mask, g), self._wt.index_select(0, keep))
         w = self._weights.get(g)
         if w is None:  # once per kept set and call, the mask's values folded in
             w = self.weight.index_select(1, keep)
