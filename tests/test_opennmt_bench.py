@@ -36,6 +36,10 @@ def test_bad_options_are_named():
         bench.main(["--dropout", "1.0"])
     with pytest.raises(SystemExit):
         bench.main(["--hidden", "7"])
+    with pytest.raises(SystemExit):
+        bench.main(["--rates", "0.2", "1.5"])
+    with pytest.raises(SystemExit):
+        bench.main(["--plot", "x.png"])
 
 
 def write_log(path, tok_s):
@@ -55,3 +59,12 @@ def test_speed_table_pairs_each_round_with_its_baseline(tmp_path, capsys):
     assert "| m | median of 2 | | 1.05x |" in table
     with pytest.raises(SystemExit, match="RECIPE_rN"):
         speed.main([str(tmp_path / "m_r1.log"), str(tmp_path / "m_baseline_r1.log"), str(tmp_path / "other.log")])
+
+
+def test_rate_sweep_writes_a_plot(tmp_path):
+    png = tmp_path / "sweep.png"
+    result = bench.main(["--hidden", "8", "--word-vec-size", "6", "--src-vocab", "20", "--tgt-vocab", "15",
+                         "--batch", "2", "--src-len", "3", "--tgt-len", "3", "--repeats", "1", "--warmup", "0",
+                         "--modes", "batch", "--rates", "0.2", "0.5", "--plot", str(png)])
+    assert [r["config"]["dropout"] for r in result["sweep"]] == [0.2, 0.5]
+    assert png.stat().st_size > 1000
