@@ -147,3 +147,21 @@ def test_malformed_data_and_bad_options_stop_the_cli_with_a_message(tmp_path, ca
     with pytest.raises(SystemExit):
         run_cli(tmp_path, "-dropout", "-0.1", name="r2")
     assert "dropout must be in [0, 1), got -0.1" in capsys.readouterr().err
+
+
+def test_batches_from_the_cache_equal_fresh_ones(monkeypatch):
+    from onmt_structdrop.tasks.conll import Sentence
+    sentences = [Sentence(["EU", "rejects", "German", "call"], ["B-ORG", "O", "B-MISC", "O"]),
+                 Sentence(["Peter", "Blackburn"], ["B-PER", "I-PER"]), Sentence(["Yes"], ["O"])]
+    indexes = ner.build_indexes(sentences, 1)
+    fresh = ner.make_batch(sentences, *indexes, "cpu")
+    assert fresh["chars"].shape == (4, 3, 9) and fresh["words"][2, 1] == 0 and fresh["chars"][0, 1, 5] == 0
+    cache = {}
+    ner.make_batch(sentences[:2], *indexes, "cpu", cache)
+    calls = []
+    real_encode = ner.encode
+    monkeypatch.setattr(ner, "encode", lambda *a: calls.append(a[0]) or real_encode(*a))
+    cached = ner.make_batch(sentences, *indexes, "cpu", cache)
+    assert calls == [sentences[2]]  # only the sentence not seen before is encoded
+    for key in ("words", "chars", "tags", "mask", "lengths"):
+        assert torch.equal(cached[key], fresh[key]), key

@@ -155,19 +155,35 @@ class Tagger(nn.Module):
         return [row[:n] for row, n in zip(best, batch["lengths"].tolist())]
 
 
-def make_batch(sentences, words, chars, tags, device):
-    """Padded time-major tensors of a list of sentences (tags in IOB2)."""
+def encode(sentence, words, chars, tags):
+    """A sentence's word ids, tag ids (IOB2) and character ids (``[length, longest word]``) as tensors."""
+    w_ids = torch.tensor([words(normalise_word(w)) for w in sentence.words])
+    # a dev/test tag the training data lacks is scored as a string, never trained on: any id will do
+    t_ids = torch.tensor([tags.ids.get(t, 0) for t in sentence.tags])
+    c_ids = torch.zeros(len(sentence.words), max(len(w) for w in sentence.words), dtype=torch.long)
+    for t, w in enumerate(sentence.words):
+        c_ids[t, : len(w)] = torch.tensor([chars(c) for c in w])
+    return w_ids, t_ids, c_ids
+
+
+def make_batch(sentences, words, chars, tags, device, cache=None):
+    """Padded time-major tensors of a list of sentences (tags in IOB2). With a ``cache`` dict, each sentence is
+    encoded once per run rather than once per epoch (the cache keeps the sentence, so its id stays its own)."""
+    encoded = []
+    for s in sentences:
+        hit = cache.get(id(s)) if cache is not None else None
+        if hit is None:
+            hit = (s, encode(s, words, chars, tags))
+            if cache is not None:
+                cache[id(s)] = hit
+        encoded.append(hit[1])
     T, B = max(len(s.words) for s in sentences), len(sentences)
-    L = max(len(w) for s in sentences for w in s.words)
+    L = max(c.shape[1] for _, _, c in encoded)
     w_ids = torch.zeros(T, B, dtype=torch.long)
     c_ids = torch.zeros(T, B, L, dtype=torch.long)
     t_ids = torch.zeros(T, B, dtype=torch.long)
-    for b, s in enumerate(sentences):
-        w_ids[: len(s.words), b] = torch.tensor([words(normalise_word(w)) for w in s.words])
-        # a dev/test tag the training data lacks is scored as a string, never trained on: any id will do
-        t_ids[: len(s.words), b] = torch.tensor([tags.ids.get(t, 0) for t in s.tags])
-        for t, w in enumerate(s.words):
-            c_ids[t, b, : len(w)] = torch.tensor([chars(c) for c in w])
+    for b, (w, t, c) in enumerate(encoded):
+        w_ids[: len(w), b], t_ids[: len(t), b], c_ids[: len(w), b, : c.shape[1]] = w, t, c
     lengths = torch.tensor([len(s.words) for s in sentences])
     mask = torch.arange(T).unsqueeze(1) < lengths.unsqueeze(0)
     return {"words": w_ids.to(device), "chars": c_ids.to(device), "tags": t_ids.to(device),
@@ -189,7 +205,7 @@ def batches(sentences, size, rng=None):
     return [[sentences[j] for j in g] for g in groups]
 
 
-def evaluate(model, sentences, indexes, args):
+def evaluate(model, sentences, indexes, args, cache=None):
     """Span-level scores (seqeval, conlleval rules) and the predicted tags."""
     from seqeval.metrics import f1_score, precision_score, recall_score
     words, chars, tags = indexes
@@ -197,7 +213,7 @@ def evaluate(model, sentences, indexes, args):
     gold, pred = [], []
     with torch.no_grad():
         for group in batches(sentences, 128):
-            for s, best in zip(group, model.predict(make_batch(group, words, chars, tags, args.device))):
+            for s, best in zip(group, model.predict(make_batch(group, words, chars, tags, args.device, cache))):
                 gold.append(s.tags)
                 pred.append([tags.items[i] for i in best])
     model.train()
@@ -237,14 +253,14 @@ def learning_rate(args, epoch):
     return args.lr / (1 + args.lr_decay * (epoch - 1))
 
 
-def train_epoch(model, opt, groups, indexes, args, epoch, log):
+def train_epoch(model, opt, groups, indexes, args, epoch, log, cache=None):
     words_ix, chars_ix, tags_ix = indexes
     if args.max_steps_per_epoch:
         groups = groups[: args.max_steps_per_epoch]
     total, n_sent, n_words, seconds = 0.0, 0, 0, 0.0
     bar = tqdm(groups, desc=f"epoch {epoch}", unit="batch", mininterval=2, leave=False)
     for group in bar:
-        batch = make_batch(group, words_ix, chars_ix, tags_ix, args.device)
+        batch = make_batch(group, words_ix, chars_ix, tags_ix, args.device, cache)
         start = time.perf_counter()
         loss = model.loss(batch)
         opt.zero_grad(set_to_none=True)
@@ -290,13 +306,14 @@ def run(args):
                  "epochs %d..%d", args.dropout_impl, args.mask_mode if model.structured else "nn.Dropout + nn.LSTM",
                  args.num_layers, args.hidden_size, " + CRF" if args.crf else "", len(words_ix), len(chars_ix),
                  " ".join(tags_ix.items), len(splits["train"]), start_epoch, args.epochs)
+        cache = {}  # each sentence's tensors, encoded once
         for epoch in range(start_epoch, args.epochs + 1):
             lr = learning_rate(args, epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
             loss, n_words, seconds = train_epoch(model, opt, batches(splits["train"], args.batch_size, rng),
-                                                 indexes, args, epoch, log)
-            dev, test = (evaluate(model, splits[s], indexes, args) for s in ("dev", "test"))
+                                                 indexes, args, epoch, log, cache)
+            dev, test = (evaluate(model, splits[s], indexes, args, cache) for s in ("dev", "test"))
             history.append({"epoch": epoch, "lr": lr, "train_loss": loss, "dev_f1": dev["f1"],
                             "dev_precision": dev["precision"], "dev_recall": dev["recall"], "test_f1": test["f1"],
                             "test_precision": test["precision"], "test_recall": test["recall"],
