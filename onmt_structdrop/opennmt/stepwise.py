@@ -2,9 +2,9 @@
 
 ``masked_linear`` applies a whole sequence's mask at once; ``StepProduct`` one step at a time. With a
 :class:`~onmt_structdrop.masks.StructuredMask` only the kept columns of the input and of the weight are read:
-the weight's kept columns are gathered once per kept set and call (at every step when the sets are many), and
-autograd turns the product into the compacted backward (input gradient on kept columns only, weight gradient
-accumulated into kept columns only). ``scaled=True`` says that the input already carries the mask (its dropped
+the weight's kept columns are gathered once per kept set and call (with many sets, at every step, as whole rows
+of one transposed copy per call), and the backward is compacted too (input gradient on kept columns only, weight
+gradient accumulated into kept columns only). ``scaled=True`` says that the input already carries the mask (its dropped
 columns are zero and its kept ones scaled), so the mask's values are not applied again.
 """
 from __future__ import annotations
