@@ -90,11 +90,35 @@ def _results(medians, peaks, base_key="vs_nn_lstm"):
              **({"peak_mib": peaks[n] / 2**20} if n in peaks else {})} for n in names]
 
 
-def time_variants(variants, x, args, device):
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = {name: [] for name in variants}
-    peaks = {}
+def device_name(device):
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"{cpu_name()}, {torch.get_num_threads()} threads")
 
+
+def time_callables(runs, repeats, warmup, device):
+    """Median seconds of each callable in ``runs`` (name -> callable), warmed up, then run round-robin so that
+    machine noise hits all alike; with peak GPU memory per name on CUDA."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    times = {name: [] for name in runs}
+    peaks = {}
+    for run in runs.values():
+        for _ in range(warmup):
+            run()
+    for _ in tqdm(range(repeats), desc="timing", leave=False):
+        for name, run in runs.items():
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            sync()
+            start = time.perf_counter()
+            run()
+            sync()
+            times[name].append(time.perf_counter() - start)
+            if device.type == "cuda":
+                peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated())
+    return {name: statistics.median(ts) for name, ts in times.items()}, peaks
+
+
+def time_variants(variants, x, args, device):
     def step(model):
         x.grad = None
         out = model(x)
@@ -107,20 +131,8 @@ def time_variants(variants, x, args, device):
 
     for model in variants.values():
         model.train()
-        for _ in range(args.warmup):
-            step(model)
-    for _ in tqdm(range(args.repeats), desc="timing", leave=False):
-        for name, model in variants.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            sync()
-            start = time.perf_counter()
-            step(model)
-            sync()
-            times[name].append(time.perf_counter() - start)
-            if device.type == "cuda":
-                peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated())
-    return {name: statistics.median(ts) for name, ts in times.items()}, peaks
+    return time_callables({name: (lambda m=model: step(m)) for name, model in variants.items()}, args.repeats,
+                          args.warmup, device)
 
 
 def run(args, device, dtype):
@@ -135,8 +147,6 @@ def run(args, device, dtype):
     structured = [r for r in results if r["variant"].startswith("structured")]
     best = max(structured, key=lambda r: r["vs_nn_lstm"]) if structured else None
     time_mode = next((r for r in structured if r["variant"] == "structured time"), None)
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"{cpu_name()}, {torch.get_num_threads()} threads")
     config = {k: v for k, v in vars(args).items() if k not in ("json", "plot", "rates")}
     output_layer = None
     if args.output_size:
@@ -147,7 +157,7 @@ def run(args, device, dtype):
         k = args.hidden if args.dropout == 0 else kept_count(args.dropout, args.hidden)
         output_layer = {"results": _results(*time_variants(outputs, y, args, device), base_key="vs_linear"),
                         "ideal_ratio": args.hidden / k}
-    return {"device": device_name, "torch": torch.__version__, "config": config, "results": results,
+    return {"device": device_name(device), "torch": torch.__version__, "config": config, "results": results,
             "ideal_ratio": ideal_ratio(args),
             "fastest_structured": best["variant"] if best else None,
             "speedup_vs_nn_lstm": best["vs_nn_lstm"] if best else None,

@@ -17,7 +17,7 @@ for round in $(seq 1 "$ROUNDS"); do
     run="$OUT/${recipe}_r$round"
     OMP_NUM_THREADS=1 $PY -m onmt.bin.train -config "recipes/$recipe.yaml" -train_steps "$STEPS" \
       -valid_steps 1000000 -save_checkpoint_steps 1000000 -report_every 25 -save_model "$run/model" \
-      -log_file "$run.log" > /dev/null 2>&1
+      -log_file "$run.log" > "$run.out" 2>&1 || { echo "onmt_train failed: see $run.out" >&2; exit 1; }
     logs+=("$run.log")
   done
 done

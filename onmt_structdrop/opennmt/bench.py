@@ -19,15 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 
 import torch
 from torch import nn
 from torch.nn import functional as F
-from tqdm import tqdm
 
-from ..bench import cpu_name
+from ..bench import device_name, time_callables
 from ..masks import MASK_MODES, check_rate
 
 PAD = 1
@@ -120,22 +117,6 @@ def shrinkable_products(args, device):
     return run
 
 
-def time_variants(variants, args, device):
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for run in variants.values():
-        for _ in range(args.warmup):
-            run()
-    times = {name: [] for name in variants}
-    for _ in tqdm(range(args.repeats), desc="timing", leave=False):
-        for name, run in variants.items():
-            sync()
-            start = time.perf_counter()
-            run()
-            sync()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
-
-
 def run(args, device):
     """Time the stock step, each mode's step and the shrinkable products; returns the report (see ``--json``)."""
     g = torch.Generator().manual_seed(args.seed)
@@ -148,13 +129,11 @@ def run(args, device):
         models[f"sd_brnn + sd_ifrnn, {mode}"] = build_model(args, mode, device)
     variants = {name: (lambda m=m: training_step(m, src, src_len, tgt)) for name, m in models.items()}
     variants["shrinkable products"] = shrinkable_products(args, device)
-    medians = time_variants(variants, args, device)
+    medians, _ = time_callables(variants, args.repeats, args.warmup, device)
     shrinkable = medians.pop("shrinkable products")
     stock = next(iter(medians.values()))
     ideal = stock - args.dropout * shrinkable
-    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"{cpu_name()}, {torch.get_num_threads()} threads")
-    return {"device": device_name, "torch": torch.__version__,
+    return {"device": device_name(device), "torch": torch.__version__,
             "config": {k: v for k, v in vars(args).items() if k not in ("json", "rates", "plot")},
             "results": [{"variant": name, "ms": ms * 1e3, "vs_stock": stock / ms} for name, ms in medians.items()],
             "shrinkable_ms": shrinkable * 1e3, "shrinkable_share": shrinkable / stock,
