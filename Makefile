@@ -7,20 +7,20 @@ setup:
 	@bash scripts/setup_env.sh
 
 test: setup
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 demo: setup
-	$(PY) -m onmt_structdrop.opennmt.demo
+	$(PY) -m onmt_structdrop.tools.nmt_demo
 
 demo-lm: setup
-	$(PY) -m onmt_structdrop.demo
+	$(PY) -m onmt_structdrop.tools.lm_demo
 
 bench: setup
-	$(PY) -m onmt_structdrop.bench --device cpu --layers 2 --hidden 650 --batch 20 --seq 35 \
+	$(PY) -m onmt_structdrop.tools.bench --device cpu --layers 2 --hidden 650 --batch 20 --seq 35 \
 	    --dropout 0.5 --recurrent-dropout 0.5 --json bench-cpu.json
 
 bench-nmt: setup
-	$(PY) -m onmt_structdrop.opennmt.bench --device cpu --threads 1 --json bench-nmt-cpu.json
+	$(PY) -m onmt_structdrop.tools.nmt_bench --device cpu --threads 1 --json bench-nmt-cpu.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -7,39 +7,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .compact import project, project_backward, step_order
+from . import ops
+from .functions import SequenceLinearFunction
 from .masks import (DEFAULT_POOL_SIZE, PatternOptions, StructuredMask, check_mode, check_pool_size, check_rate,
                     sample_mask)
-
-
-class _DropoutLinear(torch.autograd.Function):
-    """``y[t] = mask_t(x[t]) @ W^T + b`` for ``x`` of shape ``[T, B, n]``, compacted per group of steps."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, mask):
-        T, B, _ = x.shape
-        pos = step_order(mask, T)
-        out = x.new_empty(T, B, weight.shape[0])
-        if bias is not None:
-            out.copy_(bias.expand_as(out))
-        else:
-            out.zero_()
-        rows = project(x, weight.t(), mask, out)
-        ctx.mask, ctx.pos, ctx.rows, ctx.has_bias = mask, pos, rows, bias is not None
-        ctx.save_for_backward(x, weight)
-        if pos != list(range(T)):  # back to time order
-            out = out.index_select(0, torch.tensor(pos, device=out.device))
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, dout):
-        x, weight = ctx.saved_tensors
-        T = x.shape[0]
-        dx, dwt = project_backward(x, weight.t(), ctx.mask, dout.contiguous(), list(range(T)), ctx.rows,
-                                   ctx.needs_input_grad[0])
-        db = dout.sum(dim=(0, 1)) if ctx.has_bias else None
-        return dx, dwt.t(), db, None
 
 
 class StructuredDropoutLinear(nn.Module):
@@ -101,9 +72,7 @@ class StructuredDropoutLinear(nn.Module):
             got = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
             raise ValueError(f"mask must have shape ({T}, {n}) or ({T}, {B}, {n}), got {got}")
         self.last_mask = mask.dense(x.dtype) if isinstance(mask, StructuredMask) else mask
-        if isinstance(mask, StructuredMask):
-            internal = mask.to(x.device) if self.compact else mask.dense(x.dtype).to(x.device)
-        else:
-            internal = mask.to(device=x.device, dtype=x.dtype)
-        y = _DropoutLinear.apply(xt.contiguous(), self.weight, self.bias, internal)
+        # an explicit tensor mask is multiplied in, as given
+        internal = ops.prepare(mask, x.device, x.dtype, compact=self.compact and isinstance(mask, StructuredMask))
+        y = SequenceLinearFunction.apply(xt.contiguous(), self.weight, self.bias, internal)
         return y.squeeze(0) if single else (y.transpose(0, 1) if self.batch_first else y)

@@ -8,9 +8,10 @@ import torch
 from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
-from .layer import LayerPlan, StructDropLSTMLayer
+from . import ops
+from .functions import LSTMLayerFunction
 from .masks import (DEFAULT_POOL_SIZE, PatternOptions, StructuredMask, auto_pool_size, check_mode, check_pool_size,
-                    check_rate, mask_from_dense, pool_assignment, sample_mask)
+                    check_rate, pool_assignment, sample_mask)
 
 
 def _check_size(value, name, minimum=1):
@@ -159,18 +160,6 @@ class StructDropLSTM(nn.Module):
                 raise ValueError(f"mask {name} must have shape ({T}, {n}) or ({T}, {B}, {n}), got {shape}")
 
     @staticmethod
-    def _internal(mask, device, dtype, sorted_indices, compact):
-        """A mask in the form the layer computes with: StructuredMask to compact, dense tensor otherwise."""
-        if mask is None:
-            return None
-        if isinstance(mask, StructuredMask):
-            return mask.to(device) if compact else mask.dense(dtype).to(device)
-        mask = mask.to(device=device, dtype=dtype)
-        if mask.dim() == 3:
-            return mask if sorted_indices is None else mask.index_select(1, sorted_indices)
-        return mask_from_dense(mask) if compact else mask
-
-    @staticmethod
     def _public(mask, dtype):
         return mask.dense(dtype) if isinstance(mask, StructuredMask) else mask
 
@@ -183,7 +172,7 @@ class StructDropLSTM(nn.Module):
             x, lengths = pad_packed_sequence(input)  # [T, B, n], original order
             if sorted_indices is not None:
                 x, lengths = x.index_select(1, sorted_indices), lengths[sorted_indices.cpu()]
-            batch_sizes = input.batch_sizes.tolist()
+            batch_sizes = tuple(input.batch_sizes.tolist())  # a CPU tensor, by PackedSequence's contract
             unbatched = False
         else:
             x = input
@@ -238,7 +227,7 @@ class StructDropLSTM(nn.Module):
 
     def _run_layers(self, x, h0, c0, masks, batch_sizes, sorted_indices):
         """The compacted computation: one autograd Function per layer and direction."""
-        internal = lambda m: self._internal(m, x.device, x.dtype, sorted_indices, self.compact)  # noqa: E731
+        internal = lambda m: ops.prepare(m, x.device, x.dtype, self.compact, sorted_indices)  # noqa: E731
         h_n, c_n = [], []
         layer_input = x.contiguous()
         for layer in range(self.num_layers):
@@ -246,8 +235,8 @@ class StructDropLSTM(nn.Module):
             outputs = []
             for d in range(self.num_directions):
                 k = layer * self.num_directions + d
-                plan = LayerPlan(in_mask, internal(masks["recurrent"][layer][d]), batch_sizes, reverse=d == 1)
-                y, h, c = StructDropLSTMLayer.apply(layer_input, h0[k], c0[k], *self._weights(layer, d), plan)
+                plan = ops.LayerPlan(in_mask, internal(masks["recurrent"][layer][d]), batch_sizes, reverse=d == 1)
+                y, h, c = LSTMLayerFunction.apply(layer_input, h0[k], c0[k], *self._weights(layer, d), plan)
                 outputs.append(y)
                 h_n.append(h)
                 c_n.append(c)

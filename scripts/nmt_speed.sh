@@ -21,4 +21,4 @@ for round in $(seq 1 "$ROUNDS"); do
     logs+=("$run.log")
   done
 done
-$PY -m onmt_structdrop.opennmt.speed "${logs[@]}"
+$PY -m onmt_structdrop.tools.nmt_speed "${logs[@]}"

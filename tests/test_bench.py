@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from onmt_structdrop import bench
+from onmt_structdrop.tools import bench
 
 
 def test_benchmark_writes_the_promised_json(tmp_path):

@@ -40,7 +40,7 @@ def _cupy_or_skip():
 
 def _launch(name, function, grid, block, args):
     cupy = _cupy_or_skip()
-    from onmt_structdrop import cuda_kernels
+    from onmt_structdrop.ops import cupy_backend as cuda_kernels
     with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
         cuda_kernels.kernel(name, function)(grid, block, args)
     torch.cuda.synchronize()
@@ -79,7 +79,7 @@ def test_compact_matmul_kernels_match_torch(M, n, n_out, k):
 def test_lstm_pointwise_kernels_match_the_cpu_function():
     _cupy_or_skip()
     import numpy as np
-    from onmt_structdrop.opennmt.stepwise import lstm_pointwise
+    from onmt_structdrop.functions import lstm_cell as lstm_pointwise
     B, H = 7, 13
     g = torch.Generator().manual_seed(0)
     gates, c_prev = torch.randn(B, 4 * H, generator=g), torch.randn(B, H, generator=g)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from onmt_structdrop import demo
+from onmt_structdrop.tools import lm_demo as demo
 
 TINY = ["--steps", "3", "--eval-every", "2", "--hidden", "16", "--batch", "4", "--bptt", "5"]
 

@@ -4,7 +4,7 @@ import json
 import pytest
 
 pytest.importorskip("onmt")
-from onmt_structdrop.opennmt import bench, speed  # noqa: E402
+from onmt_structdrop.tools import nmt_bench as bench, nmt_speed as speed  # noqa: E402
 
 
 def test_benchmark_times_stock_and_plugin_steps(tmp_path):

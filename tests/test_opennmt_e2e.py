@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("onmt")
 from onmt.models.model_saver import safe_load  # noqa: E402
 
-from onmt_structdrop.opennmt import demo, evaluate, prepare  # noqa: E402
+from onmt_structdrop.tools import nmt_demo as demo, nmt_evaluate as evaluate, nmt_prepare as prepare  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "recipes" / "sample_multi30k_deen"
 MODELS = {

@@ -5,7 +5,7 @@ import shutil
 import pytest
 
 from onmt_structdrop import opennmt as plugin
-from onmt_structdrop.opennmt import patching
+from onmt_structdrop.tools import patch_onmt as patching
 
 
 @pytest.fixture

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from onmt_structdrop import StructDropLSTM
-from onmt_structdrop.compact import KeptRows
+from onmt_structdrop import ops
+from onmt_structdrop.ops import torch_backend
 from onmt_structdrop.masks import PatternOptions, pattern_distribution, sample_mask
 
 N, STEPS = 32, 4000
@@ -37,9 +38,12 @@ def test_per_batch_patterns_and_layouts():
     m = sample_mask("rbd", 0.5, N, 6, pattern=PatternOptions(per_batch=True))
     assert len(m.keep) == 1 and m.strides is not None
     wt = torch.randn(8, N).t()  # the transposed view of a row-major weight, as the layers pass it
-    rows = KeptRows(wt, sample_mask("rbd", 0.5, N, 20))
-    assert rows.layout == "strided views" and all(rows.rows(g)._base is not None for g in range(len(rows.mask.keep)))
-    assert KeptRows(wt, sample_mask("tbd", 0.5, N, 3, pattern=PatternOptions(tile_size=4))).layout != "strided views"
+    mask = ops.pack(sample_mask("rbd", 0.5, N, 20))
+    rows = torch_backend._KeptRows.of(wt, mask)  # the torch backend reads strided views of one copy: no gather
+    assert torch_backend.layout(mask) == "strided views"
+    assert all(rows.rows(g)._base is not None for g in range(mask.num_sets))
+    tbd = ops.pack(sample_mask("tbd", 0.5, N, 3, pattern=PatternOptions(tile_size=4)))
+    assert torch_backend.layout(tbd) != "strided views"
 
 
 def test_lstm_takes_the_pattern_options():

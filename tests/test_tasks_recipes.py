@@ -119,7 +119,7 @@ def test_the_commands_are_installed():
     scripts = {ep.name: ep.value for ep in entry_points(group="console_scripts")}
     assert scripts["onmt-structdrop-lm"] == "onmt_structdrop.tasks.lm:cli"
     assert scripts["onmt-structdrop-ner"] == "onmt_structdrop.tasks.ner:cli"
-    assert scripts["onmt-structdrop-bench"] == "onmt_structdrop.bench:cli"
+    assert scripts["onmt-structdrop-bench"] == "onmt_structdrop.tools.bench:cli"
 
 
 def test_the_console_commands_exit_with_status_zero(tmp_path):

@@ -17,11 +17,24 @@ from onmt.decoders.decoder import InputFeedRNNDecoder, StdRNNDecoder
 from torch import nn
 from torch.nn import functional as F
 
+from ..functions import StepProduct, lstm_cell, sequence_linear
 from ..lstm import StructDropLSTM
-from ..masks import StructuredMask
+from ..ops import PackedMask
 from .encoders import mask_generator, silence_embedding_dropout
 from .options import Settings
-from .stepwise import StepProduct, apply_mask, lstm_pointwise, masked_linear
+
+
+def dense(mask, dtype):
+    """A mask as a ``[T, n]`` (or ``[T, B, n]``) tensor, or None."""
+    return mask.dense(dtype) if isinstance(mask, PackedMask) else mask
+
+
+def apply_mask(x, mask):
+    """Dropout of ``x`` ``[B, T, n]`` by a mask over its ``T`` steps (the same rows for the batch, or per row)."""
+    if mask is None:
+        return x
+    mask = dense(mask, x.dtype)
+    return x * (mask.unsqueeze(0) if mask.dim() == 2 else mask.transpose(0, 1))
 
 
 class OutputMask:
@@ -34,7 +47,7 @@ class OutputMask:
         self._output, self._mask = None, None
 
     def record(self, output, mask):
-        """``output`` ``[B, T, H]`` already carries ``mask`` (a StructuredMask over ``T`` steps and ``H`` units)."""
+        """``output`` ``[B, T, H]`` already carries ``mask`` (a PackedMask over ``T`` steps and ``H`` units)."""
         self._output, self._mask = weakref.ref(output), mask
 
     def lookup(self, x):
@@ -60,10 +73,10 @@ class StructDropGenerator(nn.Linear):
         # With several kept sets the steps' rows interleave in the batch-major output, and reordering the
         # logits costs more than the skipped work (measured on CPU): the dense product, exact since the dropped
         # units are zeros, is faster there.
-        if found is None or len(found[0].keep) > 1:
+        if found is None or found[0].num_sets > 1:
             return F.linear(x, self.weight, self.bias)
-        mask, B, T = found
-        return masked_linear(x.view(B, T, -1), self.weight, self.bias, mask, scaled=True).view(B * T, -1)
+        mask, B, T = found  # one kept set: one product over every row, on the kept units only
+        return sequence_linear(x.view(1, B * T, -1), self.weight, self.bias, mask.one_step().unscaled())[0]
 
 
 class StructuredOutputDropout(nn.Module):
@@ -75,10 +88,10 @@ class StructuredOutputDropout(nn.Module):
         self.last_mask = None
 
     def forward(self, x):
-        mask = self.settings.sample(self.p, x.shape[2], x.shape[1], x.shape[0], self.generator) if (
-            self.training) else None
-        self.last_mask = mask.to(x.device) if mask is not None else None
-        return apply_mask(x, self.last_mask)
+        mask = self.settings.sample(self.p, x.shape[2], x.shape[1], x.shape[0], self.generator, x.device,
+                                    x.dtype) if self.training else None
+        self.last_mask = mask
+        return apply_mask(x, mask)
 
 
 class _StructDropDecoder:
@@ -99,7 +112,7 @@ class _StructDropDecoder:
         the generator."""
         self.output_mask.clear()
         dec_outs, attns = super().forward(tgt, enc_out, src_len=src_len, step=step, **kwargs)
-        if isinstance(self._out_mask, StructuredMask):  # structured and compact (else a dense tensor or None)
+        if isinstance(self._out_mask, PackedMask):  # structured and compact (else a dense tensor or None)
             self.output_mask.record(dec_outs, self._out_mask)
         return dec_outs, attns
 
@@ -171,19 +184,20 @@ class StructDropInputFeedDecoder(_StructDropDecoder, InputFeedRNNDecoder):
         emb = self.embeddings(tgt)  # [B, T, E]; the embeddings' own dropout is off
         B, T, E = emb.shape
         H, L, dev = self.hidden_size, self.num_layers, emb.device
-        sample = lambda p, n: s.sample(p, n, T, B, self.masks, dev)  # noqa: E731
+        sample = lambda p, n: s.sample(p, n, T, B, self.masks, dev, emb.dtype)  # noqa: E731
         emb_mask = sample(s.dropout, E)
         between = [sample(s.dropout, H) for _ in range(L - 1)]
         recurrent = [sample(s.recurrent_dropout, H) for _ in range(L)]
         out_mask = self._out_mask = sample(s.dropout, H)
-        dense = lambda m: m.dense(emb.dtype) if isinstance(m, StructuredMask) else m  # noqa: E731
-        self.last_masks = {"embedding": dense(emb_mask), "between": [dense(m) for m in between],
-                           "recurrent": [dense(m) for m in recurrent], "output": dense(out_mask)}
+        as_dense = lambda m: dense(m, emb.dtype)  # noqa: E731
+        self.last_masks = {"embedding": as_dense(emb_mask), "between": [as_dense(m) for m in between],
+                           "recurrent": [as_dense(m) for m in recurrent], "output": as_dense(out_mask)}
         out_dense = self.last_masks["output"]
 
         cells = self.rnn.layers
         w0 = cells[0].weight_ih
-        pre = masked_linear(emb, w0[:, :E], cells[0].bias_ih + cells[0].bias_hh, emb_mask)  # [B, T, 4H]
+        pre = sequence_linear(emb.transpose(0, 1), w0[:, :E], cells[0].bias_ih + cells[0].bias_hh,
+                              emb_mask)  # [T, B, 4H]
         feed = StepProduct(w0[:, E:], out_mask, scaled=True)  # the input feed is last step's masked output
         below = [StepProduct(cells[l].weight_ih, between[l - 1]) for l in range(1, L)]
         hidden = [StepProduct(cells[l].weight_hh, recurrent[l]) for l in range(L)]
@@ -202,10 +216,10 @@ class StructDropInputFeedDecoder(_StructDropDecoder, InputFeedRNNDecoder):
             x = None
             for l in range(L):
                 if l == 0:
-                    gates = pre[:, t] + (feed(input_feed, t - 1) if t > 0 else F.linear(input_feed, w0[:, E:]))
+                    gates = pre[t] + (feed(input_feed, t - 1) if t > 0 else F.linear(input_feed, w0[:, E:]))
                 else:
                     gates = below[l - 1](x, t) + cells[l].bias_ih + cells[l].bias_hh
-                h[l], c[l] = lstm_pointwise(gates + hidden[l](h[l], t), c[l])
+                h[l], c[l] = lstm_cell(gates + hidden[l](h[l], t), c[l])
                 x = h[l]
             if self.attentional:
                 dec_out, p_attn = self.attn(x, enc_out, src_len=src_len)

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import argparse
 
-from ..masks import MASK_MODES, PatternOptions, StructuredMask, check_rate, sample_mask
+import torch
+
+from .. import ops
+from ..masks import MASK_MODES, PatternOptions, check_rate, sample_mask
 
 DEFAULTS = {"sd_recurrent_dropout": [0.0], "sd_mask_mode": "time", "sd_pool_size": 0, "sd_seed": -1,
             "sd_compact": True, "sd_dp_max": 8, "sd_tile_size": 0, "sd_pattern_lambda": 1e-4,
@@ -140,15 +143,13 @@ class Settings:
                                       bool(get("sd_pattern_per_batch")))
         self._phase = 0
 
-    def sample(self, p, n, T, B, generator=None, device=None):
+    def sample(self, p, n, T, B, generator=None, device="cpu", dtype=torch.float32):
         """A mask over ``T`` steps and ``n`` units for a batch of ``B`` (None when ``p`` is 0), in the form the
-        products compute with: a StructuredMask to compact, a dense tensor with ``compact`` off or in bernoulli
-        mode."""
+        products compute with (:func:`onmt_structdrop.ops.prepare`): packed to compact, a dense tensor with
+        ``compact`` off or in bernoulli mode."""
         mask = sample_mask(self.mask_mode, p, n, T, batch=B, generator=generator, pool_size=self.pool_size,
                            pattern=self.pattern)
-        if isinstance(mask, StructuredMask) and not self.compact:
-            mask = mask.dense()
-        return mask.to(device) if mask is not None and device is not None else mask
+        return ops.prepare(mask, device, dtype, self.compact)
 
     def lstm_kwargs(self):
         return {"dropout": self.dropout, "recurrent_dropout": self.recurrent_dropout, "mask_mode": self.mask_mode,

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..plotting import save_line_plot
+from ..tools.plotting import save_line_plot
 
 log = logging.getLogger("onmt_structdrop.tasks")
 

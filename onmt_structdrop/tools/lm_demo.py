@@ -1,7 +1,7 @@
 """Demo: train a small word-level LSTM language model with ordinary and with structured dropout, side by side.
 
-    python -m onmt_structdrop.demo                  # embedded synthetic corpus, about four minutes on 2 CPU cores
-    python -m onmt_structdrop.demo --data ../shared/data/ptb --steps 300
+    python -m onmt_structdrop.tools.lm_demo                  # embedded synthetic corpus, about four minutes on 2 CPU cores
+    python -m onmt_structdrop.tools.lm_demo --data ../shared/data/ptb --steps 300
 
 Every variant starts from the same weights and sees the same batches. Prints training tokens/s and validation
 perplexity per variant; writes ``log.txt``, ``results.json`` and ``perplexity.png`` to ``--out``.
@@ -18,12 +18,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .masks import STRUCTURED_MODES, check_rate
+from ..masks import STRUCTURED_MODES, check_rate
 from .plotting import save_line_plot
-from .tasks.corpus import Vocabulary, batchify, read_words
-from .tasks.lm import LanguageModel, evaluate
+from ..tasks.corpus import Vocabulary, batchify, read_words
+from ..tasks.lm import LanguageModel, evaluate
 
-log = logging.getLogger("onmt_structdrop.demo")
+log = logging.getLogger("onmt_structdrop.tools.lm_demo")
 
 
 def synthetic_corpus(n_tokens, vocab=400, seed=0):

@@ -2,7 +2,7 @@
 structured dropout (``sd_brnn`` + ``sd_ifrnn``) and with the stock LSTM (``brnn`` + input-feed ``rnn``), then
 ``onmt_translate`` and sacreBLEU, side by side. A few minutes on two CPU cores.
 
-    python -m onmt_structdrop.opennmt.demo [--steps 300] [--out runs/nmt_demo]
+    python -m onmt_structdrop.tools.nmt_demo [--steps 300] [--out runs/nmt_demo]
 
 The sample (2,000 training sentences) is far too small for a useful model: the point is the pipeline and the
 speed ratio, not the BLEU score. ``recipes/multi30k_deen.yaml`` is the full-size run.
@@ -16,9 +16,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import evaluate, prepare
+from ..resources import data_path
+from . import nmt_evaluate as evaluate, nmt_prepare as prepare
 
-SAMPLE = Path(__file__).resolve().parents[2] / "recipes" / "sample_multi30k_deen"
+SAMPLE = data_path("recipes/sample_multi30k_deen")
 MODELS = {
     "structdrop": "encoder_type: sd_brnn\ndecoder_type: sd_ifrnn\nsd_recurrent_dropout: [{recurrent}]\n"
                   "sd_mask_mode: {mode}\nsd_seed: 1\n",

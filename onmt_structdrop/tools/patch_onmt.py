@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
+from ..resources import data_path
+
 ONMT_VERSION = "3.5.1"
-PATCH_DIR = Path(__file__).resolve().parents[2] / "patches" / f"opennmt-{ONMT_VERSION}"
+PATCH_DIR = data_path("patches") / f"opennmt-{ONMT_VERSION}"
 APPLY_HINT = "run `onmt-structdrop-patch apply` (make setup does)"
 
 

@@ -2,8 +2,8 @@
 tokenise it and learn a joint BPE (pyonmttok, OpenNMT's tokenizer), and write what ``onmt_build_vocab``,
 ``onmt_train`` and ``onmt_translate`` read.
 
-    python -m onmt_structdrop.opennmt.prepare multi30k_deen --source ../shared/data/multi30k_deen --out data/multi30k_deen
-    python -m onmt_structdrop.opennmt.prepare iwslt15_envi --download --out data/iwslt15_envi
+    python -m onmt_structdrop.tools.nmt_prepare multi30k_deen --source ../shared/data/multi30k_deen --out data/multi30k_deen
+    python -m onmt_structdrop.tools.nmt_prepare iwslt15_envi --download --out data/iwslt15_envi
 
 Output in ``--out``: ``{train,valid,test}.{src,tgt}`` (tokenised, BPE), ``test.ref`` (the test references,
 normalised but not tokenised, for sacreBLEU), ``bpe.model`` and ``tokenizer.json`` (to detokenise

@@ -1,7 +1,7 @@
 """Evaluate recipes: translate the test set with the last checkpoint, detokenise, score with sacreBLEU, and read
 training speed (tokens/s) and validation perplexity from the training log.
 
-    python -m onmt_structdrop.opennmt.evaluate --config recipes/multi30k_deen.yaml \
+    python -m onmt_structdrop.tools.nmt_evaluate --config recipes/multi30k_deen.yaml \
         --config recipes/multi30k_deen_baseline.yaml --plot runs/multi30k_valid_ppl.png
 
 Each recipe's results go to ``eval.json`` beside its checkpoints; with several recipes a table compares them to
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from .prepare import make_tokenizer
+from .nmt_prepare import make_tokenizer
 
 _STEP = re.compile(r"Step\s+(\d+)/\s*\d+;.*?(\d+)/\s*(\d+) tok/s")
 _VALID = re.compile(r"Validation perplexity: ([\d.]+)")
@@ -70,7 +70,7 @@ def translate_and_score(recipe: dict, checkpoint: Path, out_dir: Path, beam: int
     src, ref = data_dir / "test.src", data_dir / "test.ref"
     for path in (src, ref, data_dir / "tokenizer.json"):
         if not path.is_file():
-            raise SystemExit(f"{path} not found: run python -m onmt_structdrop.opennmt.prepare first")
+            raise SystemExit(f"{path} not found: run python -m onmt_structdrop.tools.nmt_prepare first")
     pred_tok = out_dir / "test.pred.tok"
     subprocess.run([sys.executable, "-m", "onmt.bin.translate", "-model", str(checkpoint), "-src", str(src),
                     "-output", str(pred_tok), "-beam_size", str(beam), "-batch_size", "32", "-max_length", "200"],
@@ -123,7 +123,7 @@ def main(argv=None):
     results = [evaluate(config, args.beam, log) for config, log in zip(args.config, logs)]
     print(comparison_table(results))
     if args.plot:
-        from ..plotting import save_line_plot
+        from .plotting import save_line_plot
         series = [(Path(r["recipe"]).stem, [s for s, _ in r["valid_ppl"]], [p for _, p in r["valid_ppl"]], {})
                   for r in results if r["valid_ppl"]]
         save_line_plot(args.plot, series, "training step", "validation perplexity", log_y=True)

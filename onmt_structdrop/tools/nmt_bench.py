@@ -1,5 +1,5 @@
 """One OpenNMT-py training step (encoder, input-feed decoder with attention, generator, summed cross-entropy;
-forward and backward), stock against the plugin, side by side: ``python -m onmt_structdrop.opennmt.bench --help``.
+forward and backward), stock against the plugin, side by side: ``python -m onmt_structdrop.tools.nmt_bench --help``.
 
 The defaults are the model of ``recipes/multi30k_deen.yaml`` on a batch of 64 sentences of 15 tokens. Variants run
 round-robin in one process (machine noise hits all alike); the table gives medians and ratios to the stock model
@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..bench import device_name, time_callables
+from .bench import device_name, time_callables
 from ..masks import MASK_MODES, check_rate
 
 PAD = 1
@@ -49,9 +49,9 @@ def build_model(args, mode, device):
     from onmt.encoders.rnn_encoder import RNNEncoder
     from onmt.modules import Embeddings
 
-    from .decoders import StructDropInputFeedDecoder
-    from .encoders import StructDropBiRNNEncoder
-    from .options import Settings
+    from ..opennmt.decoders import StructDropInputFeedDecoder
+    from ..opennmt.encoders import StructDropBiRNNEncoder
+    from ..opennmt.options import Settings
 
     torch.manual_seed(args.seed)
     E, H, L, p = args.word_vec_size, args.hidden, args.layers, args.dropout
@@ -157,7 +157,7 @@ def print_report(report):
 
 def plot_sweep(reports, path):
     """Speed-up over the stock step against the dropout rate, each variant and the ideal."""
-    from ..plotting import save_line_plot
+    from .plotting import save_line_plot
     rates = [r["config"]["dropout"] for r in reports]
     names = [x["variant"] for x in reports[0]["results"][1:]]
     ratio = lambda r, name: next(x["vs_stock"] for x in r["results"] if x["variant"] == name)  # noqa: E731

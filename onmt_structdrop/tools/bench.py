@@ -1,4 +1,4 @@
-"""Forward+backward time of LSTM variants side by side: ``python -m onmt_structdrop.bench --help``.
+"""Forward+backward time of LSTM variants side by side: ``python -m onmt_structdrop.tools.bench --help``.
 
 Variants run round-robin in one process, so machine noise hits all of them alike; the table gives medians and
 ratios. ``nn.LSTM`` (cuDNN on GPU) cannot drop h(t-1), so it gets the non-recurrent dropout only: it is what a
@@ -16,9 +16,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import StructDropLSTM
-from .linear import StructuredDropoutLinear
-from .masks import DEFAULT_POOL_SIZE, MASK_MODES, STRUCTURED_MODES, check_rate, kept_count
+from .. import StructDropLSTM
+from ..linear import StructuredDropoutLinear
+from ..masks import DEFAULT_POOL_SIZE, MASK_MODES, STRUCTURED_MODES, check_rate, kept_count
 from .plotting import save_line_plot
 
 

@@ -1,7 +1,7 @@
 """Table the training speed of alternating runs (``scripts/nmt_speed.sh``): each log's target tokens/s (median of
 its report lines after the first) and, per round, a recipe's ratio to its ``_baseline`` twin.
 
-    python -m onmt_structdrop.opennmt.speed runs/speed/multi30k_deen_r1.log runs/speed/multi30k_deen_baseline_r1.log
+    python -m onmt_structdrop.tools.nmt_speed runs/speed/multi30k_deen_r1.log runs/speed/multi30k_deen_baseline_r1.log
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import re
 import statistics
 from pathlib import Path
 
-from .evaluate import training_log
+from .nmt_evaluate import training_log
 
 _RUN = re.compile(r"^(?P<recipe>.+)_r(?P<round>\d+)$")
 

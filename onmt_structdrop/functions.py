@@ -1,0 +1,169 @@
+"""Autograd functions of structured dropout: each hands its tensors to the backend that
+:func:`onmt_structdrop.ops.select` picks and returns what it computes; none does arithmetic of its own.
+
+``LSTMLayerFunction`` runs one LSTM layer and direction; ``SequenceLinearFunction`` a masked linear map of a
+whole sequence; for code that runs step by step under autograd (the input-feed decoder), :class:`StepProduct`
+gives one step's product on the kept units, built on ``KeptRowsFunction`` and ``KeptProductFunction``, and
+``LSTMCellFunction`` the cell's pointwise work.
+"""
+from __future__ import annotations
+
+import torch
+from torch.autograd.function import once_differentiable
+from torch.nn import functional as F
+
+from . import ops
+from .ops import PackedMask
+
+CACHED_SETS = 8  # a step loop keeps each set's kept rows for the whole call when a mask has at most this many
+
+
+class LSTMLayerFunction(torch.autograd.Function):
+    """``(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan) -> (y, h_n, c_n)``; ``x`` is ``[T, B, n]``."""
+
+    @staticmethod
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan: ops.LayerPlan):
+        backend = ops.select("lstm_layer", x, plan)
+        y, h_n, c_n, saved = backend.lstm_layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan)
+        ctx.plan, ctx.backend, ctx.has_bias = plan, backend.NAME, b_ih is not None
+        ctx.save_for_backward(x, h0, c0, w_ih, w_hh, *saved)
+        return y, h_n, c_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_n, dc_n):
+        x, h0, c0, w_ih, w_hh, *saved = ctx.saved_tensors
+        needs = (*ctx.needs_input_grad[:3], ctx.has_bias)
+        dx, dh0, dc0, dw_ih, dw_hh, db = ops.get(ctx.backend).lstm_layer_backward(
+            ctx.plan, x, h0, c0, w_ih, w_hh, tuple(saved), dy, dh_n, dc_n, needs)
+        return dx, dh0, dc0, dw_ih, dw_hh, db, db, None
+
+
+class SequenceLinearFunction(torch.autograd.Function):
+    """``y[t] = mask_t(x[t]) @ W^T + b`` for ``x`` ``[T, B, n]`` (``mask``: see :mod:`onmt_structdrop.ops`)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mask):
+        backend = ops.select("sequence", x, mask)
+        T, B, _ = x.shape
+        out = bias.expand(T, B, -1).clone() if bias is not None else x.new_zeros(T, B, weight.shape[0])
+        backend.sequence_product(out, x, weight.t(), mask)
+        ctx.mask, ctx.backend, ctx.has_bias = mask, backend.NAME, bias is not None
+        ctx.save_for_backward(x, weight)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout):
+        x, weight = ctx.saved_tensors
+        dx, dwt = ops.get(ctx.backend).sequence_backward(x, weight.t(), ctx.mask, dout, ctx.needs_input_grad[0])
+        return dx, dwt.t(), dout.sum(dim=(0, 1)) if ctx.has_bias else None, None
+
+
+def sequence_linear(x, weight, bias, mask):
+    """``F.linear`` of ``x`` ``[T, B, n]`` with ``mask`` applied per step (compacted when it is packed)."""
+    if mask is None:
+        return F.linear(x, weight, bias)
+    return SequenceLinearFunction.apply(x.contiguous(), weight, bias, mask)
+
+
+class KeptRowsFunction(torch.autograd.Function):
+    """``wt[K]`` under autograd; its gradient reaches the kept rows only."""
+
+    @staticmethod
+    def forward(ctx, wt, keep):
+        backend = ops.select("primitives", wt)
+        ctx.backend, ctx.shape = backend.NAME, wt.shape
+        ctx.save_for_backward(keep)
+        return backend.kept_rows(wt, keep)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, drows):
+        keep, = ctx.saved_tensors
+        return ops.get(ctx.backend).add_rows(drows.new_zeros(ctx.shape), keep, drows), None
+
+
+class KeptProductFunction(torch.autograd.Function):
+    """``(x[:, K] * mult) @ rows`` under autograd (``rows = wt[K]``); ``x``'s gradient is zero off ``K``."""
+
+    @staticmethod
+    def forward(ctx, x, rows, keep, mult):
+        backend = ops.select("primitives", x)
+        out = backend.kept_product(x.new_zeros(x.shape[0], rows.shape[1]), x, keep, mult, rows)
+        ctx.backend, ctx.mult = backend.NAME, None if torch.is_tensor(mult) else mult
+        ctx.save_for_backward(x, rows, keep, mult if torch.is_tensor(mult) else None)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dout):
+        x, rows, keep, mult = ctx.saved_tensors
+        mult = mult if mult is not None else ctx.mult
+        backend = ops.get(ctx.backend)
+        dx = backend.kept_input_grad(torch.empty_like(x), dout, keep, mult, rows) if ctx.needs_input_grad[0] \
+            else None
+        drows = backend.kept_rows_grad(x, dout, keep, mult) if ctx.needs_input_grad[1] else None
+        return dx, drows, None, None
+
+
+class StepProduct:
+    """``mask_t(x_t) @ weight^T`` for the steps ``t`` of one forward call of a step-by-step loop.
+
+    With a :class:`~onmt_structdrop.ops.PackedMask` only the kept columns of ``x_t`` and the kept rows of
+    ``weight^T`` are read: each set's rows are gathered once per call when the mask has few sets, else at each
+    step from one transposed copy per call (a block copy of whole rows). ``scaled=True`` says that ``x_t``
+    already carries the mask, so only its kept columns are read and its multipliers are not applied again.
+    """
+
+    def __init__(self, weight, mask, scaled=False):
+        self.weight, self.scaled = weight, scaled
+        self.mask = mask.unscaled() if scaled and isinstance(mask, PackedMask) else mask
+        self._rows = {}
+        if isinstance(mask, PackedMask):
+            cached = mask.num_sets <= CACHED_SETS
+            self._wt = weight.t() if cached else weight.t().contiguous()
+            self._cached = cached
+
+    def __call__(self, x, t):
+        mask = self.mask
+        if mask is None or (self.scaled and not isinstance(mask, PackedMask)):
+            return F.linear(x, self.weight)
+        if not isinstance(mask, PackedMask):  # the masked-dense path
+            m = mask[t]
+            return F.linear(x * (m if m.dim() == 1 else m[: x.shape[0]]), self.weight)
+        g = mask.step_sets[t]
+        keep, mult = mask.kept(g)
+        rows = self._rows.get(g)
+        if rows is None:
+            rows = KeptRowsFunction.apply(self._wt, keep)
+            if self._cached:
+                self._rows[g] = rows
+        return KeptProductFunction.apply(x, rows, keep, mult)
+
+
+class LSTMCellFunction(torch.autograd.Function):
+    """``(gates, c_prev) -> (h, c)``: one LSTM step's pointwise work as one autograd node (a step-by-step loop
+    would otherwise spend much of its time building and walking the graph of a dozen small ops)."""
+
+    @staticmethod
+    def forward(ctx, gates, c_prev):
+        backend = ops.select("primitives", gates)
+        act, c, tanh_c, h = backend.cell_forward(gates, c_prev)
+        ctx.backend = backend.NAME
+        ctx.save_for_backward(act, c_prev, tanh_c)
+        return h, c
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dh, dc):
+        act, c_prev, tanh_c = ctx.saved_tensors
+        dh = dh if dh is not None else torch.zeros_like(c_prev)
+        dc = dc.clone() if dc is not None else torch.zeros_like(c_prev)
+        dgates = ops.get(ctx.backend).cell_backward(act, c_prev, tanh_c, dh, dc)
+        return dgates, dc
+
+
+def lstm_cell(gates, c_prev):
+    """One LSTM step from its pre-activation gates: ``(h, c)``; the cell state is never dropped."""
+    return LSTMCellFunction.apply(gates, c_prev)

@@ -1,0 +1,133 @@
+"""The kernel seam: the operations structured dropout computes with, and the one place that picks a backend.
+
+Backends (``torch``, ``native``, ``cupy``) are modules side by side in this package, each with the functions
+below under the same names and meanings, and two more: ``available() -> (bool, reason)`` and
+``declines(op, device, dtype, plan) -> reason or None``. :func:`select` asks them in the order ``cupy``,
+``native``, ``torch``; the first that is available and does not decline serves (``torch`` serves everything).
+``ONMT_STRUCTDROP_BACKEND=torch|native|cupy`` puts one first; forcing a backend that is not available is an
+error that says why.
+
+Masks (:mod:`.packed`). A structured mask is a :class:`~.packed.PackedMask`: kept units ``K`` and multipliers
+``s`` per kept set, and each step's set. A dense mask (``compact=False``, ``bernoulli``) is a ``[T, n]`` or
+``[T, B, n]`` tensor multiplied in (the masked-dense path); ``None`` is no dropout. A backend may decline dense
+masks; ``torch`` serves them.
+
+Primitives (no autograd; ``a`` is ``M x n``, ``dout`` ``M x n_out``; ``keep`` a 1-D index tensor ``K``;
+``mult`` the kept units' multipliers, a tensor over ``K`` or a float; ``rows = kept_rows(wt, K)`` is ``wt[K]``
+for a weight ``wt`` stored ``n x n_out``, i.e. ``W^T``):
+
+    kept_rows(wt, keep) -> rows                   wt[K], in whatever form the products below read
+    add_rows(dwt, keep, drows)                    dwt[K] += drows            (only kept rows are touched)
+    kept_product(out, a, keep, mult, rows, alpha)     out += alpha * (a[:, K] * mult) @ rows
+    kept_input_grad(da, dout, keep, mult, rows, alpha) da[:, K] = alpha * mult * (dout @ rows^T);
+                                                  every dropped column of ``da`` is set to zero
+    kept_rows_grad(a, dout, keep, mult, alpha) -> drows = alpha * (a[:, K] * mult)^T @ dout
+    cell_forward(gates, c_prev, act, c, tanh_c, h) -> (act, c, tanh_c, h)
+        act = [sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)] of gates (gate order i, f, g, o; act may be gates),
+        c = f * c_prev + i * g, tanh_c = tanh(c), h = o * tanh_c; outputs are allocated when None
+    cell_backward(act, c_prev, tanh_c, dh, dc, dgates) -> dgates
+        the gradients of the gates; dc (the gradient reaching c) is overwritten with that of c_prev
+
+Sequences (``a`` ``[T, B, n]``, ``out`` ``[T, B, n_out]``, time order, any mask form):
+
+    sequence_product(out, a, wt, mask)            out[t] += mask_t(a[t]) @ wt
+    sequence_backward(a, wt, mask, dout, need_input_grad) -> (da or None, dwt)
+
+The whole layer (one LSTM layer and direction over a sequence; the time loops run inside the backend):
+
+    lstm_layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan) -> (y, h_n, c_n, saved)
+    lstm_layer_backward(plan, x, h0, c0, w_ih, w_hh, saved, dy, dh_n, dc_n, needs)
+        -> (dx, dh0, dc0, dw_ih, dw_hh, db)
+
+``plan`` is a :class:`LayerPlan`. ``saved`` is a tuple of tensors (or None), all the backward needs besides
+the inputs; nothing else is kept between the two. ``needs`` says which of ``dx, dh0, dc0, db`` to compute.
+Equations: ``G_t = (m_t * x_t) W_ih^T + b_ih + (r_t * h_prev) W_hh^T + b_hh`` then the cell; ``h_prev`` is
+h(t-1) forward and h(t+1) in reverse; the cell state is never dropped. With ``batch_sizes`` (sequences sorted
+by decreasing length) ``batch_sizes[t]`` rows are active at step ``t``; inactive rows keep their state and their
+outputs are zero.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import logging
+import os
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+from .packed import Mask, PackedMask, pack, prepare  # noqa: F401
+
+BACKENDS = ("cupy", "native", "torch")
+ENV = "ONMT_STRUCTDROP_BACKEND"
+OPS = ("primitives", "sequence", "lstm_layer")
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class LayerPlan:
+    """What one layer and direction computes with besides its tensors: its masks (``None``, a
+    :class:`PackedMask` or a dense tensor), the active rows per step of packed input, and the direction."""
+
+    input_mask: Mask
+    recurrent_mask: Mask
+    batch_sizes: Optional[Tuple[int, ...]]
+    reverse: bool
+
+    @property
+    def masks(self):
+        return self.input_mask, self.recurrent_mask
+
+
+class BackendUnavailable(RuntimeError):
+    pass
+
+
+@functools.lru_cache(maxsize=None)
+def get(name):
+    """The backend module ``name``."""
+    if name not in BACKENDS:
+        raise ValueError(f"{ENV} must be one of {', '.join(BACKENDS)}; got {name!r}")
+    return importlib.import_module(f"{__name__}.{name}_backend")
+
+
+@functools.lru_cache(maxsize=None)
+def availability(name):
+    """``(available, reason)`` of backend ``name``, asked once per process."""
+    ok, reason = get(name).available()
+    if not ok:
+        logger.info("onmt_structdrop: the %s backend is not available: %s", name, reason)
+    return ok, reason
+
+
+def forced():
+    """The backend ``ONMT_STRUCTDROP_BACKEND`` names, or None."""
+    name = os.environ.get(ENV, "").strip()
+    if not name:
+        return None
+    get(name)  # checks the name
+    ok, reason = availability(name)
+    if not ok:
+        raise BackendUnavailable(f"{ENV}={name}, but the {name} backend is not available: {reason}")
+    return name
+
+
+def select(op, tensor, plan=None):
+    """The backend that serves ``op`` (one of ``OPS``) on ``tensor``'s device and dtype with ``plan``."""
+    first = forced()
+    order = ((first,) if first else ()) + tuple(b for b in BACKENDS if b != first)
+    for name in order:
+        if not availability(name)[0]:
+            continue
+        backend = get(name)
+        reason = backend.declines(op, tensor.device, tensor.dtype, plan)
+        if reason is None:
+            return backend
+        if name == first:
+            _log_decline(name, op, reason)
+    raise BackendUnavailable(f"no backend serves {op} on {tensor.device} {tensor.dtype}")  # torch serves all
+
+
+@functools.lru_cache(maxsize=64)
+def _log_decline(name, op, reason):
+    logger.info("onmt_structdrop: the forced %s backend declines %s (%s); the next backend serves it", name, op,
+                reason)

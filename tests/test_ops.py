@@ -1,0 +1,244 @@
+"""The seam's test matrix: every available backend x mask mode x dtype x shape against the float64 reference.
+
+Each backend is put first with ``ONMT_STRUCTDROP_BACKEND``; a backend that is not available here, or that
+declines the case, is skipped with its reason. float64 is checked tightly; float32 against the float64
+reference, within a bound set by the torch backend's own float32 error on the same case.
+"""
+import itertools
+
+import pytest
+import torch
+
+from onmt_structdrop import StructDropLSTM, ops
+from onmt_structdrop.functions import LSTMCellFunction
+from onmt_structdrop.masks import MASK_MODES, STRUCTURED_MODES, PatternOptions, mask_from_dense, sample_mask
+from onmt_structdrop.reference import reference_lstm
+
+N, OUT, M = 9, 11, 4
+CPU = torch.device("cpu")
+
+
+def use(backend, monkeypatch, op, tensor, plan=None):
+    """Put ``backend`` first, or skip saying why it cannot serve ``op`` here."""
+    ok, reason = ops.availability(backend)
+    if not ok:
+        pytest.skip(f"{backend} backend not available: {reason}")
+    monkeypatch.setenv(ops.ENV, backend)
+    if ops.select(op, tensor, plan).NAME != backend:
+        pytest.skip(f"{backend} backend declines {op}: "
+                    f"{ops.get(backend).declines(op, tensor.device, tensor.dtype, plan)}")
+    return ops.get(backend)
+
+
+def _structured(name, steps=6, n=N):
+    g = torch.Generator().manual_seed(sum(map(ord, name)))
+    if name == "explicit":  # uneven counts and values, one step keeping nothing
+        dense = torch.rand(steps, n, generator=g, dtype=torch.float64) * (torch.rand(steps, n, generator=g) > 0.4)
+        dense[1] = 0
+        return mask_from_dense(dense)
+    if name == "k=1":
+        return sample_mask("time", 0.95, n, steps, generator=g)
+    if name == "k=n":
+        return sample_mask("time", 0.01, n, steps, generator=g)
+    if name == "pool":
+        return sample_mask("pool", 0.6, n, steps, generator=g, pool_size=3)
+    pattern = PatternOptions(tile_size=3) if name == "tbd" else PatternOptions()
+    return sample_mask(name, 0.5, n, steps, generator=g, pattern=pattern)
+
+
+MASKS = [m for m in STRUCTURED_MODES] + ["explicit", "k=1", "k=n"]
+
+
+@pytest.mark.parametrize("backend", ops.BACKENDS)
+@pytest.mark.parametrize("name", MASKS)
+def test_primitives_match_dense_math(backend, name, monkeypatch):
+    g = torch.Generator().manual_seed(1)
+    f64 = dict(generator=g, dtype=torch.float64)
+    mask = ops.pack(_structured(name), CPU, torch.float64)
+    be = use(backend, monkeypatch, "primitives", torch.zeros(1, dtype=torch.float64), mask)
+    wt = torch.randn(N, OUT, **f64)
+    dense = mask.dense(torch.float64)
+    assert dense.shape == (mask.steps, N) and (dense != 0).sum(1).tolist() == [
+        mask.sizes[s] - int((mask.values[s, : mask.sizes[s]] == 0).sum()) if mask.values is not None
+        else mask.sizes[s] for s in mask.step_sets]
+    for t in range(mask.steps):
+        keep, mult = mask.kept(mask.step_sets[t])
+        rows = be.kept_rows(wt, keep)
+        a, dout, out = torch.randn(M, N, **f64), torch.randn(M, OUT, **f64), torch.randn(M, OUT, **f64)
+        expected = out + 0.5 * (a * dense[t]) @ wt
+        torch.testing.assert_close(be.kept_product(out.clone(), a, keep, mult, rows, 0.5), expected, rtol=1e-12,
+                                   atol=1e-12)
+        da = be.kept_input_grad(torch.full((M, N), float("nan"), dtype=torch.float64), dout, keep, mult, rows)
+        torch.testing.assert_close(da, (dout @ wt.t()) * dense[t], rtol=1e-12, atol=1e-12)  # dropped: zero
+        dwt = torch.ones(N, OUT, dtype=torch.float64)
+        be.add_rows(dwt, keep, be.kept_rows_grad(a, dout, keep, mult))
+        torch.testing.assert_close(dwt, 1 + (a * dense[t]).t() @ dout, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ops.BACKENDS)
+@pytest.mark.parametrize("name", MASKS + ["dense", "per-row", "none"])
+def test_sequence_products_match_dense_math(backend, name, monkeypatch):
+    T, B = 6, 3
+    g = torch.Generator().manual_seed(2)
+    f64 = dict(generator=g, dtype=torch.float64)
+    if name == "dense":
+        mask = _structured("time").dense(torch.float64)
+        full = mask.unsqueeze(1)
+    elif name == "per-row":
+        mask = full = torch.rand(T, B, N, **f64)
+    elif name == "none":
+        mask, full = None, torch.ones(T, 1, N, dtype=torch.float64)
+    else:
+        mask = ops.pack(_structured(name), CPU, torch.float64)
+        full = mask.dense(torch.float64).unsqueeze(1)
+    a, wt, dout = torch.randn(T, B, N, **f64), torch.randn(N, OUT, **f64), torch.randn(T, B, OUT, **f64)
+    be = use(backend, monkeypatch, "sequence", a, mask)
+    out = torch.randn(T, B, OUT, **f64)
+    expected = out + (a * full) @ wt
+    torch.testing.assert_close(be.sequence_product(out, a, wt, mask), expected, rtol=1e-12, atol=1e-12)
+    da, dwt = be.sequence_backward(a, wt, mask, dout)
+    torch.testing.assert_close(da, (dout @ wt.t()) * full, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(dwt, (a * full).reshape(-1, N).t() @ dout.reshape(-1, OUT), rtol=1e-12,
+                               atol=1e-12)
+    assert be.sequence_backward(a, wt, mask, dout, need_input_grad=False)[0] is None
+
+
+@pytest.mark.parametrize("backend", ops.BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cell_matches_autograd_of_its_equations(backend, dtype, monkeypatch):
+    B, H = 5, 7
+    g = torch.Generator().manual_seed(3)
+    gates, c_prev = torch.randn(B, 4 * H, generator=g, dtype=dtype), torch.randn(B, H, generator=g, dtype=dtype)
+    dh, dc = torch.randn(B, H, generator=g, dtype=dtype), torch.randn(B, H, generator=g, dtype=dtype)
+    use(backend, monkeypatch, "primitives", gates)
+    G, C = (t.detach().double().clone().requires_grad_() for t in (gates, c_prev))
+    i, f, gg, o = G.chunk(4, 1)
+    c_ref = f.sigmoid() * C + i.sigmoid() * gg.tanh()
+    h_ref = o.sigmoid() * c_ref.tanh()
+    (h_ref * dh.double() + c_ref * dc.double()).sum().backward()
+    G2, C2 = gates.clone().requires_grad_(), c_prev.clone().requires_grad_()
+    h, c = LSTMCellFunction.apply(G2, C2)
+    (h * dh + c * dc).sum().backward()
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
+    for actual, expected in [(h, h_ref), (c, c_ref), (G2.grad, G.grad), (C2.grad, C.grad)]:
+        torch.testing.assert_close(actual.double(), expected.detach(), **tol)
+
+
+# ---- the whole layer ---------------------------------------------------------------------------------------
+SHAPES = {  # T, B, n_in, H, layers, bidirectional, packed lengths (None: padded)
+    "odd": (5, 3, 7, 5, 1, False, None),
+    "B=1": (4, 1, 3, 6, 2, True, None),
+    "packed": (6, 4, 5, 3, 2, True, [6, 2, 5, 1]),
+    "3 layers": (3, 2, 4, 4, 3, False, [3, 2]),
+    "k=1": (4, 2, 3, 1, 1, True, None),  # one hidden unit: every recurrent kept set has k = 1 = n
+}
+
+
+def _run(model, x, h0, c0, lengths, masks=None):
+    x, h0, c0 = (t.clone().requires_grad_() for t in (x, h0, c0))
+    inp = x if lengths is None else torch.nn.utils.rnn.pack_padded_sequence(x, lengths, enforce_sorted=False)
+    out, (h, c) = model(inp, (h0, c0), masks=masks)
+    if lengths is not None:
+        out = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=x.shape[0])[0]
+    w = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype).view_as(out)
+    ((out * w).sin().sum() + h.cos().sum() + (c * 0.7).sum()).backward()
+    return [out, h, c, x.grad, h0.grad, c0.grad] + [p.grad for p in model.parameters()]
+
+
+def _reference(model, x, h0, c0, lengths, masks):
+    params = {k: v.detach().double().requires_grad_() for k, v in model.named_parameters()}
+    x, h0, c0 = (t.detach().double().requires_grad_() for t in (x, h0, c0))
+    double = lambda m: None if m is None else m.double()  # noqa: E731
+    masks = {"input": [double(m) for m in masks["input"]],
+             "recurrent": [[double(m) for m in r] for r in masks["recurrent"]]}
+    out, (h, c) = reference_lstm(params, x, masks, lengths, (h0, c0), model.num_layers, model.bidirectional)
+    w = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype).view_as(out)
+    ((out * w).sin().sum() + h.cos().sum() + (c * 0.7).sum()).backward()
+    return [out, h, c, x.grad, h0.grad, c0.grad] + [params[k].grad for k, _ in model.named_parameters()]
+
+
+def _max_errors(actual, expected):
+    return [float((a.detach().double() - e).abs().max()) if a.numel() else 0.0 for a, e in zip(actual, expected)]
+
+
+@pytest.mark.parametrize("backend", ops.BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("mode,shape", list(itertools.product(MASK_MODES, SHAPES)))
+def test_layer_matches_reference(backend, dtype, mode, shape, monkeypatch):
+    T, B, n_in, H, layers, bidirectional, lengths = SHAPES[shape]
+    torch.manual_seed(7)
+    model = StructDropLSTM(n_in, H, layers, dropout=0.5, recurrent_dropout=0.4, input_dropout=0.3,
+                           bidirectional=bidirectional, mask_mode=mode).to(dtype)
+    g = torch.Generator().manual_seed(8)
+    dirs = 2 if bidirectional else 1
+    x = torch.randn(T, B, n_in, generator=g, dtype=dtype)
+    h0, c0 = (torch.randn(layers * dirs, B, H, generator=g, dtype=dtype) for _ in range(2))
+    masks = model.sample_masks(T, B)
+    plan = ops.LayerPlan(ops.prepare(masks["input"][0], CPU, dtype), None, None, False)
+    use(backend, monkeypatch, "lstm_layer", x, plan)
+    actual = _run(model, x, h0, c0, lengths, masks)
+    expected = _reference(model, x, h0, c0, lengths, model.last_masks)
+    if dtype == torch.float64:
+        for i, (a, e) in enumerate(zip(actual, expected)):
+            torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10, msg=lambda m, i=i: f"tensor {i}: {m}")
+        return
+    # float32: within a few times the torch backend's own float32 error on the same case (and never far off)
+    monkeypatch.setenv(ops.ENV, "torch")
+    for p in model.parameters():
+        p.grad = None
+    torch_errors = _max_errors(_run(model, x, h0, c0, lengths, masks), expected)
+    for i, (err, base) in enumerate(zip(_max_errors(actual, expected), torch_errors)):
+        assert err <= 4 * base + 1e-6 and err < 1e-3, f"tensor {i}: error {err:.3g}, torch backend {base:.3g}"
+
+
+def test_forcing_an_unavailable_or_unknown_backend_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(ops.get("native"), "available", lambda: (False, "not built here"))
+    ops.availability.cache_clear()
+    try:
+        monkeypatch.setenv(ops.ENV, "native")
+        with pytest.raises(ops.BackendUnavailable, match="ONMT_STRUCTDROP_BACKEND=native, but the native backend is "
+                                                         "not available: not built here"):
+            StructDropLSTM(3, 4, dropout=0.5, input_dropout=0.5)(torch.randn(2, 1, 3))
+        monkeypatch.setenv(ops.ENV, "triton")
+        with pytest.raises(ValueError, match="must be one of cupy, native, torch; got 'triton'"):
+            ops.select("lstm_layer", torch.zeros(1))
+        monkeypatch.setenv(ops.ENV, "torch")
+        assert ops.select("lstm_layer", torch.zeros(1)).NAME == "torch"
+        monkeypatch.delenv(ops.ENV)
+        assert ops.select("primitives", torch.zeros(1)).NAME == "torch"  # on CPU without native: torch serves
+    finally:
+        ops.availability.cache_clear()
+
+
+def test_a_forced_backend_that_declines_a_plan_hands_it_on(monkeypatch):
+    monkeypatch.setattr(ops.get("cupy"), "available", lambda: (True, ""))
+    ops.availability.cache_clear()
+    try:
+        monkeypatch.setenv(ops.ENV, "cupy")
+        assert ops.select("lstm_layer", torch.zeros(1)).NAME == "torch"  # cupy declines CPU tensors
+    finally:
+        ops.availability.cache_clear()
+
+
+# ---- the hot path reads nothing back from a tensor --------------------------------------------------------
+READ_BACKS = ("tolist", "item", "__int__", "__float__", "__bool__", "__index__", "numpy")
+
+
+@pytest.mark.parametrize("mode", MASK_MODES)
+def test_layer_hot_path_reads_nothing_back_from_tensors(mode, monkeypatch):
+    model = StructDropLSTM(6, 5, 2, dropout=0.5, recurrent_dropout=0.5, input_dropout=0.3, bidirectional=True,
+                           mask_mode=mode)
+    x = torch.randn(7, 3, 6, requires_grad=True)
+    masks = model.sample_masks(7, 3)  # sampling runs on the host, before the forward
+
+    def refuse(name):
+        def read_back(*args, **kwargs):
+            raise AssertionError(f"Tensor.{name} called in the hot path")
+        return read_back
+
+    with monkeypatch.context() as patched:
+        for name in READ_BACKS:
+            patched.setattr(torch.Tensor, name, refuse(name))
+        y, (h, c) = model(x, masks=masks)
+        (y.sum() + h.sum() + c.sum()).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
