@@ -45,9 +45,7 @@ class SequenceLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, mask):
         backend = ops.select("sequence", x, mask)
-        T, B, _ = x.shape
-        out = bias.expand(T, B, -1).clone() if bias is not None else x.new_zeros(T, B, weight.shape[0])
-        backend.sequence_product(out, x, weight.t(), mask)
+        out = backend.sequence_product(x, weight.t(), mask, bias)
         ctx.mask, ctx.backend, ctx.has_bias = mask, backend.NAME, bias is not None
         ctx.save_for_backward(x, weight)
         return out

@@ -16,8 +16,8 @@ from .masks import (DEFAULT_POOL_SIZE, PatternOptions, StructuredMask, check_mod
 class StructuredDropoutLinear(nn.Module):
     """Dropout on the input followed by ``nn.Linear``, with the product shrunk to the kept input units.
 
-    The input is ``[T, B, in_features]`` (``[B, T, in_features]`` with ``batch_first``) or ``[N, in_features]``
-    (a single step: one mask for all rows). Masks follow ``mask_mode`` as in
+    The input is ``[T, B, in_features]`` (``[B, T, in_features]`` with ``batch_first``) or of any other rank
+    (``[..., in_features]``, as ``nn.Linear`` takes: a single step, one mask for all rows). Masks follow ``mask_mode`` as in
     :class:`~onmt_structdrop.StructDropLSTM`: the same kept units for every sequence, a fresh draw per step.
     Parameters are named and shaped as ``nn.Linear``'s (``weight``, ``bias``), so state dicts are interchangeable.
     ``last_mask`` holds the mask of the last training forward (``[T, in_features]``, or ``[T, B, in_features]``
@@ -55,14 +55,17 @@ class StructuredDropoutLinear(nn.Module):
                 f"bias={self.bias is not None}, dropout={self.dropout}, mask_mode={self.mask_mode!r}")
 
     def forward(self, x, mask=None):
-        if not torch.is_tensor(x) or x.dim() not in (2, 3) or x.shape[-1] != self.in_features:
+        if not torch.is_tensor(x) or x.dim() < 1 or x.shape[-1] != self.in_features:
             got = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-            raise ValueError(f"StructuredDropoutLinear expects [..., {self.in_features}] input of 2 or 3 "
-                             f"dimensions, got {got}")
+            raise ValueError(f"StructuredDropoutLinear expects [..., {self.in_features}] input (any leading "
+                             f"dimensions), got {got}")
+        if x.dim() != 3:  # any other rank: one step, every leading dimension a row (as nn.Linear's batch)
+            steps = x.reshape(1, -1, self.in_features)
+            y = self.forward(steps.transpose(0, 1) if self.batch_first else steps, mask)
+            return y.reshape(*x.shape[:-1], self.out_features)
         if mask is None and (not self.training or self.dropout == 0.0):
             return F.linear(x, self.weight, self.bias)
-        single = x.dim() == 2
-        xt = x.unsqueeze(0) if single else (x.transpose(0, 1) if self.batch_first else x)
+        xt = x.transpose(0, 1) if self.batch_first else x
         T, B, n = xt.shape
         if mask is None:
             mask = sample_mask(self.mask_mode, self.dropout, n, T, batch=B, generator=self.generator,
@@ -75,4 +78,4 @@ class StructuredDropoutLinear(nn.Module):
         # an explicit tensor mask is multiplied in, as given
         internal = ops.prepare(mask, x.device, x.dtype, compact=self.compact and isinstance(mask, StructuredMask))
         y = SequenceLinearFunction.apply(xt.contiguous(), self.weight, self.bias, internal)
-        return y.squeeze(0) if single else (y.transpose(0, 1) if self.batch_first else y)
+        return y.transpose(0, 1) if self.batch_first else y

@@ -24,7 +24,7 @@ class StructDropLSTM(nn.Module):
     r"""Multi-layer LSTM with structured dropout, interchangeable with :class:`torch.nn.LSTM`.
 
     Same constructor arguments, forward contract, parameter names and shapes as ``nn.LSTM`` (without
-    ``proj_size``), plus:
+    ``proj_size``, which is refused unless 0), plus:
 
     Args:
         dropout: rate of the non-recurrent dropout on the input of every layer but the first (as in nn.LSTM).
@@ -49,8 +49,11 @@ class StructDropLSTM(nn.Module):
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, recurrent_dropout=0.0, input_dropout=0.0, mask_mode="time",
                  pool_size=DEFAULT_POOL_SIZE, compact=True, generator=None, pattern=PatternOptions(), device=None,
-                 dtype=None):
+                 dtype=None, proj_size=0):
         super().__init__()
+        if proj_size != 0:
+            raise ValueError(f"StructDropLSTM has no proj_size (got {proj_size!r}): use nn.LSTM, or put a "
+                             f"StructuredDropoutLinear after the LSTM")
         self.input_size = _check_size(input_size, "input_size")
         self.hidden_size = _check_size(hidden_size, "hidden_size")
         self.num_layers = _check_size(num_layers, "num_layers")
@@ -158,6 +161,9 @@ class StructDropLSTM(nn.Module):
             if not torch.is_tensor(m) or tuple(m.shape) not in ((T, n), (T, B, n)):
                 shape = tuple(m.shape) if torch.is_tensor(m) else type(m).__name__
                 raise ValueError(f"mask {name} must have shape ({T}, {n}) or ({T}, {B}, {n}), got {shape}")
+            if not m.is_floating_point() or not torch.isfinite(m).all() or (m < 0).any():
+                raise ValueError(f"mask {name} must hold finite non-negative numbers (0 drops a unit, a positive "
+                                 f"value keeps it, scaled by that value)")
 
     @staticmethod
     def _public(mask, dtype):
@@ -189,6 +195,8 @@ class StructDropLSTM(nn.Module):
         if x.device != w0.device:
             raise ValueError(f"input is on {x.device} but the parameters are on {w0.device}")
         T, B, _ = x.shape
+        if T == 0:  # as nn.LSTM
+            raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         h0, c0 = self._initial_state(hx, B, x, unbatched, sorted_indices)
 
         explicit = masks is not None
@@ -199,7 +207,8 @@ class StructDropLSTM(nn.Module):
         if self.training or explicit:
             self.last_masks = {"input": [self._public(m, x.dtype) for m in masks["input"]],
                                "recurrent": [[self._public(m, x.dtype) for m in r] for r in masks["recurrent"]]}
-        no_dropout = all(m is None for m in masks["input"] + [m for r in masks["recurrent"] for m in r])
+        # with no rows there is nothing to drop, and nn.LSTM's kernel returns the empty results
+        no_dropout = B == 0 or all(m is None for m in masks["input"] + [m for r in masks["recurrent"] for m in r])
         if no_dropout:  # nothing to skip: nn.LSTM's own kernel (cuDNN on GPU), identical results
             flat = [getattr(self, name) for name in self._flat_weights_names]
             if packed:

@@ -54,3 +54,21 @@ def test_bad_input():
         layer(torch.randn(T, B, N - 1))
     with pytest.raises(ValueError, match="mask must have shape \\(6, 10\\) or \\(6, 4, 10\\), got \\(6, 9\\)"):
         layer(torch.randn(T, B, N), mask=torch.ones(T, N - 1))
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 4, 5), (1, 5)])
+def test_any_leading_dimensions_as_nn_linear(shape):
+    torch.manual_seed(0)
+    layer = StructuredDropoutLinear(5, 3, dropout=0.4).double()
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    y = layer(x)
+    assert y.shape == shape[:-1] + (3,)
+    keep = layer.last_mask  # one step: the same units kept for every row
+    assert keep.shape == (1, 5)
+    expected = (x.detach() * keep[0]) @ layer.weight.detach().t() + layer.bias.detach()
+    torch.testing.assert_close(y.detach(), expected, rtol=1e-12, atol=1e-12)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (keep[0] * layer.weight.detach().sum(0)).expand_as(x), rtol=1e-12,
+                               atol=1e-12)
+    layer.eval()
+    torch.testing.assert_close(layer(x), torch.nn.functional.linear(x, layer.weight, layer.bias))

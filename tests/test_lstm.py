@@ -274,3 +274,40 @@ def test_bad_forward_inputs():
         model(torch.randn(T, B, N_IN), masks=bad)
     with pytest.raises(ValueError, match="2 input masks and 2 x 1 recurrent masks"):
         model(torch.randn(T, B, N_IN), masks={"input": [None], "recurrent": [[None], [None]]})
+
+
+# ---- nn.LSTM's contract at its edges ------------------------------------------------------------------------
+def test_empty_batch_behaves_as_nn_lstm():
+    ref, ours = _pair(True, 2)
+    for model in (ref, ours):
+        model.train()
+    x = torch.randn(T, 0, N_IN, dtype=torch.float64, requires_grad=True)
+    (y_ref, (h_ref, _)), (y, (h, c)) = ref(x), ours(x)
+    assert y.shape == y_ref.shape == (T, 0, 2 * H) and h.shape == h_ref.shape == (4, 0, H)
+    (y.sum() + h.sum() + c.sum()).backward()
+    assert x.grad.shape == x.shape
+
+
+def test_empty_sequence_is_refused_as_nn_lstm_refuses_it():
+    ref, ours = _pair(False, 1)
+    for model in (ref, ours):
+        with pytest.raises(RuntimeError, match="Expected sequence length to be larger than 0"):
+            model(torch.randn(0, B, N_IN, dtype=torch.float64))
+
+
+def test_proj_size_zero_is_accepted_and_any_other_refused():
+    assert StructDropLSTM(N_IN, H, proj_size=0).proj_size == 0
+    with pytest.raises(ValueError, match="StructDropLSTM has no proj_size \\(got 3\\)"):
+        StructDropLSTM(N_IN, H, proj_size=3)
+
+
+@pytest.mark.parametrize("bad,match", [
+    (torch.full((T, N_IN), float("nan")), "finite non-negative"),
+    (-torch.ones(T, N_IN), "finite non-negative"),
+    (torch.ones(T, N_IN, dtype=torch.long), "finite non-negative"),
+])
+def test_explicit_masks_are_checked(bad, match):
+    model = StructDropLSTM(N_IN, H, 1, input_dropout=0.5)
+    masks = {"input": [bad], "recurrent": [[None]]}
+    with pytest.raises(ValueError, match=f"mask input\\[0\\] must hold {match}"):
+        model(torch.randn(T, B, N_IN), masks=masks)

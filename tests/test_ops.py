@@ -93,9 +93,10 @@ def test_sequence_products_match_dense_math(backend, name, monkeypatch):
         full = mask.dense(torch.float64).unsqueeze(1)
     a, wt, dout = torch.randn(T, B, N, **f64), torch.randn(N, OUT, **f64), torch.randn(T, B, OUT, **f64)
     be = use(backend, monkeypatch, "sequence", a, mask)
-    out = torch.randn(T, B, OUT, **f64)
-    expected = out + (a * full) @ wt
-    torch.testing.assert_close(be.sequence_product(out, a, wt, mask), expected, rtol=1e-12, atol=1e-12)
+    bias = torch.randn(OUT, **f64)
+    expected = (a * full) @ wt + bias
+    torch.testing.assert_close(be.sequence_product(a, wt, mask, bias), expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(be.sequence_product(a, wt, mask), expected - bias, rtol=1e-12, atol=1e-12)
     da, dwt = be.sequence_backward(a, wt, mask, dout)
     torch.testing.assert_close(da, (dout @ wt.t()) * full, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(dwt, (a * full).reshape(-1, N).t() @ dout.reshape(-1, OUT), rtol=1e-12,
@@ -226,19 +227,28 @@ READ_BACKS = ("tolist", "item", "__int__", "__float__", "__bool__", "__index__",
 
 @pytest.mark.parametrize("mode", MASK_MODES)
 def test_layer_hot_path_reads_nothing_back_from_tensors(mode, monkeypatch):
+    """Sampling and checking explicit masks run on the host before the layers; the layers themselves (forward and
+    backward) never read a value back from a tensor, so that a C++ loop or a CUDA graph can replay them."""
     model = StructDropLSTM(6, 5, 2, dropout=0.5, recurrent_dropout=0.5, input_dropout=0.3, bidirectional=True,
                            mask_mode=mode)
     x = torch.randn(7, 3, 6, requires_grad=True)
-    masks = model.sample_masks(7, 3)  # sampling runs on the host, before the forward
 
     def refuse(name):
         def read_back(*args, **kwargs):
             raise AssertionError(f"Tensor.{name} called in the hot path")
         return read_back
 
-    with monkeypatch.context() as patched:
-        for name in READ_BACKS:
-            patched.setattr(torch.Tensor, name, refuse(name))
-        y, (h, c) = model(x, masks=masks)
-        (y.sum() + h.sum() + c.sum()).backward()
+    def refusing_read_backs(run):
+        def wrapped(*args, **kwargs):
+            with monkeypatch.context() as patched:
+                for name in READ_BACKS:
+                    patched.setattr(torch.Tensor, name, refuse(name))
+                return run(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(model, "_run_layers", refusing_read_backs(model._run_layers))
+    y, (h, c) = model(x)
+    refusing_read_backs(lambda: (y.sum() + h.sum() + c.sum()).backward())()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+    with pytest.raises(AssertionError, match="called in the hot path"):  # the check itself works
+        refusing_read_backs(lambda: torch.ones(2).tolist())()

@@ -28,9 +28,10 @@ for a weight ``wt`` stored ``n x n_out``, i.e. ``W^T``):
     cell_backward(act, c_prev, tanh_c, dh, dc, dgates) -> dgates
         the gradients of the gates; dc (the gradient reaching c) is overwritten with that of c_prev
 
-Sequences (``a`` ``[T, B, n]``, ``out`` ``[T, B, n_out]``, time order, any mask form):
+Sequences (``a`` ``[T, B, n]``, ``out`` ``[T, B, n_out]``, time order, any mask form; the dense-masked forms
+multiply the mask in):
 
-    sequence_product(out, a, wt, mask)            out[t] += mask_t(a[t]) @ wt
+    sequence_product(a, wt, mask, bias) -> out    out[t] = mask_t(a[t]) @ wt + bias   (bias may be None)
     sequence_backward(a, wt, mask, dout, need_input_grad) -> (da or None, dwt)
 
 The whole layer (one LSTM layer and direction over a sequence; the time loops run inside the backend):

@@ -57,7 +57,8 @@ def kept_input_grad(da, dout, keep, mult, rows, alpha=1.0):
     """``da[:, K] = alpha * mult * (dout @ rows^T)``; the dropped columns are zeroed."""
     da.zero_()
     if keep.shape[0]:
-        da_k = torch.mm(dout, rows.t()).mul_(_alpha(mult, alpha))
+        da_k = torch.addmm(dout.new_empty(dout.shape[0], keep.shape[0]), dout, rows.t(), beta=0,
+                           alpha=_alpha(mult, alpha))
         if torch.is_tensor(mult):
             da_k.mul_(mult.to(da_k.dtype))
         da.index_copy_(1, keep, da_k)
@@ -66,7 +67,8 @@ def kept_input_grad(da, dout, keep, mult, rows, alpha=1.0):
 
 def kept_rows_grad(a, dout, keep, mult, alpha=1.0):
     """``alpha * (a[:, K] * mult)^T @ dout``: the gradient of ``rows`` (``k x n_out``)."""
-    return torch.mm(_scaled(a, keep, mult).t(), dout).mul_(_alpha(mult, alpha))
+    a_k = _scaled(a, keep, mult)
+    return torch.addmm(dout.new_empty(a_k.shape[1], dout.shape[1]), a_k.t(), dout, beta=0, alpha=_alpha(mult, alpha))
 
 
 def cell_forward(gates, c_prev, act=None, c=None, tanh_c=None, h=None):
@@ -246,11 +248,6 @@ def _grouped_backward(a, wt, mask, dout, need_input_grad, source=None):
     return da, dwt if dwt is not None else a.new_zeros(wt.shape)
 
 
-def _to_time_order(x, mask):
-    pos = step_order(mask, x.shape[0])
-    return x if pos == sorted(pos) else x.index_select(0, torch.tensor(pos, device=x.device))
-
-
 def _to_mask_order(x, mask):
     pos = step_order(mask, x.shape[0])
     if pos == sorted(pos):
@@ -259,13 +256,13 @@ def _to_mask_order(x, mask):
     return x.index_select(0, torch.tensor(order, device=x.device))
 
 
-def sequence_product(out, a, wt, mask):
-    """``out[t] += mask_t(a[t]) @ wt`` for every step, in time order; ``a`` ``[T, B, n]``."""
-    grouped = torch.zeros_like(out) if step_order(mask, a.shape[0]) != list(range(a.shape[0])) else out
-    _grouped_product(grouped, a, wt, mask)
-    if grouped is not out:
-        out.add_(_to_time_order(grouped, mask))
-    return out
+def sequence_product(a, wt, mask, bias=None):
+    """``out[t] = mask_t(a[t]) @ wt + bias`` for every step, in time order; ``a`` ``[T, B, n]``."""
+    T, B, _ = a.shape
+    out = bias.expand(T, B, -1).clone() if bias is not None else a.new_zeros(T, B, wt.shape[1])
+    _grouped_product(out, a, wt, mask)
+    pos = step_order(mask, T)
+    return out if pos == sorted(pos) else out.index_select(0, torch.tensor(pos, device=out.device))
 
 
 def sequence_backward(a, wt, mask, dout, need_input_grad=True):
