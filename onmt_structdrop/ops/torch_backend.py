@@ -61,7 +61,7 @@ def kept_input_grad(da, dout, keep, mult, rows, alpha=1.0):
                            alpha=_alpha(mult, alpha))
         if torch.is_tensor(mult):
             da_k.mul_(mult.to(da_k.dtype))
-        da.index_copy_(1, keep, da_k)
+        da.scatter_(1, keep.expand(da.shape[0], -1), da_k)  # row by row (index_copy_ on dim 1 goes column-wise)
     return da
 
 
