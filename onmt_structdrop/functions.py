@@ -13,9 +13,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from . import ops
-from .ops import PackedMask
-
-CACHED_SETS = 8  # a step loop keeps each set's kept rows for the whole call when a mask has at most this many
+from .ops import CACHED_SETS, PackedMask
 
 
 class LSTMLayerFunction(torch.autograd.Function):

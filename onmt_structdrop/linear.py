@@ -17,8 +17,8 @@ class StructuredDropoutLinear(nn.Module):
     """Dropout on the input followed by ``nn.Linear``, with the product shrunk to the kept input units.
 
     The input is ``[T, B, in_features]`` (``[B, T, in_features]`` with ``batch_first``) or of any other rank
-    (``[..., in_features]``, as ``nn.Linear`` takes: a single step, one mask for all rows). Masks follow ``mask_mode`` as in
-    :class:`~onmt_structdrop.StructDropLSTM`: the same kept units for every sequence, a fresh draw per step.
+    (``[..., in_features]``, as ``nn.Linear`` takes: a single step, one mask for all rows). Masks follow
+    ``mask_mode`` as in :class:`~onmt_structdrop.StructDropLSTM`: the same kept units for every sequence, a fresh draw per step.
     Parameters are named and shaped as ``nn.Linear``'s (``weight``, ``bias``), so state dicts are interchangeable.
     ``last_mask`` holds the mask of the last training forward (``[T, in_features]``, or ``[T, B, in_features]``
     in ``bernoulli`` mode).

@@ -61,6 +61,7 @@ from .packed import Mask, PackedMask, pack, prepare  # noqa: F401
 BACKENDS = ("cupy", "native", "torch")
 ENV = "ONMT_STRUCTDROP_BACKEND"
 OPS = ("primitives", "sequence", "lstm_layer")
+CACHED_SETS = 8  # a mask with at most this many kept sets gets each set's kept rows prepared once per call
 logger = logging.getLogger(__name__)
 
 
@@ -73,10 +74,6 @@ class LayerPlan:
     recurrent_mask: Mask
     batch_sizes: Optional[Tuple[int, ...]]
     reverse: bool
-
-    @property
-    def masks(self):
-        return self.input_mask, self.recurrent_mask
 
 
 class BackendUnavailable(RuntimeError):

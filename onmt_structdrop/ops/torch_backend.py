@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import torch
 
+from . import CACHED_SETS
 from .packed import PackedMask
 
 NAME = "torch"
-CACHED_SETS = 8  # a mask with at most this many kept sets gets each set's rows prepared once per call
 
 
 def available():
@@ -248,12 +248,14 @@ def _grouped_backward(a, wt, mask, dout, need_input_grad, source=None):
     return da, dwt if dwt is not None else a.new_zeros(wt.shape)
 
 
-def _to_mask_order(x, mask):
-    pos = step_order(mask, x.shape[0])
-    if pos == sorted(pos):
+def _reorder(x, source, target):
+    """``x`` stored in ``source``'s step order (:func:`step_order`; time order for None), in ``target``'s."""
+    T = x.shape[0]
+    pos, own = step_order(source, T), step_order(target, T)
+    if pos == own:
         return x
-    order = sorted(range(len(pos)), key=pos.__getitem__)
-    return x.index_select(0, torch.tensor(order, device=x.device))
+    order = sorted(range(T), key=own.__getitem__)
+    return x.index_select(0, torch.tensor([pos[t] for t in order], device=x.device))
 
 
 def sequence_product(a, wt, mask, bias=None):
@@ -267,7 +269,7 @@ def sequence_product(a, wt, mask, bias=None):
 
 def sequence_backward(a, wt, mask, dout, need_input_grad=True):
     """Gradients of :func:`sequence_product` as ``(da or None, dwt)``; ``dout`` in time order."""
-    return _grouped_backward(a, wt, mask, _to_mask_order(dout.contiguous(), mask), need_input_grad)
+    return _grouped_backward(a, wt, mask, _reorder(dout.contiguous(), None, mask), need_input_grad)
 
 
 # ---- one LSTM layer and direction ------------------------------------------------------------------------
@@ -376,16 +378,7 @@ def lstm_layer_backward(plan, x, h0, c0, w_ih, w_hh, saved, dy, dh_n, dc_n, need
     dx, dw_ih_t = _grouped_backward(x, w_ih.t(), plan.input_mask, dgates, need_x, in_source)
     h_prev = _previous(y, h0, plan.reverse, lengths)
     _, dw_hh_t = _grouped_backward(h_prev, w_hh.t(), plan.recurrent_mask,
-                                   _to_mask_order_from(dgates, plan.input_mask, plan.recurrent_mask), False)
+                                   _reorder(dgates, plan.input_mask, plan.recurrent_mask), False)
     db = dgates.sum(dim=(0, 1)) if need_bias else None
     return dx, dh if need_h0 else None, dc if need_c0 else None, dw_ih_t.t(), dw_hh_t.t(), db
 
-
-def _to_mask_order_from(x, source, target):
-    """``x`` stored in ``source``'s step order, restored to ``target``'s."""
-    T = x.shape[0]
-    pos, own = step_order(source, T), step_order(target, T)
-    if pos == own:
-        return x
-    order = sorted(range(T), key=own.__getitem__)
-    return x.index_select(0, torch.tensor([pos[t] for t in order], device=x.device))
