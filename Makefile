@@ -1,7 +1,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup test demo demo-lm bench bench-nmt clean
+.PHONY: setup test demo demo-lm bench bench-nmt bench-products clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -21,6 +21,9 @@ bench: setup
 
 bench-nmt: setup
 	$(PY) -m onmt_structdrop.tools.nmt_bench --device cpu --threads 1 --json bench-nmt-cpu.json
+
+bench-products: setup
+	$(PY) -m onmt_structdrop.tools.product_bench --json bench-products-cpu.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

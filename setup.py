@@ -1,3 +1,4 @@
+import glob
 import os
 
 from setuptools import find_packages, setup
@@ -16,6 +17,36 @@ class BuildPyWithData(build_py):
             self.copy_tree(name, os.path.join(self.build_lib, "onmt_structdrop", "_data", name))
 
 
+def native_engine():
+    """The C++ engine (onmt_structdrop/csrc) as an extension module built through torch's cpp_extension, and the
+    build command that builds it. Without torch at build time (pip's build isolation) or a compiler, the package
+    installs without it and the torch backend serves (onmt_structdrop/ops/native_backend.py says why at run
+    time)."""
+    try:
+        from torch.utils.cpp_extension import BuildExtension, CppExtension
+    except ImportError:
+        print("onmt-structdrop: torch is not importable at build time, so the native CPU engine is not built "
+              "(install with --no-build-isolation to build it)")
+        return [], {}
+
+    class OptionalBuildExtension(BuildExtension):
+        def run(self):
+            try:
+                super().run()
+            except Exception as err:  # a missing or failing compiler must not stop the install
+                print(f"onmt-structdrop: the native CPU engine was not built ({err}); the torch backend serves")
+
+    sources = sorted(glob.glob("onmt_structdrop/csrc/*.cpp"))
+    # -ffp-contract=fast: ISO C++ mode would otherwise keep a * b + c from becoming one FMA in the kernels;
+    # -fopenmp: at::parallel_for is OpenMP in torch's CPU builds (the libgomp torch loaded serves it at run time)
+    native = CppExtension("onmt_structdrop._native", sources,
+                          extra_compile_args=["-O3", "-ffp-contract=fast", "-fopenmp"], extra_link_args=["-fopenmp"],
+                          depends=glob.glob("onmt_structdrop/csrc/*.h"))
+    return [native], {"build_ext": OptionalBuildExtension.with_options(use_ninja=False)}
+
+
+EXTENSIONS, BUILD_EXT = native_engine()
+
 setup(
     name="onmt-structdrop",
     version="0.1.0",
@@ -24,7 +55,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["onmt_structdrop", "onmt_structdrop.*"]),
-    cmdclass={"build_py": BuildPyWithData},
+    ext_modules=EXTENSIONS,
+    cmdclass={"build_py": BuildPyWithData, **BUILD_EXT},
     python_requires=">=3.9",
     # OpenNMT-py 3.5.1 pins torch<2.3; it is installed separately without its dependencies (scripts/setup_env.sh).
     install_requires=["torch>=2.4", "numpy", "tqdm", "pyyaml"],

@@ -10,7 +10,7 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}   # a CPU build lies on disk on the proj
 ONMT_SPEC="OpenNMT-py==3.5.1"
 
 stamp="$VENV/.onmt-structdrop-installed"
-digest=$(cat setup.py requirements/*.txt scripts/setup_env.sh patches/*/*.patch | sha256sum | cut -d' ' -f1)
+digest=$(cat setup.py requirements/*.txt scripts/setup_env.sh patches/*/*.patch onmt_structdrop/csrc/* | sha256sum | cut -d' ' -f1)
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$digest" ]] && "$VENV/bin/onmt-structdrop-patch" check >/dev/null 2>&1
 then
     echo "setup: $VENV is up to date"

@@ -2,8 +2,11 @@
 import json
 
 import pytest
+import torch
 
 from onmt_structdrop.tools import bench
+
+CPU = torch.device("cpu")
 
 
 def test_benchmark_writes_the_promised_json(tmp_path):
@@ -14,7 +17,10 @@ def test_benchmark_writes_the_promised_json(tmp_path):
     assert set(saved) >= {"device", "config", "results", "speedup_vs_nn_lstm", "speedup_vs_dense", "ideal_ratio"}
     names = [r["variant"] for r in saved["results"]]
     assert names[0].startswith("nn.LSTM") and names[1].startswith("dense masks")
-    assert {"structured time", "structured pool", "structured batch"} <= set(names)
+    rows = {f"structured {mode} [{name}]" for mode in ("time", "pool", "batch") for name in bench.backends(CPU)}
+    assert "structured time [torch]" in rows and rows <= set(names)  # a row per mode and available backend
+    assert saved["time_mode"] in rows and saved["time_mode_vs_nn_lstm"] == max(
+        r["vs_nn_lstm"] for r in saved["results"] if r["variant"].startswith("structured time "))
     assert saved["fastest_structured"] in names
     assert saved["speedup_vs_nn_lstm"] == max(r["vs_nn_lstm"] for r in saved["results"]
                                               if r["variant"].startswith("structured"))
@@ -22,7 +28,7 @@ def test_benchmark_writes_the_promised_json(tmp_path):
     assert report["results"][0]["vs_nn_lstm"] == pytest.approx(1.0)
     output = saved["output_layer"]
     assert [r["variant"] for r in output["results"]][:2] == ["nn.Dropout + nn.Linear", "dense masks (time)"]
-    assert {"structured time", "structured pool", "structured batch"} <= {r["variant"] for r in output["results"]}
+    assert rows <= {r["variant"] for r in output["results"]}
     assert output["results"][0]["vs_linear"] == pytest.approx(1.0) and output["ideal_ratio"] == pytest.approx(2.0)
 
 
@@ -32,6 +38,12 @@ def test_sweep_writes_a_plot(tmp_path):
                           "--modes", "pool", "--output-size", "0", "--rates", "0.2", "0.6", "--plot", str(png)])
     assert [r["config"]["dropout"] for r in reports] == [0.2, 0.6]
     assert png.stat().st_size > 1000
+
+
+def test_backends_are_timed_side_by_side(tmp_path):
+    report = bench.main(["--hidden", "8", "--batch", "2", "--seq", "3", "--repeats", "1", "--warmup", "0",
+                         "--modes", "time", "--output-size", "0", "--backends", "torch"])
+    assert [r["variant"] for r in report["results"]][2:] == ["structured time [torch]"]
 
 
 def test_ideal_ratio_counts_kept_units():

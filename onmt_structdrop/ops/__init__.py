@@ -4,8 +4,8 @@ Backends (``torch``, ``native``, ``cupy``) are modules side by side in this pack
 below under the same names and meanings, and two more: ``available() -> (bool, reason)`` and
 ``declines(op, device, dtype, plan) -> reason or None``. :func:`select` asks them in the order ``cupy``,
 ``native``, ``torch``; the first that is available and does not decline serves (``torch`` serves everything).
-``ONMT_STRUCTDROP_BACKEND=torch|native|cupy`` puts one first; forcing a backend that is not available is an
-error that says why.
+``ONMT_STRUCTDROP_BACKEND=torch|native|cupy`` puts one first (``with ops.preferred(name):`` does so for a block);
+forcing a backend that is not available is an error that says why.
 
 Masks (:mod:`.packed`). A structured mask is a :class:`~.packed.PackedMask`: kept units ``K`` and multipliers
 ``s`` per kept set, and each step's set. A dense mask (``compact=False``, ``bernoulli``) is a ``[T, n]`` or
@@ -49,6 +49,7 @@ outputs are zero.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import logging
@@ -97,15 +98,31 @@ def availability(name):
     return ok, reason
 
 
+_preferred = []  # the stack of :func:`preferred` blocks
+
+
+@contextlib.contextmanager
+def preferred(name):
+    """``with ops.preferred("torch"): ...`` puts backend ``name`` first for the forward calls inside the block,
+    as ``ONMT_STRUCTDROP_BACKEND`` does for the whole process (a backward runs on the backend its forward used)."""
+    get(name)  # checks the name
+    _preferred.append(name)
+    try:
+        yield
+    finally:
+        _preferred.pop()
+
+
 def forced():
-    """The backend ``ONMT_STRUCTDROP_BACKEND`` names, or None."""
-    name = os.environ.get(ENV, "").strip()
+    """The backend a :func:`preferred` block or ``ONMT_STRUCTDROP_BACKEND`` names, or None."""
+    name = _preferred[-1] if _preferred else os.environ.get(ENV, "").strip()
     if not name:
         return None
     get(name)  # checks the name
     ok, reason = availability(name)
     if not ok:
-        raise BackendUnavailable(f"{ENV}={name}, but the {name} backend is not available: {reason}")
+        source = f"ops.preferred({name!r})" if _preferred else f"{ENV}={name}"
+        raise BackendUnavailable(f"{source}, but the {name} backend is not available: {reason}")
     return name
 
 

@@ -1,26 +1,87 @@
-"""The ``native`` backend: the seam's operations in C++ on the CPU (the compiled extension
-``onmt_structdrop._native``). Until that extension exists this backend reports itself unavailable and the
-``torch`` backend serves."""
+"""The ``native`` backend: the seam's operations in C++ on the CPU (the extension ``onmt_structdrop._native``,
+built from ``onmt_structdrop/csrc`` by the package's set-up).
+
+The time loops of a layer run in C++ with no Python per step; the products read the kept rows of a weight in
+place through the index list (AVX-512, AVX2+FMA or portable kernels, chosen at run time; ``ONMT_STRUCTDROP_ISA``
+asks for a lesser one); the cell's pointwise forward and backward are one pass per step, fused with the
+recurrent product of the same gate columns. It serves float32 and float64 on the CPU with packed masks, when one
+of them has a fresh kept set for many steps (``time``, the pattern modes, explicit masks); masks with a few sets
+(``batch``, ``pool``) or none are faster in the torch backend's sequence-wide products, and dense masks take its
+masked-dense path.
+"""
 from __future__ import annotations
 
 import functools
 import importlib
 
+import torch
+
+from . import CACHED_SETS
+from .packed import PackedMask
+
 NAME = "native"
+SERVES = ("lstm_layer",)
+MIN_SETS = CACHED_SETS + 1  # a plan needs a mask with this many kept sets for the native layer to serve it
 
 
 @functools.lru_cache(maxsize=None)
-def _extension():
+def extension():
+    """The compiled module, or None and why not."""
     try:
         return importlib.import_module("onmt_structdrop._native"), ""
     except ImportError as err:
-        return None, f"the C++ extension onmt_structdrop._native is not built ({err})"
+        return None, (f"the C++ extension onmt_structdrop._native is not built ({err}); reinstall the package with "
+                      "torch and a C++ compiler present (`make setup`, or `pip install --no-build-isolation .`)")
 
 
 def available():
-    extension, reason = _extension()
-    return extension is not None, reason
+    ext, reason = extension()
+    return ext is not None, reason
 
 
 def declines(op, device, dtype, plan=None):
-    return "the native engine implements no operation yet"
+    """Why this backend cannot serve ``op`` on ``device``/``dtype`` with ``plan`` (None: it can)."""
+    if op not in SERVES:
+        return f"the native engine does not implement {op}"
+    if torch.device(device).type != "cpu":
+        return "the native engine runs on the CPU"
+    if dtype not in (torch.float32, torch.float64):
+        return f"the native engine computes in float32 and float64, not {dtype}"
+    masks = (plan.input_mask, plan.recurrent_mask) if plan is not None else ()
+    if any(m is not None and not isinstance(m, PackedMask) for m in masks):
+        return "dense masks take the torch backend's masked-dense path"
+    if plan is not None and not any(m is not None and m.num_sets >= MIN_SETS for m in masks):
+        # every step shares one of a few kept sets (or none is dropped): the torch backend runs each set's input
+        # products as one sequence-wide product, which is faster than the native per-step loop
+        return f"no mask with {MIN_SETS} kept sets or more: the torch backend's sequence-wide products serve it"
+    return None
+
+
+def _mask(mask, n, steps):
+    """A mask as the extension takes it: ``(keep [G, k], values or None, scale, set of each step)``; no mask is
+    one set keeping every unit."""
+    if mask is None:
+        return torch.arange(n).view(1, n), None, 1.0, [0] * steps
+    return mask.keep, mask.values, mask.scale, list(mask.step_sets)
+
+
+def lstm_layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan):
+    """See :mod:`onmt_structdrop.ops`."""
+    T, _, n = x.shape
+    bias = None if b_ih is None else b_ih + b_hh
+    y, h_n, c_n, *saved = extension()[0].lstm_layer_forward(
+        x, h0, c0, w_ih, w_hh, bias, _mask(plan.input_mask, n, T), _mask(plan.recurrent_mask, w_hh.shape[1], T),
+        list(plan.batch_sizes or ()), plan.reverse)
+    return y, h_n, c_n, tuple(saved)
+
+
+def lstm_layer_backward(plan, x, h0, c0, w_ih, w_hh, saved, dy, dh_n, dc_n, needs):
+    """See :mod:`onmt_structdrop.ops`."""
+    T, _, n = x.shape
+    H = w_hh.shape[1]
+    need_x, need_h0, need_c0, need_bias = needs
+    dx, dh0, dc0, dw_ih, dw_hh, db = extension()[0].lstm_layer_backward(
+        list(saved), _mask(plan.input_mask, n, T), _mask(plan.recurrent_mask, H, T), list(plan.batch_sizes or ()),
+        plan.reverse, n, H, dy, dh_n, dc_n, need_x)
+    return (dx if need_x else None, dh0 if need_h0 else None, dc0 if need_c0 else None, dw_ih, dw_hh,
+            db if need_bias else None)

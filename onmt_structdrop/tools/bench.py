@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .. import StructDropLSTM
+from .. import StructDropLSTM, ops
 from ..linear import StructuredDropoutLinear
 from ..masks import DEFAULT_POOL_SIZE, MASK_MODES, STRUCTURED_MODES, check_rate, kept_count
 from .plotting import save_line_plot
@@ -58,14 +58,43 @@ def ideal_ratio(args):
     return dense / compact
 
 
+class Preferred(nn.Module):
+    """``model`` with backend ``name`` put first for its forward calls (:func:`onmt_structdrop.ops.preferred`)."""
+
+    def __init__(self, model, name):
+        super().__init__()
+        self.model, self.name = model, name
+
+    def forward(self, *args):
+        with ops.preferred(self.name):
+            return self.model(*args)
+
+
+def backends(device):
+    """The backends of the seam that are available for ``device``, in the order the dispatch asks them."""
+    wanted = ("cupy", "torch") if device.type == "cuda" else ("native", "torch")
+    return [name for name in wanted if ops.availability(name)[0]]
+
+
+def structured_variants(make, args, device):
+    """One variant per structured mode and backend (``structured time [native]``), the other modes once."""
+    variants = {}
+    for mode in args.modes:
+        if mode not in STRUCTURED_MODES:
+            variants[f"{mode} (dense)"] = make(mask_mode=mode)
+            continue
+        for name in args.backends or backends(device):
+            variants[f"structured {mode} [{name}]"] = Preferred(make(mask_mode=mode), name)
+    return variants
+
+
 def build_variants(args, device):
     H, n_in, L, p, r = args.hidden, args.input_size, args.layers, args.dropout, args.recurrent_dropout
     make = lambda **kw: StructDropLSTM(n_in, H, L, dropout=p, input_dropout=p, recurrent_dropout=r,  # noqa: E731
                                        pool_size=args.pool_size, **kw).to(device)
     variants = {"nn.LSTM + dropout (NR only)": NNLSTMWithDropout(n_in, H, L, p).to(device),
                 f"dense masks ({args.dense_mode})": make(mask_mode=args.dense_mode, compact=False)}
-    for mode in args.modes:
-        variants[f"structured {mode}" if mode in STRUCTURED_MODES else f"{mode} (dense)"] = make(mask_mode=mode)
+    variants.update(structured_variants(make, args, device))
     return variants
 
 
@@ -76,9 +105,8 @@ def build_output_variants(args, device):
         H, V, dropout=p, pool_size=args.pool_size, **kw).to(device)
     variants = {"nn.Dropout + nn.Linear": nn.Sequential(nn.Dropout(p), nn.Linear(H, V)).to(device),
                 f"dense masks ({args.dense_mode})": make(mask_mode=args.dense_mode, compact=False)}
-    for mode in args.modes:
-        if mode in STRUCTURED_MODES:
-            variants[f"structured {mode}"] = make(mask_mode=mode)
+    structured = argparse.Namespace(**{**vars(args), "modes": [m for m in args.modes if m in STRUCTURED_MODES]})
+    variants.update(structured_variants(make, structured, device))
     return variants
 
 
@@ -146,7 +174,8 @@ def run(args, device, dtype):
     results = _results(medians, peaks)
     structured = [r for r in results if r["variant"].startswith("structured")]
     best = max(structured, key=lambda r: r["vs_nn_lstm"]) if structured else None
-    time_mode = next((r for r in structured if r["variant"] == "structured time"), None)
+    time_mode = max((r for r in structured if r["variant"].startswith("structured time ")),
+                    key=lambda r: r["vs_nn_lstm"], default=None)
     config = {k: v for k, v in vars(args).items() if k not in ("json", "plot", "rates")}
     output_layer = None
     if args.output_size:
@@ -162,6 +191,7 @@ def run(args, device, dtype):
             "fastest_structured": best["variant"] if best else None,
             "speedup_vs_nn_lstm": best["vs_nn_lstm"] if best else None,
             "speedup_vs_dense": best["vs_dense"] if best else None,
+            "time_mode": time_mode["variant"] if time_mode else None,
             "time_mode_vs_nn_lstm": time_mode["vs_nn_lstm"] if time_mode else None,
             "time_mode_vs_dense": time_mode["vs_dense"] if time_mode else None,
             "output_layer": output_layer}
@@ -224,6 +254,8 @@ def main(argv=None):
     parser.add_argument("--plot", metavar="PNG", help="with --rates: plot speed-up against the rate")
     parser.add_argument("--modes", nargs="+", default=["time", "pool", "batch", "rbd", "tbd", "bernoulli"],
                         choices=MASK_MODES)
+    parser.add_argument("--backends", nargs="+", choices=ops.BACKENDS,
+                        help="backends to time the structured modes with (default: every one available here)")
     parser.add_argument("--pool-size", type=int, default=DEFAULT_POOL_SIZE, help="default: automatic")
     parser.add_argument("--dense-mode", default="time", choices=STRUCTURED_MODES,
                         help="mask mode of the dense-masks variant")

@@ -1,0 +1,415 @@
+// The native engine: one LSTM layer and direction (forward and backward time loops), and masked products of a
+// whole sequence, on the kernels of kernels.h. Called by onmt_structdrop/ops/native_backend.py, which documents
+// the arguments; the operations are those of the seam (onmt_structdrop/ops/__init__.py).
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+#include "kernels.h"
+
+namespace structdrop {
+namespace {
+
+using at::Tensor;
+
+// ---- the instruction set, chosen once from what the CPU supports (ONMT_STRUCTDROP_ISA may ask for less) -----
+std::string& isa_name() {
+  static std::string name = [] {
+    const char* forced = std::getenv("ONMT_STRUCTDROP_ISA");
+    if (forced && *forced) return std::string(forced);
+#if defined(__x86_64__)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512dq"))
+      return std::string("avx512");
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return std::string("avx2");
+#endif
+    return std::string("base");
+  }();
+  return name;
+}
+
+template <typename T>
+Kernels<T> kernels() {
+#if defined(__x86_64__)
+  if (isa_name() == "avx512") return avx512::kernels<T>();
+  if (isa_name() == "avx2") return avx2::kernels<T>();
+#endif
+  return base::kernels<T>();
+}
+
+void set_isa(const std::string& name) {
+  TORCH_CHECK(name == "avx512" || name == "avx2" || name == "base",
+              "the instruction set must be avx512, avx2 or base; got ", name);
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  TORCH_CHECK(name != "avx512" || __builtin_cpu_supports("avx512f"), "this CPU has no AVX-512");
+  TORCH_CHECK(name != "avx2" || __builtin_cpu_supports("avx2"), "this CPU has no AVX2");
+#else
+  TORCH_CHECK(name == "base", "only the portable kernels are built for this CPU");
+#endif
+  isa_name() = name;
+}
+
+// ---- masks -----------------------------------------------------------------------------------------------
+// A packed mask (ops/packed.py): kept units keep[g, :k] and their multipliers (values[g] or scale) per kept set
+// g, and the set of every step. No mask is one set keeping every unit with multiplier 1.
+template <typename T>
+struct MaskView {
+  const int64_t* keep;
+  int k;
+  const T* values;  // nullptr: every kept unit is multiplied by scale
+  T scale;
+  std::vector<int64_t> step_set;
+
+  const int64_t* units(int64_t t) const { return keep + step_set[t] * k; }
+  T mult(int64_t t, int j) const { return values ? values[step_set[t] * k + j] : scale; }
+};
+
+template <typename T>
+MaskView<T> view(const Tensor& keep, const c10::optional<Tensor>& values, double scale,
+                 const std::vector<int64_t>& step_set) {
+  TORCH_CHECK(keep.dim() == 2 && keep.scalar_type() == at::kLong && keep.is_contiguous(),
+              "keep must be a contiguous [G, k] int64 tensor");
+  const T* v = nullptr;
+  if (values && values->defined()) {
+    TORCH_CHECK(values->sizes() == keep.sizes() && values->is_contiguous(), "values must be [G, k] like keep");
+    v = values->data_ptr<T>();
+  }
+  return MaskView<T>{keep.data_ptr<int64_t>(), static_cast<int>(keep.size(1)), v, static_cast<T>(scale),
+                     step_set};
+}
+
+// dst[m, j] = src[m, keep[j]] * mult_j for rows [0, M): the kept columns of one step, multipliers applied.
+template <typename T>
+void gather(int64_t M, const T* src, int64_t lds, const MaskView<T>& mask, int64_t t, T* dst) {
+  const int64_t* units = mask.units(t);
+  for (int64_t m = 0; m < M; ++m)
+    for (int j = 0; j < mask.k; ++j) dst[m * mask.k + j] = src[m * lds + units[j]] * mask.mult(t, j);
+}
+
+// dst[m, keep[j]] = src[m, j] * mult_j for rows [0, M) (the other columns are left as they are).
+template <typename T>
+void scatter(int64_t M, const T* src, const MaskView<T>& mask, int64_t t, T* dst, int64_t ldd) {
+  const int64_t* units = mask.units(t);
+  for (int64_t m = 0; m < M; ++m)
+    for (int j = 0; j < mask.k; ++j) dst[m * ldd + units[j]] = src[m * mask.k + j] * mask.mult(t, j);
+}
+
+// ---- the gate layout of kernels.h ------------------------------------------------------------------------
+int64_t padded(int64_t H) { return (H + UNITS - 1) / UNITS * UNITS; }
+
+// The gate rows q * H + [u, u + UNITS) of W are the gate columns u / UNITS * CHUNK + q * UNITS + [0, UNITS) of the
+// layout: each such strip of W is transposed on its own, in square tiles that stay in L1.
+template <typename T>
+void transpose_strip(const T* src, int64_t lds, T* dst, int64_t ldd, int64_t rows, int64_t cols) {
+  for (int64_t c0 = 0; c0 < cols; c0 += UNITS) {
+    const int64_t c1 = std::min(cols, c0 + UNITS);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = c0; c < c1; ++c) dst[c * ldd + r] = src[r * lds + c];
+  }
+}
+
+// strip(q, u0, units, i0, count) for every gate q, chunk of units and block of count <= ROWS inputs; in parallel
+// over the blocks of inputs, so that one block's rows of the transposed matrix (its pages) are done together
+constexpr int64_t ROWS = 64;
+
+template <typename F>
+void for_each_strip(int64_t H, int64_t n, F&& strip) {
+  at::parallel_for(0, (n + ROWS - 1) / ROWS, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t i0 = b0 * ROWS; i0 < std::min(n, b1 * ROWS); i0 += ROWS)
+      for (int64_t q = 0; q < 4; ++q)
+        for (int64_t u0 = 0; u0 < H; u0 += UNITS) strip(q, u0, std::min(UNITS, H - u0), i0, std::min(ROWS, n - i0));
+  });
+}
+
+// [4H, n] (torch's W) -> [n, 4Hp]: transposed into the gate layout, padding zero
+template <typename T>
+Tensor chunked_t(const Tensor& w, int64_t H) {
+  const int64_t n = w.size(1), G4 = 4 * padded(H);
+  Tensor out = G4 == 4 * H ? at::empty({n, G4}, w.options()) : at::zeros({n, G4}, w.options());
+  const T* src = w.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  for_each_strip(H, n, [&](int64_t q, int64_t u0, int64_t units, int64_t i0, int64_t count) {
+    transpose_strip(src + (q * H + u0) * n + i0, n, dst + i0 * G4 + u0 / UNITS * CHUNK + q * UNITS, G4, units, count);
+  });
+  return out;
+}
+
+// the inverse of chunked_t, for a gradient: [n, 4Hp] -> [4H, n]
+template <typename T>
+Tensor unchunked_t(const Tensor& wp, int64_t H) {
+  const int64_t n = wp.size(0), G4 = wp.size(1);
+  Tensor out = at::empty({4 * H, n}, wp.options());
+  const T* src = wp.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  for_each_strip(H, n, [&](int64_t q, int64_t u0, int64_t units, int64_t i0, int64_t count) {
+    transpose_strip(src + i0 * G4 + u0 / UNITS * CHUNK + q * UNITS, G4, dst + (q * H + u0) * n + i0, n, count, units);
+  });
+  return out;
+}
+
+Tensor chunked(const Tensor& b, int64_t H) {  // [4H] -> [4Hp]
+  const int64_t Hp = padded(H);
+  Tensor bp = at::zeros({4, Hp}, b.options());
+  bp.narrow(1, 0, H).copy_(b.view({4, H}));
+  return bp.view({4, Hp / UNITS, UNITS}).permute({1, 0, 2}).contiguous().view({4 * Hp});
+}
+
+Tensor unchunked(const Tensor& bp, int64_t H) {  // [4Hp] -> [4H]
+  const int64_t Hp = padded(H);
+  return bp.view({Hp / UNITS, 4, UNITS}).permute({1, 0, 2}).reshape({4, Hp}).narrow(1, 0, H).reshape({4 * H});
+}
+
+Tensor padded_state(const c10::optional<Tensor>& s, int64_t B, int64_t H, const at::TensorOptions& options) {
+  Tensor out = at::zeros({B, padded(H)}, options);
+  if (s && s->defined()) out.narrow(1, 0, H).copy_(*s);
+  return out;
+}
+
+// Buffers that live only during one call, kept from call to call (per thread, per slot): a fresh multi-MB
+// tensor costs a page fault per 4 KiB on first touch, which at these sizes is a visible share of a layer's time.
+Tensor scratch(int slot, at::IntArrayRef sizes, const at::TensorOptions& options, bool zero) {
+  static thread_local std::vector<Tensor> slots;
+  if (slots.size() <= static_cast<size_t>(slot)) slots.resize(slot + 1);
+  Tensor& t = slots[slot];
+  const int64_t numel = c10::multiply_integers(sizes);
+  if (!t.defined() || t.scalar_type() != options.dtype().toScalarType() || t.numel() < numel)
+    t = at::empty({numel}, options);
+  Tensor out = t.narrow(0, 0, numel).view(sizes);
+  if (zero) out.zero_();
+  return out;
+}
+
+struct Steps {  // the steps in processing order and the active rows of each
+  std::vector<int64_t> order, active;
+  Steps(int64_t T, int64_t B, const std::vector<int64_t>& batch_sizes, bool reverse) : order(T), active(T) {
+    for (int64_t i = 0; i < T; ++i) {
+      order[i] = reverse ? T - 1 - i : i;
+      active[i] = batch_sizes.empty() ? B : batch_sizes[order[i]];
+    }
+  }
+};
+
+// ---- one LSTM layer and direction ------------------------------------------------------------------------
+template <typename T>
+std::vector<Tensor> layer_forward(const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+                                  const Tensor& w_hh, const c10::optional<Tensor>& bias, const MaskView<T>& in,
+                                  const MaskView<T>& rec, const std::vector<int64_t>& batch_sizes, bool reverse) {
+  const Kernels<T> K = kernels<T>();
+  const int64_t T_ = x.size(0), B = x.size(1), n = x.size(2), H = w_hh.size(1), Hp = padded(H), G4 = 4 * Hp;
+  const int64_t chunks = Hp / UNITS;
+  const bool packed = !batch_sizes.empty();
+  const Steps steps(T_, B, batch_sizes, reverse);
+  auto opt = x.options();
+
+  Tensor wt_ih = chunked_t<T>(w_ih, H), wt_hh = chunked_t<T>(w_hh, H);
+  Tensor bias_p = bias && bias->defined() ? chunked(*bias, H) : at::zeros({G4}, opt);
+  Tensor gates = at::empty({T_, B, G4}, opt);
+  Tensor alloc_h = packed ? at::zeros({T_, B, Hp}, opt) : at::empty({T_, B, Hp}, opt);
+  Tensor cells = at::empty({T_, B, Hp}, opt), tanh_c = at::empty({T_, B, Hp}, opt);
+  Tensor c_prev = at::empty({T_, B, Hp}, opt);
+  Tensor ax = at::empty({T_, B, in.k}, opt), ah = at::zeros({T_, B, rec.k}, opt);
+  Tensor h = padded_state(h0, B, H, opt), c = padded_state(c0, B, H, opt);
+
+  const T* xp = x.data_ptr<T>();
+  T *G = gates.data_ptr<T>(), *hs = alloc_h.data_ptr<T>(), *cs = cells.data_ptr<T>(), *tc = tanh_c.data_ptr<T>();
+  T *cp = c_prev.data_ptr<T>(), *axp = ax.data_ptr<T>(), *ahp = ah.data_ptr<T>();
+  T *hp = h.data_ptr<T>(), *cc = c.data_ptr<T>();
+  const T *wi = wt_ih.data_ptr<T>(), *wh = wt_hh.data_ptr<T>(), *bp = bias_p.data_ptr<T>();
+
+  // the input products of all steps, blocked over gate columns so that a weight panel stays in cache
+  for (int64_t t = 0; t < T_; ++t) gather(B, xp + t * B * n, n, in, t, axp + t * B * in.k);
+  at::parallel_for(0, chunks, 1, [&](int64_t c0_, int64_t c1_) {
+    for (int64_t ch = c0_; ch < c1_; ++ch)
+      for (int64_t t = 0; t < T_; ++t) {
+        T* g = G + t * B * G4 + ch * CHUNK;
+        for (int64_t m = 0; m < B; ++m) std::memcpy(g + m * G4, bp + ch * CHUNK, CHUNK * sizeof(T));
+        K.kept_nn(B, in.k, axp + t * B * in.k, in.k, in.units(t), wi + ch * CHUNK, G4, g, G4, 0, CHUNK);
+      }
+  });
+
+  for (int64_t i = 0; i < T_; ++i) {
+    const int64_t t = steps.order[i], a = steps.active[i];
+    T* a_h = ahp + t * B * rec.k;
+    gather(a, hp, Hp, rec, t, a_h);
+    std::memcpy(cp + t * B * Hp, cc, a * Hp * sizeof(T));
+    T *g = G + t * B * G4, *ct = cs + t * B * Hp, *tt = tc + t * B * Hp, *ht = hs + t * B * Hp;
+    at::parallel_for(0, chunks, 1, [&](int64_t c0_, int64_t c1_) {
+      for (int64_t ch = c0_; ch < c1_; ++ch) {
+        K.kept_nn(a, rec.k, a_h, rec.k, rec.units(t), wh + ch * CHUNK, G4, g + ch * CHUNK, G4, 0, CHUNK);
+        const int64_t u = ch * UNITS;
+        K.cell_forward(a, g + ch * CHUNK, G4, cp + t * B * Hp + u, ct + u, tt + u, ht + u, Hp);
+      }
+    });
+    std::memcpy(hp, ht, a * Hp * sizeof(T));
+    std::memcpy(cc, ct, a * Hp * sizeof(T));
+  }
+  Tensor y = alloc_h.narrow(2, 0, H);
+  // what the backward needs besides the inputs: the activations, tanh(c), c_prev, the gathered inputs of both
+  // products and the weights in the gate layout
+  return {Hp == H ? y : y.contiguous(), h.narrow(1, 0, H).contiguous(), c.narrow(1, 0, H).contiguous(), gates,
+          tanh_c, c_prev, ax, ah, wt_ih, wt_hh};
+}
+
+template <typename T>
+std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const MaskView<T>& in, const MaskView<T>& rec,
+                                   const std::vector<int64_t>& batch_sizes, bool reverse, int64_t n, int64_t H,
+                                   const c10::optional<Tensor>& dy, const c10::optional<Tensor>& dh_n,
+                                   const c10::optional<Tensor>& dc_n, bool need_x) {
+  const Kernels<T> K = kernels<T>();
+  const Tensor &gates = saved[0], &tanh_c = saved[1], &c_prev = saved[2], &ax = saved[3], &ah = saved[4];
+  const Tensor &wt_ih = saved[5], &wt_hh = saved[6];
+  const int64_t T_ = gates.size(0), B = gates.size(1), Hp = padded(H), G4 = 4 * Hp, chunks = Hp / UNITS;
+  const bool packed = !batch_sizes.empty();
+  const Steps steps(T_, B, batch_sizes, reverse);
+  auto opt = gates.options();
+
+  Tensor dgates = scratch(0, {T_, B, G4}, opt, packed);
+  Tensor dh = padded_state(dh_n, B, H, opt), dc = padded_state(dc_n, B, H, opt);
+  Tensor dy_c = dy && dy->defined() ? dy->contiguous() : Tensor();
+  Tensor d_rec = at::empty({B, rec.k}, opt);
+  const T *G = gates.data_ptr<T>(), *tc = tanh_c.data_ptr<T>(), *cp = c_prev.data_ptr<T>();
+  const T *axp = ax.data_ptr<T>(), *ahp = ah.data_ptr<T>(), *wi = wt_ih.data_ptr<T>(), *wh = wt_hh.data_ptr<T>();
+  T *dG = dgates.data_ptr<T>(), *dhp = dh.data_ptr<T>(), *dcp = dc.data_ptr<T>(), *dr = d_rec.data_ptr<T>();
+  const T* dyp = dy_c.defined() ? dy_c.data_ptr<T>() : nullptr;
+
+  for (int64_t i = T_ - 1; i >= 0; --i) {
+    const int64_t t = steps.order[i], a = steps.active[i];
+    if (dyp)
+      for (int64_t m = 0; m < a; ++m)
+        for (int64_t u = 0; u < H; ++u) dhp[m * Hp + u] += dyp[(t * B + m) * H + u];
+    const T* g = G + t * B * G4;
+    T* dg = dG + t * B * G4;
+    at::parallel_for(0, chunks, 1, [&](int64_t c0_, int64_t c1_) {
+      for (int64_t ch = c0_; ch < c1_; ++ch) {
+        const int64_t u = ch * UNITS, s = t * B * Hp + u;
+        K.cell_backward(a, g + ch * CHUNK, G4, cp + s, tc + s, dhp + u, dcp + u, Hp, dg + ch * CHUNK);
+      }
+    });
+    // d h_prev: kept units only, the dropped ones get zero
+    std::memset(dhp, 0, a * Hp * sizeof(T));
+    at::parallel_for(0, rec.k, 8, [&](int64_t j0, int64_t j1) {
+      K.kept_nt(a, j1 - j0, dg, G4, rec.units(t) + j0, wh, G4, G4, dr + j0, rec.k);
+    });
+    scatter(a, dr, rec, t, dhp, Hp);
+  }
+
+  Tensor dx;
+  if (need_x) {
+    dx = at::zeros({T_, B, n}, opt);
+    T* dxp = dx.data_ptr<T>();
+    at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<T> buffer(B * in.k);
+      for (int64_t t = t0; t < t1; ++t) {
+        K.kept_nt(B, in.k, dG + t * B * G4, G4, in.units(t), wi, G4, G4, buffer.data(), in.k);
+        scatter(B, buffer.data(), in, t, dxp + t * B * n, n);
+      }
+    });
+  }
+  Tensor dw_ih = scratch(1, {n, G4}, opt, true), dw_hh = scratch(2, {H, G4}, opt, true);
+  T *dwi = dw_ih.data_ptr<T>(), *dwh = dw_hh.data_ptr<T>();
+  at::parallel_for(0, chunks, 1, [&](int64_t c0_, int64_t c1_) {
+    for (int64_t ch = c0_; ch < c1_; ++ch)
+      for (int64_t i = 0; i < T_; ++i) {
+        const int64_t t = steps.order[i], a = steps.active[i], col = ch * CHUNK;
+        K.kept_tn(a, in.k, axp + t * B * in.k, in.k, in.units(t), dG + t * B * G4 + col, G4, dwi + col, G4, 0,
+                  CHUNK);
+        K.kept_tn(a, rec.k, ahp + t * B * rec.k, rec.k, rec.units(t), dG + t * B * G4 + col, G4, dwh + col, G4,
+                  0, CHUNK);
+      }
+  });
+  Tensor db = unchunked(dgates.view({T_ * B, G4}).sum(0), H);
+  return {dx, dh.narrow(1, 0, H).contiguous(), dc.narrow(1, 0, H).contiguous(), unchunked_t<T>(dw_ih, H),
+          unchunked_t<T>(dw_hh, H), db};
+}
+
+// ---- the kept products on their own (primitives, benchmarks) -------------------------------------------------
+constexpr int64_t COLUMNS = 256;  // columns per parallel work item
+
+// out[m, :] += sum_j a[m, j] * wt[keep[j], :]   (a: the gathered, scaled [M, k] block)
+void kept_product(const Tensor& a, const Tensor& keep, const Tensor& wt, Tensor& out) {
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "kept_product", [&] {
+    const Kernels<scalar_t> K = kernels<scalar_t>();
+    const int64_t M = a.size(0), k = keep.size(0), N = wt.size(1);
+    const scalar_t *ap = a.data_ptr<scalar_t>(), *wp = wt.data_ptr<scalar_t>();
+    const int64_t* idx = keep.data_ptr<int64_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, (N + COLUMNS - 1) / COLUMNS, 1, [&](int64_t b0, int64_t b1) {
+      K.kept_nn(M, k, ap, k, idx, wp, N, op, N, b0 * COLUMNS, std::min(N, b1 * COLUMNS));
+    });
+  });
+}
+
+// out[m, j] = sum_n dout[m, n] * wt[keep[j], n]
+void kept_input_grad(const Tensor& dout, const Tensor& keep, const Tensor& wt, Tensor& out) {
+  AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "kept_input_grad", [&] {
+    const Kernels<scalar_t> K = kernels<scalar_t>();
+    const int64_t M = dout.size(0), k = keep.size(0), N = wt.size(1);
+    const scalar_t *dp = dout.data_ptr<scalar_t>(), *wp = wt.data_ptr<scalar_t>();
+    const int64_t* idx = keep.data_ptr<int64_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, k, 16, [&](int64_t j0, int64_t j1) {
+      K.kept_nt(M, j1 - j0, dp, N, idx + j0, wp, N, N, op + j0, k);
+    });
+  });
+}
+
+// dwt[keep[j], :] += sum_m a[m, j] * dout[m, :]
+void kept_weight_grad(const Tensor& a, const Tensor& keep, const Tensor& dout, Tensor& dwt) {
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "kept_weight_grad", [&] {
+    const Kernels<scalar_t> K = kernels<scalar_t>();
+    const int64_t M = a.size(0), k = keep.size(0), N = dout.size(1);
+    const scalar_t *ap = a.data_ptr<scalar_t>(), *dp = dout.data_ptr<scalar_t>();
+    const int64_t* idx = keep.data_ptr<int64_t>();
+    scalar_t* wp = dwt.data_ptr<scalar_t>();
+    at::parallel_for(0, (N + COLUMNS - 1) / COLUMNS, 1, [&](int64_t b0, int64_t b1) {
+      K.kept_tn(M, k, ap, k, idx, dp, N, wp, N, b0 * COLUMNS, std::min(N, b1 * COLUMNS));
+    });
+  });
+}
+
+// ---- the bindings: dtype dispatch ------------------------------------------------------------------------
+using MaskArgs = std::tuple<Tensor, c10::optional<Tensor>, double, std::vector<int64_t>>;
+
+std::vector<Tensor> lstm_layer_forward(const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
+                                       const Tensor& w_hh, const c10::optional<Tensor>& bias, const MaskArgs& in,
+                                       const MaskArgs& rec, const std::vector<int64_t>& batch_sizes, bool reverse) {
+  return AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "lstm_layer_forward", [&] {
+    return layer_forward<scalar_t>(
+        x.contiguous(), h0, c0, w_ih.contiguous(), w_hh.contiguous(), bias,
+        view<scalar_t>(std::get<0>(in), std::get<1>(in), std::get<2>(in), std::get<3>(in)),
+        view<scalar_t>(std::get<0>(rec), std::get<1>(rec), std::get<2>(rec), std::get<3>(rec)), batch_sizes,
+        reverse);
+  });
+}
+
+std::vector<Tensor> lstm_layer_backward(const std::vector<Tensor>& saved, const MaskArgs& in, const MaskArgs& rec,
+                                        const std::vector<int64_t>& batch_sizes, bool reverse, int64_t n, int64_t H,
+                                        const c10::optional<Tensor>& dy, const c10::optional<Tensor>& dh_n,
+                                        const c10::optional<Tensor>& dc_n, bool need_x) {
+  return AT_DISPATCH_FLOATING_TYPES(saved[0].scalar_type(), "lstm_layer_backward", [&] {
+    return layer_backward<scalar_t>(
+        saved, view<scalar_t>(std::get<0>(in), std::get<1>(in), std::get<2>(in), std::get<3>(in)),
+        view<scalar_t>(std::get<0>(rec), std::get<1>(rec), std::get<2>(rec), std::get<3>(rec)), batch_sizes,
+        reverse, n, H, dy, dh_n, dc_n, need_x);
+  });
+}
+
+}  // namespace
+}  // namespace structdrop
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "onmt_structdrop's native CPU engine (see onmt_structdrop/ops/native_backend.py)";
+  m.def("isa", [] { return structdrop::isa_name(); }, "the instruction set the kernels run with");
+  m.def("set_isa", &structdrop::set_isa, "run the kernels built for another instruction set (tests)");
+  m.def("kept_product", &structdrop::kept_product);
+  m.def("kept_input_grad", &structdrop::kept_input_grad);
+  m.def("kept_weight_grad", &structdrop::kept_weight_grad);
+  m.def("lstm_layer_forward", &structdrop::lstm_layer_forward);
+  m.def("lstm_layer_backward", &structdrop::lstm_layer_backward);
+}

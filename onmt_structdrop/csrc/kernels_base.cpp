@@ -1,0 +1,13 @@
+// The kernels built for base (see kernels_impl.h).
+#include <cstdint>
+#include <algorithm>
+#include <cstring>
+#define STRUCTDROP_ISA base
+#define STRUCTDROP_VBYTES 16
+#define NN_MR 4
+#define NN_NV 2
+#define NT_JR 3
+#define NT_MR 3
+#define TN_JR 4
+#define TN_NV 2
+#include "kernels_impl.h"

@@ -1,0 +1,300 @@
+// The kernels of kernels.h, written once with GCC vector extensions. Each kernels_<isa>.cpp sets the target
+// instruction set with a pragma, defines the macros below and includes this file:
+//   STRUCTDROP_ISA     the namespace (and name) of this build
+//   STRUCTDROP_VBYTES  bytes per vector register
+//   NN_MR, NN_NV       forward tile: rows x vectors of columns held in registers
+//   NT_JR, NT_MR       input-gradient tile: kept rows x rows of D
+//   TN_JR, TN_NV       weight-gradient tile: kept rows x vectors of columns
+#include <algorithm>
+#include <cstring>
+
+#include "kernels.h"
+
+#define STRUCTDROP_STR(x) #x
+#define STRUCTDROP_NAME(x) STRUCTDROP_STR(x)
+
+namespace structdrop {
+namespace STRUCTDROP_ISA {
+namespace {
+
+template <typename T>
+struct Vec {
+  typedef T v __attribute__((vector_size(STRUCTDROP_VBYTES)));
+  static constexpr int L = STRUCTDROP_VBYTES / sizeof(T);
+};
+template <typename T> using V = typename Vec<T>::v;
+
+template <typename T> inline V<T> load(const T* p) { V<T> r; std::memcpy(&r, p, sizeof r); return r; }
+template <typename T> inline void store(T* p, V<T> x) { std::memcpy(p, &x, sizeof x); }
+template <typename T> inline V<T> splat(T s) { return s - V<T>{}; }  // s - 0 is exact, so it folds to a broadcast
+template <typename T> inline T hsum(V<T> x) {
+  T s = 0;
+  for (int l = 0; l < Vec<T>::L; ++l) s += x[l];
+  return s;
+}
+template <typename T> inline void prefetch_row(const T* p, int bytes) {
+  for (int b = 0; b < bytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(p) + b);
+}
+
+// ---- forward: C[m, n] += sum_j A[m, j] B[idx[j], n] -------------------------------------------------------
+constexpr int PREFETCH = 4;  // kept rows ahead: the rows are scattered, so the hardware cannot guess them
+
+template <typename T, int MR, int NV>
+inline void nn_tile(int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C, int64_t ldc) {
+  constexpr int L = Vec<T>::L;
+  V<T> acc[MR][NV];
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) acc[r][v] = V<T>{};
+  for (int j = 0; j < k; ++j) {
+    const T* b = B + idx[j] * ldb;
+    if (j + PREFETCH < k) prefetch_row(B + idx[j + PREFETCH] * ldb, NV * L * sizeof(T));
+    V<T> bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = load(b + v * L);
+    for (int r = 0; r < MR; ++r) {
+      const V<T> a = splat(A[r * lda + j]);
+      for (int v = 0; v < NV; ++v) acc[r][v] += a * bv[v];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int v = 0; v < NV; ++v) store(C + r * ldc + v * L, load(C + r * ldc + v * L) + acc[r][v]);
+}
+
+template <typename T, int NV, int R>
+inline void nn_rest(int rows, int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C,
+                    int64_t ldc) {
+  if constexpr (R > 0) {
+    if (rows == R) return nn_tile<T, R, NV>(k, A, lda, idx, B, ldb, C, ldc);
+    nn_rest<T, NV, R - 1>(rows, k, A, lda, idx, B, ldb, C, ldc);
+  }
+}
+
+// Rows split into tiles of at most MR, as even as can be (20 rows with MR = 6: 5 + 5 + 5 + 5, not 6 + 6 + 6 + 2:
+// every tile reads the same weight rows, so a thin last tile costs nearly as much as a full one).
+template <int MR, typename F>
+inline void row_tiles(int M, F&& tile) {
+  const int tiles = (M + MR - 1) / MR;
+  for (int i = 0, m = 0; i < tiles; ++i) {
+    const int rows = M / tiles + (i < M % tiles);
+    tile(m, rows);
+    m += rows;
+  }
+}
+
+template <typename T, int NV>
+inline void nn_columns(int M, int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C,
+                       int64_t ldc) {
+  row_tiles<NN_MR>(M, [&](int m, int rows) {
+    nn_rest<T, NV, NN_MR>(rows, k, A + m * lda, lda, idx, B, ldb, C + m * ldc, ldc);
+  });
+}
+
+template <typename T>
+void kept_nn(int M, int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C, int64_t ldc,
+             int64_t n0, int64_t n1) {
+  constexpr int L = Vec<T>::L;
+  int64_t n = n0;
+  for (; n + NN_NV * L <= n1; n += NN_NV * L) nn_columns<T, NN_NV>(M, k, A, lda, idx, B + n, ldb, C + n, ldc);
+  for (; n + L <= n1; n += L) nn_columns<T, 1>(M, k, A, lda, idx, B + n, ldb, C + n, ldc);
+  for (; n < n1; ++n)
+    for (int m = 0; m < M; ++m) {
+      T s = 0;
+      for (int j = 0; j < k; ++j) s += A[m * lda + j] * B[idx[j] * ldb + n];
+      C[m * ldc + n] += s;
+    }
+}
+
+// ---- input gradients: O[m, j] = sum_n D[m, n] B[idx[j], n] -----------------------------------------------
+template <typename T, int JR, int MR>
+inline void nt_tile(int64_t N, const T* D, int64_t ldd, const T* const* rows, T* O, int ldo, bool add) {
+  constexpr int L = Vec<T>::L;
+  V<T> acc[MR][JR];
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < JR; ++q) acc[r][q] = V<T>{};
+  int64_t n = 0;
+  for (; n + L <= N; n += L) {
+    V<T> bv[JR];
+    for (int q = 0; q < JR; ++q) bv[q] = load(rows[q] + n);
+    for (int r = 0; r < MR; ++r) {
+      const V<T> d = load(D + r * ldd + n);
+      for (int q = 0; q < JR; ++q) acc[r][q] += d * bv[q];
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int q = 0; q < JR; ++q) {
+      T s = hsum<T>(acc[r][q]);
+      for (int64_t t = n; t < N; ++t) s += D[r * ldd + t] * rows[q][t];
+      O[r * ldo + q] = add ? O[r * ldo + q] + s : s;
+    }
+}
+
+template <typename T, int JR, int R>
+inline void nt_rest(int rows_left, int64_t N, const T* D, int64_t ldd, const T* const* rows, T* O, int ldo,
+                    bool add) {
+  if constexpr (R > 0) {
+    if (rows_left == R) return nt_tile<T, JR, R>(N, D, ldd, rows, O, ldo, add);
+    nt_rest<T, JR, R - 1>(rows_left, N, D, ldd, rows, O, ldo, add);
+  }
+}
+
+template <typename T, int JR>
+inline void nt_kept(int M, int64_t N, const T* D, int64_t ldd, const T* const* rows, T* O, int ldo, bool add) {
+  row_tiles<NT_MR>(M, [&](int m, int r) {
+    nt_rest<T, JR, NT_MR>(r, N, D + m * ldd, ldd, rows, O + m * ldo, ldo, add);
+  });
+}
+
+template <typename T>
+void kept_nt(int M, int k, const T* D, int64_t ldd, const int64_t* idx, const T* B, int64_t ldb, int64_t N, T* O,
+             int ldo) {
+  // the sums run over blocks of NB columns, so that the block of D the tiles share stays in cache
+  constexpr int64_t NB = 4096 / sizeof(T);
+  const T* rows[NT_JR];
+  for (int64_t n0 = 0; n0 < N; n0 += NB) {
+    const int64_t nb = std::min(NB, N - n0);
+    int j = 0;
+    for (; j + NT_JR <= k; j += NT_JR) {
+      for (int q = 0; q < NT_JR; ++q) rows[q] = B + idx[j + q] * ldb + n0;
+      nt_kept<T, NT_JR>(M, nb, D + n0, ldd, rows, O + j, ldo, n0 > 0);
+    }
+    for (; j < k; ++j) {
+      rows[0] = B + idx[j] * ldb + n0;
+      nt_kept<T, 1>(M, nb, D + n0, ldd, rows, O + j, ldo, n0 > 0);
+    }
+  }
+}
+
+// ---- weight gradients: dB[idx[j], n] += sum_m A[m, j] D[m, n] --------------------------------------------
+template <typename T, int JR, int NV>
+inline void tn_tile(int M, const T* A, int lda, const int64_t* idx, const T* D, int64_t ldd, T* dB, int64_t ldb) {
+  constexpr int L = Vec<T>::L;
+  V<T> acc[JR][NV];
+  for (int q = 0; q < JR; ++q)
+    for (int v = 0; v < NV; ++v) acc[q][v] = V<T>{};
+  for (int m = 0; m < M; ++m) {
+    V<T> d[NV];
+    for (int v = 0; v < NV; ++v) d[v] = load(D + m * ldd + v * L);
+    for (int q = 0; q < JR; ++q) {
+      const V<T> a = splat(A[m * lda + q]);
+      for (int v = 0; v < NV; ++v) acc[q][v] += a * d[v];
+    }
+  }
+  for (int q = 0; q < JR; ++q) {
+    T* row = dB + idx[q] * ldb;
+    for (int v = 0; v < NV; ++v) store(row + v * L, load(row + v * L) + acc[q][v]);
+  }
+}
+
+template <typename T, int NV>
+inline void tn_columns(int M, int k, const T* A, int lda, const int64_t* idx, const T* D, int64_t ldd, T* dB,
+                       int64_t ldb) {
+  int j = 0;
+  for (; j + TN_JR <= k; j += TN_JR) tn_tile<T, TN_JR, NV>(M, A + j, lda, idx + j, D, ldd, dB, ldb);
+  for (; j < k; ++j) tn_tile<T, 1, NV>(M, A + j, lda, idx + j, D, ldd, dB, ldb);
+}
+
+template <typename T>
+void kept_tn(int M, int k, const T* A, int lda, const int64_t* idx, const T* D, int64_t ldd, T* dB, int64_t ldb,
+             int64_t n0, int64_t n1) {
+  constexpr int L = Vec<T>::L;
+  int64_t n = n0;
+  for (; n + TN_NV * L <= n1; n += TN_NV * L) tn_columns<T, TN_NV>(M, k, A, lda, idx, D + n, ldd, dB + n, ldb);
+  for (; n + L <= n1; n += L) tn_columns<T, 1>(M, k, A, lda, idx, D + n, ldd, dB + n, ldb);
+  for (; n < n1; ++n)
+    for (int j = 0; j < k; ++j) {
+      T s = 0;
+      for (int m = 0; m < M; ++m) s += A[m * lda + j] * D[m * ldd + n];
+      dB[idx[j] * ldb + n] += s;
+    }
+}
+
+// ---- the cell --------------------------------------------------------------------------------------------
+inline V<float> exp_approx(V<float> x) {
+  // Cephes' expf: x = n ln2 + f, |f| <= ln2 / 2, exp(f) by a degree-6 polynomial, 2^n through the exponent bits
+  typedef int32_t vi __attribute__((vector_size(STRUCTDROP_VBYTES)));
+  const V<float> lo = splat(-87.0f), hi = splat(88.0f);
+  x = x < lo ? lo : x;
+  x = x > hi ? hi : x;
+  const V<float> magic = splat(12582912.0f);  // 1.5 * 2^23: adding and subtracting it rounds to an integer
+  const V<float> n = (x * 1.44269504088896341f + magic) - magic;
+  V<float> f = x - n * 0.693359375f;
+  f = f - n * -2.12194440e-4f;
+  V<float> p = splat(1.9875691500e-4f);
+  p = p * f + 1.3981999507e-3f;
+  p = p * f + 8.3334519073e-3f;
+  p = p * f + 4.1665795894e-2f;
+  p = p * f + 1.6666665459e-1f;
+  p = p * f + 5.0000001201e-1f;
+  p = p * f * f + f + 1.0f;
+  const vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+  V<float> scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+template <typename T> inline V<T> sigmoid(V<T> x) {
+  if constexpr (sizeof(T) == 4) {
+    return 1.0f / (1.0f + exp_approx(-x));
+  } else {
+    for (int l = 0; l < Vec<T>::L; ++l) x[l] = 1.0 / (1.0 + __builtin_exp(-x[l]));
+    return x;
+  }
+}
+
+template <typename T> inline V<T> tanh(V<T> x) {
+  if constexpr (sizeof(T) == 4) {
+    return 2.0f / (1.0f + exp_approx(-2.0f * x)) - 1.0f;
+  } else {
+    for (int l = 0; l < Vec<T>::L; ++l) x[l] = __builtin_tanh(x[l]);
+    return x;
+  }
+}
+
+template <typename T>
+void cell_forward(int M, T* gates, int64_t ldg, const T* c_prev, T* c, T* tanh_c, T* h, int64_t lds) {
+  constexpr int L = Vec<T>::L;
+  for (int m = 0; m < M; ++m)
+    for (int s = 0; s < UNITS; s += L) {
+      T* g = gates + m * ldg + s;
+      const int64_t o = m * lds + s;
+      const V<T> i = sigmoid<T>(load(g)), f = sigmoid<T>(load(g + UNITS)), z = tanh<T>(load(g + 2 * UNITS)),
+                 out = sigmoid<T>(load(g + 3 * UNITS));
+      store(g, i), store(g + UNITS, f), store(g + 2 * UNITS, z), store(g + 3 * UNITS, out);
+      const V<T> cn = f * load(c_prev + o) + i * z, tc = tanh<T>(cn);
+      store(c + o, cn), store(tanh_c + o, tc), store(h + o, out * tc);
+    }
+}
+
+template <typename T>
+void cell_backward(int M, const T* act, int64_t ldg, const T* c_prev, const T* tanh_c, const T* dh, T* dc,
+                   int64_t lds, T* dgates) {
+  constexpr int L = Vec<T>::L;
+  const V<T> one = splat(T(1));
+  for (int m = 0; m < M; ++m)
+    for (int s = 0; s < UNITS; s += L) {
+      const T* g = act + m * ldg + s;
+      T* d = dgates + m * ldg + s;
+      const int64_t o = m * lds + s;
+      const V<T> i = load(g), f = load(g + UNITS), z = load(g + 2 * UNITS), out = load(g + 3 * UNITS);
+      const V<T> tc = load(tanh_c + o), dhv = load(dh + o);
+      const V<T> dcn = load(dc + o) + dhv * out * (one - tc * tc);
+      store(d, dcn * z * i * (one - i));
+      store(d + UNITS, dcn * load(c_prev + o) * f * (one - f));
+      store(d + 2 * UNITS, dcn * i * (one - z * z));
+      store(d + 3 * UNITS, dhv * tc * out * (one - out));
+      store(dc + o, dcn * f);
+    }
+}
+
+template <typename T>
+Kernels<T> table() {
+  return Kernels<T>{STRUCTDROP_NAME(STRUCTDROP_ISA), &kept_nn<T>, &kept_nt<T>, &kept_tn<T>, &cell_forward<T>,
+                    &cell_backward<T>};
+}
+
+}  // namespace
+
+template <> Kernels<float> kernels<float>() { return table<float>(); }
+template <> Kernels<double> kernels<double>() { return table<double>(); }
+
+}  // namespace STRUCTDROP_ISA
+}  // namespace structdrop

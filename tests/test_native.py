@@ -1,0 +1,111 @@
+"""The native engine: its kernels for every instruction set this CPU runs, against float64 math, and how the
+package behaves without it. The seam's test matrix (test_ops.py) checks it on every mask mode and shape."""
+import logging
+
+import pytest
+import torch
+
+from onmt_structdrop import StructDropLSTM, ops
+from onmt_structdrop.ops import native_backend
+
+native, why = native_backend.extension()
+needs_native = pytest.mark.skipif(native is None, reason=f"native backend not built: {why}")
+ISAS = ("avx512", "avx2", "base")
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Run the kernels built for one instruction set (skipped where the CPU lacks it)."""
+    default = native.isa()
+    try:
+        native.set_isa(request.param)
+    except RuntimeError as err:
+        pytest.skip(str(err))
+    yield request.param
+    native.set_isa(default)
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("M,k,N", [(1, 1, 1), (5, 7, 13), (13, 0, 70), (20, 33, 130), (7, 64, 257)])
+def test_kept_products_match_dense_math(isa, dtype, M, k, N):
+    g = torch.Generator().manual_seed(M * 100 + k)
+    n = k + 5
+    keep = torch.randperm(n, generator=g)[:k].contiguous()
+    wt = torch.randn(n, N, generator=g, dtype=torch.float64)
+    a, dout = torch.randn(M, k, generator=g, dtype=torch.float64), torch.randn(M, N, generator=g, dtype=torch.float64)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    start = torch.randn(M, N, generator=g, dtype=torch.float64)
+    out = start.to(dtype, copy=True)
+    native.kept_product(a.to(dtype), keep, wt.to(dtype), out)
+    torch.testing.assert_close(out.double(), start + a @ wt[keep], **tol)
+    grad = torch.full((M, k), float("nan"), dtype=dtype)
+    native.kept_input_grad(dout.to(dtype), keep, wt.to(dtype), grad)
+    torch.testing.assert_close(grad.double(), dout @ wt[keep].t(), **tol)
+    dwt = torch.ones(n, N, dtype=dtype)
+    native.kept_weight_grad(a.to(dtype), keep, dout.to(dtype), dwt)
+    expected = torch.ones(n, N, dtype=torch.float64)
+    expected[keep] += a.t() @ dout
+    torch.testing.assert_close(dwt.double(), expected, **tol)  # the dropped rows are untouched
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_layer_of_every_instruction_set_matches_the_torch_backend(isa, dtype, monkeypatch):
+    """A bidirectional packed layer with H = 21 (padded to two chunks of units) in ``time`` mode."""
+    torch.manual_seed(0)
+    model = StructDropLSTM(6, 21, 2, dropout=0.5, recurrent_dropout=0.3, input_dropout=0.2, bidirectional=True,
+                           mask_mode="time").to(dtype)
+    x = torch.randn(12, 3, 6, dtype=dtype)
+    lengths = torch.tensor([12, 7, 9])
+    masks = model.sample_masks(12, 3)
+    results = {}
+    for name in ("torch", "native"):
+        monkeypatch.setenv(ops.ENV, name)
+        model.zero_grad()
+        xs = x.clone().requires_grad_()
+        packed = torch.nn.utils.rnn.pack_padded_sequence(xs, lengths, enforce_sorted=False)
+        out, (h, c) = model(packed, masks=masks)
+        out = torch.nn.utils.rnn.pad_packed_sequence(out)[0]
+        (out.sin().sum() + h.sum() + c.square().sum()).backward()
+        results[name] = [out, h, c, xs.grad] + [p.grad for p in model.parameters()]
+    tol = dict(rtol=1e-10, atol=1e-10) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-5)
+    for actual, expected in zip(results["native"], results["torch"]):
+        torch.testing.assert_close(actual, expected, **tol)
+
+
+@needs_native
+def test_unknown_or_missing_instruction_sets_are_refused():
+    with pytest.raises(RuntimeError, match="must be avx512, avx2 or base; got sse9"):
+        native.set_isa("sse9")
+
+
+def test_without_the_extension_the_torch_backend_serves_and_says_why(monkeypatch, caplog):
+    monkeypatch.setattr(native_backend, "extension", lambda: (None, "the C++ extension is not built (test)"))
+    ops.availability.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="onmt_structdrop.ops"):
+            model = StructDropLSTM(4, 5, dropout=0.5, input_dropout=0.5, recurrent_dropout=0.5)
+            y, _ = model(torch.randn(20, 2, 4))
+        assert y.shape == (20, 2, 5)
+        lines = [r.getMessage() for r in caplog.records if "native" in r.getMessage()]
+        assert lines == ["onmt_structdrop: the native backend is not available: the C++ extension is not built "
+                         "(test)"]
+    finally:
+        ops.availability.cache_clear()
+
+
+@needs_native
+def test_the_dispatch_gives_native_the_plans_it_is_fast_on():
+    def plan(mode, steps):
+        model = StructDropLSTM(4, 5, dropout=0.5, input_dropout=0.5, recurrent_dropout=0.5, mask_mode=mode)
+        masks = model.sample_masks(steps, 2)
+        prepare = lambda m: ops.prepare(m, torch.device("cpu"), torch.float32)  # noqa: E731
+        return ops.LayerPlan(prepare(masks["input"][0]), prepare(masks["recurrent"][0][0]), None, False)
+
+    x = torch.zeros(1)
+    assert ops.select("lstm_layer", x, plan("time", 30)).NAME == "native"
+    assert ops.select("lstm_layer", x, plan("batch", 30)).NAME == "torch"  # one kept set: sequence-wide products
+    assert ops.select("lstm_layer", x.double(), plan("time", 30)).NAME == "native"
+    assert ops.select("lstm_layer", x.bfloat16(), plan("time", 30)).NAME == "torch"
+    assert ops.select("primitives", x).NAME == "torch"
