@@ -1,5 +1,6 @@
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 from setuptools.command.build_py import build_py
@@ -34,7 +35,14 @@ def native_engine():
             try:
                 super().run()
             except Exception as err:  # a missing or failing compiler must not stop the install
-                print(f"onmt-structdrop: the native CPU engine was not built ({err}); the torch backend serves")
+                for ext in self.extensions:  # nor may an earlier build of older sources stay in use (in the
+                    # build folder, or in the source tree where an editable install put it)
+                    in_tree = os.path.join(os.path.dirname(os.path.abspath(__file__)), self.get_ext_filename(ext.name))
+                    for path in (self.get_ext_fullpath(ext.name), in_tree):
+                        if os.path.exists(path):
+                            os.remove(path)
+                print(f"onmt-structdrop: the native CPU engine was not built ({err}); the torch backend serves",
+                      file=sys.stderr)
 
     sources = sorted(glob.glob("onmt_structdrop/csrc/*.cpp"))
     # -ffp-contract=fast: ISO C++ mode would otherwise keep a * b + c from becoming one FMA in the kernels;

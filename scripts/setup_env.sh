@@ -40,5 +40,12 @@ pip install -q -r requirements/opennmt.txt -r requirements/tasks.txt -r requirem
 pip install -q --no-deps "$ONMT_SPEC"
 pip install -q --no-deps --no-build-isolation -e .
 "$VENV/bin/onmt-structdrop-patch" apply
-"$VENV/bin/python" -c "import torch, onmt, onmt_structdrop; print('setup: torch', torch.__version__, '| OpenNMT-py', onmt.__version__, '| onmt_structdrop', onmt_structdrop.__version__)"
+"$VENV/bin/python" - <<'PY'
+import onmt, torch
+import onmt_structdrop
+from onmt_structdrop.ops import native_backend
+native, why = native_backend.extension()
+print("setup: torch", torch.__version__, "| OpenNMT-py", onmt.__version__, "| onmt_structdrop",
+      onmt_structdrop.__version__, "| native engine:", native.isa() if native else f"not built: {why}")
+PY
 echo "$digest" > "$stamp"

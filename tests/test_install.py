@@ -1,5 +1,6 @@
-"""A non-editable ``pip install .`` into a fresh virtual environment works: the layer trains, the patch command
-finds its patches, the OpenNMT-py plugin registers, and the files the package reads ship inside it."""
+"""A non-editable ``pip install .`` into a fresh virtual environment works: it builds the native engine, the layer
+trains, the patch command finds its patches, the OpenNMT-py plugin registers, and the files the package reads
+ship inside it."""
 import os
 import shutil
 import site
@@ -25,6 +26,8 @@ CHECK = textwrap.dedent("""
     for name in ("cuda/compact_matmul.cu", "patches/opennmt-3.5.1/01-plugins.patch",
                  "recipes/sample_multi30k_deen/train.de"):
         assert str(data_path(name)).startswith(os.path.join(os.path.dirname(onmt_structdrop.__file__), "_data")), name
+    from onmt_structdrop import ops
+    assert ops.availability("native")[0], ops.availability("native")[1]  # the install built the C++ engine
     import onmt  # loads the plugins found through the entry points
     from onmt.encoders import str2enc
     from onmt.decoders import str2dec
@@ -47,7 +50,7 @@ def test_non_editable_install_into_a_fresh_environment(tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     source = tmp_path / "src"  # a copy of the tree: no build/ left over from earlier builds can leak in
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".git", ".venv", "build", "runs", "data", "*.egg-info",
-                                                                "__pycache__", ".pytest_cache"))
+                                                                "__pycache__", ".pytest_cache", "*.so"))
     install = subprocess.run([str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                               "--no-index", "--ignore-installed", str(source)], capture_output=True, text=True, env=env, timeout=600)
     assert install.returncode == 0, install.stdout + install.stderr

@@ -123,7 +123,7 @@ void for_each_strip(int64_t H, int64_t n, F&& strip) {
   at::parallel_for(0, (n + ROWS - 1) / ROWS, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t i0 = b0 * ROWS; i0 < std::min(n, b1 * ROWS); i0 += ROWS)
       for (int64_t q = 0; q < 4; ++q)
-        for (int64_t u0 = 0; u0 < H; u0 += UNITS) strip(q, u0, std::min(UNITS, H - u0), i0, std::min(ROWS, n - i0));
+        for (int64_t u0 = 0; u0 < H; u0 += UNITS) strip(q, u0, std::min<int64_t>(UNITS, H - u0), i0, std::min(ROWS, n - i0));
   });
 }
 
