@@ -35,6 +35,7 @@ import math
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
+import numpy
 import torch
 
 MASK_MODES = ("time", "pool", "batch", "rbd", "tbd", "bernoulli")
@@ -114,7 +115,10 @@ def _single_groups(keeps):
 
 def sample_time(p, n, steps, generator=None):
     k = kept_count(p, n)
-    keep = torch.rand(steps, n, generator=generator).argsort(dim=1)[:, :k].sort(dim=1).values
+    # the k smallest of uniform draws per step: a uniform random k-subset; numpy sorts these small rows several
+    # times faster than torch on the CPU, with the same result
+    order = numpy.argsort(torch.rand(steps, n, generator=generator).numpy(), axis=1)
+    keep = torch.from_numpy(numpy.sort(order[:, :k], axis=1))
     keeps = list(keep.unbind(0))
     return StructuredMask(n, steps, keeps, _single_groups(keeps), scale=n / k)
 

@@ -103,6 +103,20 @@ void scatter(int64_t M, const T* src, const MaskView<T>& mask, int64_t t, T* dst
 // ---- the gate layout of kernels.h ------------------------------------------------------------------------
 int64_t padded(int64_t H) { return (H + UNITS - 1) / UNITS * UNITS; }
 
+// Buffers that live only during one call, kept from call to call (per thread, per slot): a fresh multi-MB
+// tensor costs a page fault per 4 KiB on first touch, which at these sizes is a visible share of a layer's time.
+Tensor scratch(int slot, at::IntArrayRef sizes, const at::TensorOptions& options, bool zero) {
+  static thread_local std::vector<Tensor> slots;
+  if (slots.size() <= static_cast<size_t>(slot)) slots.resize(slot + 1);
+  Tensor& t = slots[slot];
+  const int64_t numel = c10::multiply_integers(sizes);
+  if (!t.defined() || t.scalar_type() != options.dtype().toScalarType() || t.numel() < numel)
+    t = at::empty({numel}, options);
+  Tensor out = t.narrow(0, 0, numel).view(sizes);
+  if (zero) out.zero_();
+  return out;
+}
+
 // The gate rows q * H + [u, u + UNITS) of W are the gate columns u / UNITS * CHUNK + q * UNITS + [0, UNITS) of the
 // layout: each such strip of W is transposed on its own, in square tiles that stay in L1.
 template <typename T>
@@ -127,16 +141,21 @@ void for_each_strip(int64_t H, int64_t n, F&& strip) {
   });
 }
 
-// [4H, n] (torch's W) -> [n, 4Hp]: transposed into the gate layout, padding zero
+// [4H, n] (torch's W) -> [n, 4Hp]: transposed into the gate layout, padding zero, in scratch buffer `slot` (it
+// lives for one call: the backward transposes again rather than keep a copy of every weight between the two)
 template <typename T>
-Tensor chunked_t(const Tensor& w, int64_t H) {
-  const int64_t n = w.size(1), G4 = 4 * padded(H);
-  Tensor out = G4 == 4 * H ? at::empty({n, G4}, w.options()) : at::zeros({n, G4}, w.options());
+Tensor chunked_t(const Tensor& w, int64_t H, int slot) {
+  const int64_t n = w.size(1), Hp = padded(H), G4 = 4 * Hp;
+  Tensor out = scratch(slot, {n, G4}, w.options(), false);
   const T* src = w.data_ptr<T>();
   T* dst = out.data_ptr<T>();
   for_each_strip(H, n, [&](int64_t q, int64_t u0, int64_t units, int64_t i0, int64_t count) {
     transpose_strip(src + (q * H + u0) * n + i0, n, dst + i0 * G4 + u0 / UNITS * CHUNK + q * UNITS, G4, units, count);
   });
+  if (Hp > H)  // the padded units of the last chunk, in each gate
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t q = 0; q < 4; ++q)
+        std::fill_n(dst + i * G4 + (Hp - UNITS) * 4 + q * UNITS + H % UNITS, Hp - H, T(0));
   return out;
 }
 
@@ -171,18 +190,15 @@ Tensor padded_state(const c10::optional<Tensor>& s, int64_t B, int64_t H, const 
   return out;
 }
 
-// Buffers that live only during one call, kept from call to call (per thread, per slot): a fresh multi-MB
-// tensor costs a page fault per 4 KiB on first touch, which at these sizes is a visible share of a layer's time.
-Tensor scratch(int slot, at::IntArrayRef sizes, const at::TensorOptions& options, bool zero) {
-  static thread_local std::vector<Tensor> slots;
-  if (slots.size() <= static_cast<size_t>(slot)) slots.resize(slot + 1);
-  Tensor& t = slots[slot];
-  const int64_t numel = c10::multiply_integers(sizes);
-  if (!t.defined() || t.scalar_type() != options.dtype().toScalarType() || t.numel() < numel)
-    t = at::empty({numel}, options);
-  Tensor out = t.narrow(0, 0, numel).view(sizes);
-  if (zero) out.zero_();
-  return out;
+// panel(col, width) over the gate columns in panels of up to PANEL chunks, in parallel: a loop over all steps
+// inside a panel keeps the panel's weight rows in cache, and a wider panel reads the steps' inputs fewer times
+constexpr int64_t PANEL = 2;
+
+template <typename F>
+void for_each_panel(int64_t chunks, F&& panel) {
+  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t ch = c0; ch < c1; ch += PANEL) panel(ch * CHUNK, std::min(PANEL, c1 - ch) * CHUNK);
+  });
 }
 
 struct Steps {  // the steps in processing order and the active rows of each
@@ -207,7 +223,7 @@ std::vector<Tensor> layer_forward(const Tensor& x, const Tensor& h0, const Tenso
   const Steps steps(T_, B, batch_sizes, reverse);
   auto opt = x.options();
 
-  Tensor wt_ih = chunked_t<T>(w_ih, H), wt_hh = chunked_t<T>(w_hh, H);
+  Tensor wt_ih = chunked_t<T>(w_ih, H, 3), wt_hh = chunked_t<T>(w_hh, H, 4);
   Tensor bias_p = bias && bias->defined() ? chunked(*bias, H) : at::zeros({G4}, opt);
   Tensor gates = at::empty({T_, B, G4}, opt);
   Tensor alloc_h = packed ? at::zeros({T_, B, Hp}, opt) : at::empty({T_, B, Hp}, opt);
@@ -224,13 +240,12 @@ std::vector<Tensor> layer_forward(const Tensor& x, const Tensor& h0, const Tenso
 
   // the input products of all steps, blocked over gate columns so that a weight panel stays in cache
   for (int64_t t = 0; t < T_; ++t) gather(B, xp + t * B * n, n, in, t, axp + t * B * in.k);
-  at::parallel_for(0, chunks, 1, [&](int64_t c0_, int64_t c1_) {
-    for (int64_t ch = c0_; ch < c1_; ++ch)
-      for (int64_t t = 0; t < T_; ++t) {
-        T* g = G + t * B * G4 + ch * CHUNK;
-        for (int64_t m = 0; m < B; ++m) std::memcpy(g + m * G4, bp + ch * CHUNK, CHUNK * sizeof(T));
-        K.kept_nn(B, in.k, axp + t * B * in.k, in.k, in.units(t), wi + ch * CHUNK, G4, g, G4, 0, CHUNK);
-      }
+  for_each_panel(chunks, [&](int64_t col, int64_t width) {
+    for (int64_t t = 0; t < T_; ++t) {
+      T* g = G + t * B * G4 + col;
+      for (int64_t m = 0; m < B; ++m) std::memcpy(g + m * G4, bp + col, width * sizeof(T));
+      K.kept_nn(B, in.k, axp + t * B * in.k, in.k, in.units(t), wi + col, G4, g, G4, 0, width);
+    }
   });
 
   for (int64_t i = 0; i < T_; ++i) {
@@ -250,21 +265,22 @@ std::vector<Tensor> layer_forward(const Tensor& x, const Tensor& h0, const Tenso
     std::memcpy(cc, ct, a * Hp * sizeof(T));
   }
   Tensor y = alloc_h.narrow(2, 0, H);
-  // what the backward needs besides the inputs: the activations, tanh(c), c_prev, the gathered inputs of both
-  // products and the weights in the gate layout
+  // what the backward needs besides the inputs: the activations, tanh(c), c_prev and the gathered inputs of both
+  // products
   return {Hp == H ? y : y.contiguous(), h.narrow(1, 0, H).contiguous(), c.narrow(1, 0, H).contiguous(), gates,
-          tanh_c, c_prev, ax, ah, wt_ih, wt_hh};
+          tanh_c, c_prev, ax, ah};
 }
 
 template <typename T>
-std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const MaskView<T>& in, const MaskView<T>& rec,
+std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const Tensor& w_ih, const Tensor& w_hh,
+                                   const MaskView<T>& in, const MaskView<T>& rec,
                                    const std::vector<int64_t>& batch_sizes, bool reverse, int64_t n, int64_t H,
                                    const c10::optional<Tensor>& dy, const c10::optional<Tensor>& dh_n,
                                    const c10::optional<Tensor>& dc_n, bool need_x) {
   const Kernels<T> K = kernels<T>();
   const Tensor &gates = saved[0], &tanh_c = saved[1], &c_prev = saved[2], &ax = saved[3], &ah = saved[4];
-  const Tensor &wt_ih = saved[5], &wt_hh = saved[6];
   const int64_t T_ = gates.size(0), B = gates.size(1), Hp = padded(H), G4 = 4 * Hp, chunks = Hp / UNITS;
+  Tensor wt_ih = chunked_t<T>(w_ih, H, 3), wt_hh = chunked_t<T>(w_hh, H, 4);
   const bool packed = !batch_sizes.empty();
   const Steps steps(T_, B, batch_sizes, reverse);
   auto opt = gates.options();
@@ -313,15 +329,13 @@ std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const MaskV
   }
   Tensor dw_ih = scratch(1, {n, G4}, opt, true), dw_hh = scratch(2, {H, G4}, opt, true);
   T *dwi = dw_ih.data_ptr<T>(), *dwh = dw_hh.data_ptr<T>();
-  at::parallel_for(0, chunks, 1, [&](int64_t c0_, int64_t c1_) {
-    for (int64_t ch = c0_; ch < c1_; ++ch)
-      for (int64_t i = 0; i < T_; ++i) {
-        const int64_t t = steps.order[i], a = steps.active[i], col = ch * CHUNK;
-        K.kept_tn(a, in.k, axp + t * B * in.k, in.k, in.units(t), dG + t * B * G4 + col, G4, dwi + col, G4, 0,
-                  CHUNK);
-        K.kept_tn(a, rec.k, ahp + t * B * rec.k, rec.k, rec.units(t), dG + t * B * G4 + col, G4, dwh + col, G4,
-                  0, CHUNK);
-      }
+  for_each_panel(chunks, [&](int64_t col, int64_t width) {
+    for (int64_t i = 0; i < T_; ++i) {
+      const int64_t t = steps.order[i], a = steps.active[i];
+      K.kept_tn(a, in.k, axp + t * B * in.k, in.k, in.units(t), dG + t * B * G4 + col, G4, dwi + col, G4, 0, width);
+      K.kept_tn(a, rec.k, ahp + t * B * rec.k, rec.k, rec.units(t), dG + t * B * G4 + col, G4, dwh + col, G4, 0,
+                width);
+    }
   });
   Tensor db = unchunked(dgates.view({T_ * B, G4}).sum(0), H);
   return {dx, dh.narrow(1, 0, H).contiguous(), dc.narrow(1, 0, H).contiguous(), unchunked_t<T>(dw_ih, H),
@@ -388,13 +402,14 @@ std::vector<Tensor> lstm_layer_forward(const Tensor& x, const Tensor& h0, const 
   });
 }
 
-std::vector<Tensor> lstm_layer_backward(const std::vector<Tensor>& saved, const MaskArgs& in, const MaskArgs& rec,
+std::vector<Tensor> lstm_layer_backward(const std::vector<Tensor>& saved, const Tensor& w_ih, const Tensor& w_hh,
+                                        const MaskArgs& in, const MaskArgs& rec,
                                         const std::vector<int64_t>& batch_sizes, bool reverse, int64_t n, int64_t H,
                                         const c10::optional<Tensor>& dy, const c10::optional<Tensor>& dh_n,
                                         const c10::optional<Tensor>& dc_n, bool need_x) {
   return AT_DISPATCH_FLOATING_TYPES(saved[0].scalar_type(), "lstm_layer_backward", [&] {
     return layer_backward<scalar_t>(
-        saved, view<scalar_t>(std::get<0>(in), std::get<1>(in), std::get<2>(in), std::get<3>(in)),
+        saved, w_ih.contiguous(), w_hh.contiguous(), view<scalar_t>(std::get<0>(in), std::get<1>(in), std::get<2>(in), std::get<3>(in)),
         view<scalar_t>(std::get<0>(rec), std::get<1>(rec), std::get<2>(rec), std::get<3>(rec)), batch_sizes,
         reverse, n, H, dy, dh_n, dc_n, need_x);
   });

@@ -2,6 +2,7 @@
 #include <cstdint>
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #if defined(__x86_64__)
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx2,fma")
 #define STRUCTDROP_ISA avx512

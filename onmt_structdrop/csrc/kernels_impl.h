@@ -7,6 +7,7 @@
 //   TN_JR, TN_NV       weight-gradient tile: kept rows x vectors of columns
 #include <algorithm>
 #include <cstring>
+#include <utility>
 
 #include "kernels.h"
 
@@ -32,14 +33,43 @@ template <typename T> inline T hsum(V<T> x) {
   for (int l = 0; l < Vec<T>::L; ++l) s += x[l];
   return s;
 }
+// Horizontal sums of four vectors at once, by folding halves: lanes 0..3 of sum4(x0, x1, x2, x3) are the sums of
+// x0..x3 (about 4 + log2(L) shuffle-and-add steps instead of 4 L extractions). fold<W>(a, b): a and b hold segments
+// of W lanes; the result holds them halved (W / 2 lanes each), a's first, then b's.
+constexpr int fold_lane(int L, int W, int o) { return (o < L / 2 ? 0 : L) + (o % (L / 2)) / (W / 2) * W + o % (W / 2); }
+
+template <typename T, int W, size_t... O>
+inline V<T> fold(V<T> a, V<T> b, std::index_sequence<O...>) {
+  constexpr int L = Vec<T>::L;
+  return __builtin_shufflevector(a, b, fold_lane(L, W, O)...) +
+         __builtin_shufflevector(a, b, (fold_lane(L, W, O) + W / 2)...);
+}
+
+template <typename T, int W> inline V<T> fold(V<T> a, V<T> b) {
+  return fold<T, W>(a, b, std::make_index_sequence<Vec<T>::L>{});
+}
+
+template <typename T, int W> inline V<T> fold_down(V<T> z) {  // segments of W lanes -> of 1 lane, in the low lanes
+  if constexpr (W == 1) return z;
+  else return fold_down<T, W / 2>(fold<T, W>(z, z));
+}
+
+template <typename T> inline V<T> sum4(V<T> x0, V<T> x1, V<T> x2, V<T> x3) {
+  constexpr int L = Vec<T>::L;
+  static_assert(L >= 4, "sum4 needs 4 lanes");
+  return fold_down<T, L / 4>(fold<T, L / 2>(fold<T, L>(x0, x1), fold<T, L>(x2, x3)));
+}
+
 template <typename T> inline void prefetch_row(const T* p, int bytes) {
   for (int b = 0; b < bytes; b += 64) __builtin_prefetch(reinterpret_cast<const char*>(p) + b);
 }
 
 // ---- forward: C[m, n] += sum_j A[m, j] B[idx[j], n] -------------------------------------------------------
-constexpr int PREFETCH = 4;  // kept rows ahead: the rows are scattered, so the hardware cannot guess them
+constexpr int PREFETCH = 8;  // kept rows ahead: the rows are scattered, so the hardware cannot guess them
 
-template <typename T, int MR, int NV>
+// FETCH: the first row tile of a column tile brings the weight rows in from memory or L3 and prefetches them;
+// the next tiles find them in L2
+template <typename T, int MR, int NV, bool FETCH>
 inline void nn_tile(int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C, int64_t ldc) {
   constexpr int L = Vec<T>::L;
   V<T> acc[MR][NV];
@@ -47,7 +77,7 @@ inline void nn_tile(int k, const T* A, int lda, const int64_t* idx, const T* B, 
     for (int v = 0; v < NV; ++v) acc[r][v] = V<T>{};
   for (int j = 0; j < k; ++j) {
     const T* b = B + idx[j] * ldb;
-    if (j + PREFETCH < k) prefetch_row(B + idx[j + PREFETCH] * ldb, NV * L * sizeof(T));
+    if (FETCH && j + PREFETCH < k) prefetch_row(B + idx[j + PREFETCH] * ldb, NV * L * sizeof(T));
     V<T> bv[NV];
     for (int v = 0; v < NV; ++v) bv[v] = load(b + v * L);
     for (int r = 0; r < MR; ++r) {
@@ -59,12 +89,12 @@ inline void nn_tile(int k, const T* A, int lda, const int64_t* idx, const T* B, 
     for (int v = 0; v < NV; ++v) store(C + r * ldc + v * L, load(C + r * ldc + v * L) + acc[r][v]);
 }
 
-template <typename T, int NV, int R>
+template <typename T, int NV, bool FETCH, int R>
 inline void nn_rest(int rows, int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C,
                     int64_t ldc) {
   if constexpr (R > 0) {
-    if (rows == R) return nn_tile<T, R, NV>(k, A, lda, idx, B, ldb, C, ldc);
-    nn_rest<T, NV, R - 1>(rows, k, A, lda, idx, B, ldb, C, ldc);
+    if (rows == R) return nn_tile<T, R, NV, FETCH>(k, A, lda, idx, B, ldb, C, ldc);
+    nn_rest<T, NV, FETCH, R - 1>(rows, k, A, lda, idx, B, ldb, C, ldc);
   }
 }
 
@@ -84,7 +114,10 @@ template <typename T, int NV>
 inline void nn_columns(int M, int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C,
                        int64_t ldc) {
   row_tiles<NN_MR>(M, [&](int m, int rows) {
-    nn_rest<T, NV, NN_MR>(rows, k, A + m * lda, lda, idx, B, ldb, C + m * ldc, ldc);
+    if (m == 0)
+      nn_rest<T, NV, true, NN_MR>(rows, k, A, lda, idx, B, ldb, C, ldc);
+    else
+      nn_rest<T, NV, false, NN_MR>(rows, k, A + m * lda, lda, idx, B, ldb, C + m * ldc, ldc);
   });
 }
 
@@ -119,12 +152,20 @@ inline void nt_tile(int64_t N, const T* D, int64_t ldd, const T* const* rows, T*
       for (int q = 0; q < JR; ++q) acc[r][q] += d * bv[q];
     }
   }
-  for (int r = 0; r < MR; ++r)
+  for (int r = 0; r < MR; ++r) {
+    T sums[JR];
+    if constexpr (JR == 4 && Vec<T>::L >= 4) {
+      const V<T> s4 = sum4<T>(acc[r][0], acc[r][1], acc[r][2], acc[r][3]);
+      for (int q = 0; q < 4; ++q) sums[q] = s4[q];
+    } else {
+      for (int q = 0; q < JR; ++q) sums[q] = hsum<T>(acc[r][q]);
+    }
     for (int q = 0; q < JR; ++q) {
-      T s = hsum<T>(acc[r][q]);
+      T s = sums[q];
       for (int64_t t = n; t < N; ++t) s += D[r * ldd + t] * rows[q][t];
       O[r * ldo + q] = add ? O[r * ldo + q] + s : s;
     }
+  }
 }
 
 template <typename T, int JR, int R>
