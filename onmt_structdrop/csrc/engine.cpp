@@ -193,6 +193,7 @@ Tensor padded_state(const c10::optional<Tensor>& s, int64_t B, int64_t H, const 
 // panel(col, width) over the gate columns in panels of up to PANEL chunks, in parallel: a loop over all steps
 // inside a panel keeps the panel's weight rows in cache, and a wider panel reads the steps' inputs fewer times
 constexpr int64_t PANEL = 2;
+constexpr int64_t COLUMNS = 256;  // columns per parallel work item of the products outside the layer
 
 template <typename F>
 void for_each_panel(int64_t chunks, F&& panel) {
@@ -342,8 +343,61 @@ std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const Tenso
           unchunked_t<T>(dw_hh, H), db};
 }
 
+// ---- a masked linear map of a whole sequence ---------------------------------------------------------------
+// out[t] = (a[t][:, K_t] * mult) @ wt[K_t] + bias, a [T, B, n], wt [n, N]
+template <typename T>
+Tensor sequence_forward(const Tensor& a, const Tensor& wt, const MaskView<T>& mask, const c10::optional<Tensor>& bias) {
+  const Kernels<T> K = kernels<T>();
+  const int64_t T_ = a.size(0), B = a.size(1), n = a.size(2), N = wt.size(1);
+  Tensor out = bias && bias->defined() ? bias->expand({T_, B, N}).contiguous() : at::zeros({T_, B, N}, a.options());
+  Tensor ak = scratch(5, {T_, B, mask.k}, a.options(), false);
+  const T *ap = a.data_ptr<T>(), *wp = wt.data_ptr<T>();
+  T *op = out.data_ptr<T>(), *akp = ak.data_ptr<T>();
+  at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) gather(B, ap + t * B * n, n, mask, t, akp + t * B * mask.k);
+  });
+  at::parallel_for(0, (N + COLUMNS - 1) / COLUMNS, 1, [&](int64_t b0, int64_t b1) {
+    const int64_t c0 = b0 * COLUMNS, c1 = std::min(N, b1 * COLUMNS);
+    for (int64_t t = 0; t < T_; ++t)
+      K.kept_nn(B, mask.k, akp + t * B * mask.k, mask.k, mask.units(t), wp, N, op + t * B * N, N, c0, c1);
+  });
+  return out;
+}
+
+// its gradients: (da or undefined, dwt)
+template <typename T>
+std::vector<Tensor> sequence_backward(const Tensor& a, const Tensor& wt, const MaskView<T>& mask, const Tensor& dout,
+                                      bool need_input_grad) {
+  const Kernels<T> K = kernels<T>();
+  const int64_t T_ = a.size(0), B = a.size(1), n = a.size(2), N = wt.size(1);
+  Tensor ak = scratch(5, {T_, B, mask.k}, a.options(), false);
+  Tensor dwt = at::zeros({n, N}, a.options());
+  const T *ap = a.data_ptr<T>(), *wp = wt.data_ptr<T>(), *dp = dout.data_ptr<T>();
+  T *akp = ak.data_ptr<T>(), *dwp = dwt.data_ptr<T>();
+  at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) gather(B, ap + t * B * n, n, mask, t, akp + t * B * mask.k);
+  });
+  at::parallel_for(0, (N + COLUMNS - 1) / COLUMNS, 1, [&](int64_t b0, int64_t b1) {
+    const int64_t c0 = b0 * COLUMNS, c1 = std::min(N, b1 * COLUMNS);
+    for (int64_t t = 0; t < T_; ++t)
+      K.kept_tn(B, mask.k, akp + t * B * mask.k, mask.k, mask.units(t), dp + t * B * N, N, dwp, N, c0, c1);
+  });
+  Tensor da;
+  if (need_input_grad) {
+    da = at::zeros({T_, B, n}, a.options());
+    T* dap = da.data_ptr<T>();
+    at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<T> buffer(B * mask.k);
+      for (int64_t t = t0; t < t1; ++t) {
+        K.kept_nt(B, mask.k, dp + t * B * N, N, mask.units(t), wp, N, N, buffer.data(), mask.k);
+        scatter(B, buffer.data(), mask, t, dap + t * B * n, n);
+      }
+    });
+  }
+  return {da, dwt};
+}
+
 // ---- the kept products on their own (primitives, benchmarks) -------------------------------------------------
-constexpr int64_t COLUMNS = 256;  // columns per parallel work item
 
 // out[m, :] += sum_j a[m, j] * wt[keep[j], :]   (a: the gathered, scaled [M, k] block)
 void kept_product(const Tensor& a, const Tensor& keep, const Tensor& wt, Tensor& out) {
@@ -390,6 +444,28 @@ void kept_weight_grad(const Tensor& a, const Tensor& keep, const Tensor& dout, T
 // ---- the bindings: dtype dispatch ------------------------------------------------------------------------
 using MaskArgs = std::tuple<Tensor, c10::optional<Tensor>, double, std::vector<int64_t>>;
 
+// wt as a contiguous [n, N] tensor: a weight's transpose (a view) is copied into scratch, not a fresh tensor
+Tensor rows_of(const Tensor& wt) {
+  return wt.is_contiguous() ? wt : scratch(6, wt.sizes(), wt.options(), false).copy_(wt);
+}
+
+Tensor sequence_product(const Tensor& a, const Tensor& wt, const MaskArgs& mask, const c10::optional<Tensor>& bias) {
+  return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "sequence_product", [&] {
+    return sequence_forward<scalar_t>(a.contiguous(), rows_of(wt),
+                                      view<scalar_t>(std::get<0>(mask), std::get<1>(mask), std::get<2>(mask),
+                                                     std::get<3>(mask)), bias);
+  });
+}
+
+std::vector<Tensor> sequence_gradients(const Tensor& a, const Tensor& wt, const MaskArgs& mask, const Tensor& dout,
+                                       bool need_input_grad) {
+  return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "sequence_backward", [&] {
+    return sequence_backward<scalar_t>(a.contiguous(), rows_of(wt),
+                                       view<scalar_t>(std::get<0>(mask), std::get<1>(mask), std::get<2>(mask),
+                                                      std::get<3>(mask)), dout.contiguous(), need_input_grad);
+  });
+}
+
 std::vector<Tensor> lstm_layer_forward(const Tensor& x, const Tensor& h0, const Tensor& c0, const Tensor& w_ih,
                                        const Tensor& w_hh, const c10::optional<Tensor>& bias, const MaskArgs& in,
                                        const MaskArgs& rec, const std::vector<int64_t>& batch_sizes, bool reverse) {
@@ -425,6 +501,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("kept_product", &structdrop::kept_product);
   m.def("kept_input_grad", &structdrop::kept_input_grad);
   m.def("kept_weight_grad", &structdrop::kept_weight_grad);
+  m.def("sequence_product", &structdrop::sequence_product);
+  m.def("sequence_backward", &structdrop::sequence_gradients);
   m.def("lstm_layer_forward", &structdrop::lstm_layer_forward);
   m.def("lstm_layer_backward", &structdrop::lstm_layer_backward);
 }

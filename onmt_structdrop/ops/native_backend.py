@@ -4,10 +4,10 @@ built from ``onmt_structdrop/csrc`` by the package's set-up).
 The time loops of a layer run in C++ with no Python per step; the products read the kept rows of a weight in
 place through the index list (AVX-512, AVX2+FMA or portable kernels, chosen at run time; ``ONMT_STRUCTDROP_ISA``
 asks for a lesser one); the cell's pointwise forward and backward are one pass per step, fused with the
-recurrent product of the same gate columns. It serves float32 and float64 on the CPU with packed masks, when one
-of them has a fresh kept set for many steps (``time``, the pattern modes, explicit masks); masks with a few sets
-(``batch``, ``pool``) or none are faster in the torch backend's sequence-wide products, and dense masks take its
-masked-dense path.
+recurrent product of the same gate columns. It serves the layer and the masked products of a whole sequence (the
+output layer) in float32 and float64 on the CPU with packed masks, when one of them has a fresh kept set for many
+steps (``time``, the pattern modes, explicit masks); masks with a few sets (``batch``, ``pool``) or none are faster
+in the torch backend's sequence-wide products, and dense masks take its masked-dense path.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from . import CACHED_SETS
 from .packed import PackedMask
 
 NAME = "native"
-SERVES = ("lstm_layer",)
+SERVES = ("lstm_layer", "sequence")
 MIN_SETS = CACHED_SETS + 1  # a plan needs a mask with this many kept sets for the native layer to serve it
 
 
@@ -47,11 +47,16 @@ def declines(op, device, dtype, plan=None):
         return "the native engine runs on the CPU"
     if dtype not in (torch.float32, torch.float64):
         return f"the native engine computes in float32 and float64, not {dtype}"
-    masks = (plan.input_mask, plan.recurrent_mask) if plan is not None else ()
+    if op == "sequence":  # the plan is the mask itself
+        masks = (plan,)
+    elif plan is None:
+        return None
+    else:
+        masks = (plan.input_mask, plan.recurrent_mask)
     if any(m is not None and not isinstance(m, PackedMask) for m in masks):
         return "dense masks take the torch backend's masked-dense path"
-    if plan is not None and not any(m is not None and m.num_sets >= MIN_SETS for m in masks):
-        # every step shares one of a few kept sets (or none is dropped): the torch backend runs each set's input
+    if not any(m is not None and m.num_sets >= MIN_SETS for m in masks):
+        # every step shares one of a few kept sets (or nothing is dropped): the torch backend runs each set's
         # products as one sequence-wide product, which is faster than the native per-step loop
         return f"no mask with {MIN_SETS} kept sets or more: the torch backend's sequence-wide products serve it"
     return None
@@ -63,6 +68,17 @@ def _mask(mask, n, steps):
     if mask is None:
         return torch.arange(n).view(1, n), None, 1.0, [0] * steps
     return mask.keep, mask.values, mask.scale, list(mask.step_sets)
+
+
+def sequence_product(a, wt, mask, bias=None):
+    """See :mod:`onmt_structdrop.ops`."""
+    return extension()[0].sequence_product(a, wt, _mask(mask, a.shape[2], a.shape[0]), bias)
+
+
+def sequence_backward(a, wt, mask, dout, need_input_grad=True):
+    """See :mod:`onmt_structdrop.ops`."""
+    da, dwt = extension()[0].sequence_backward(a, wt, _mask(mask, a.shape[2], a.shape[0]), dout, need_input_grad)
+    return (da if need_input_grad else None), dwt
 
 
 def lstm_layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan):
