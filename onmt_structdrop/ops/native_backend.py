@@ -6,8 +6,9 @@ place through the index list (AVX-512, AVX2+FMA or portable kernels, chosen at r
 asks for a lesser one); the cell's pointwise forward and backward are one pass per step, fused with the
 recurrent product of the same gate columns. It serves the layer and the masked products of a whole sequence (the
 output layer) in float32 and float64 on the CPU with packed masks, when one of them has a fresh kept set for many
-steps (``time``, the pattern modes, explicit masks); masks with a few sets (``batch``, ``pool``) or none are faster
-in the torch backend's sequence-wide products, and dense masks take its masked-dense path.
+steps and sets of about the same size (``time``, explicit masks); masks with a few sets (``batch``, ``pool``) or
+none are faster in the torch backend's sequence-wide products, regularly strided sets (``rbd``) in its strided
+views, sets of uneven sizes (``tbd``) in its gathers, and dense masks take its masked-dense path.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from .packed import PackedMask
 NAME = "native"
 SERVES = ("lstm_layer", "sequence")
 MIN_SETS = CACHED_SETS + 1  # a plan needs a mask with this many kept sets for the native layer to serve it
+ONLY_WHERE_FASTER = True  # decline the plans the torch backend runs faster (the tests turn it off)
 
 
 @functools.lru_cache(maxsize=None)
@@ -55,7 +57,17 @@ def declines(op, device, dtype, plan=None):
         masks = (plan.input_mask, plan.recurrent_mask)
     if any(m is not None and not isinstance(m, PackedMask) for m in masks):
         return "dense masks take the torch backend's masked-dense path"
-    if not any(m is not None and m.num_sets >= MIN_SETS for m in masks):
+    return _faster_elsewhere(masks) if ONLY_WHERE_FASTER else None
+
+
+def _faster_elsewhere(masks):
+    """Why the torch backend runs plans with these masks faster (None: it does not)."""
+    masks = [m for m in masks if m is not None]
+    if any(m.strides is not None for m in masks):
+        return "regularly strided kept sets (rbd): the torch backend reads them in place as strided views"
+    if any(m.width > 1.1 * sum(m.sizes) / max(1, m.num_sets) for m in masks):
+        return "kept sets of uneven sizes (tbd): the native kernels would multiply the padding of the narrower ones"
+    if not any(m.num_sets >= MIN_SETS for m in masks):
         # every step shares one of a few kept sets (or nothing is dropped): the torch backend runs each set's
         # products as one sequence-wide product, which is faster than the native per-step loop
         return f"no mask with {MIN_SETS} kept sets or more: the torch backend's sequence-wide products serve it"

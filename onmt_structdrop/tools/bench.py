@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from .. import StructDropLSTM, ops
 from ..linear import StructuredDropoutLinear
-from ..masks import DEFAULT_POOL_SIZE, MASK_MODES, STRUCTURED_MODES, check_rate, kept_count
+from ..masks import DEFAULT_POOL_SIZE, MASK_MODES, STRUCTURED_MODES, check_rate, kept_count, sample_mask
 from .plotting import save_line_plot
 
 
@@ -76,15 +76,27 @@ def backends(device):
     return [name for name in wanted if ops.availability(name)[0]]
 
 
-def structured_variants(make, args, device):
-    """One variant per structured mode and backend (``structured time [native]``), the other modes once."""
+def serves(name, op, mode, args, device, dtype):
+    """Whether backend ``name``, put first, serves ``op`` for masks of ``mode`` at the benchmark's shape (a
+    backend that declines would have its row timed on the next one)."""
+    mask = ops.prepare(sample_mask(mode, args.dropout, args.hidden, args.seq, batch=args.batch,
+                                   pool_size=args.pool_size), device, dtype)
+    plan = mask if op == "sequence" else ops.LayerPlan(mask, mask, None, False)
+    with ops.preferred(name):
+        return ops.select(op, torch.zeros(1, device=device, dtype=dtype), plan).NAME == name
+
+
+def structured_variants(make, args, device, op="lstm_layer"):
+    """One variant per structured mode and backend that serves it (``structured time [native]``), the other
+    modes once."""
     variants = {}
     for mode in args.modes:
         if mode not in STRUCTURED_MODES:
             variants[f"{mode} (dense)"] = make(mask_mode=mode)
             continue
         for name in args.backends or backends(device):
-            variants[f"structured {mode} [{name}]"] = Preferred(make(mask_mode=mode), name)
+            if name == "torch" or serves(name, op, mode, args, device, getattr(torch, args.dtype)):
+                variants[f"structured {mode} [{name}]"] = Preferred(make(mask_mode=mode), name)
     return variants
 
 
@@ -106,7 +118,7 @@ def build_output_variants(args, device):
     variants = {"nn.Dropout + nn.Linear": nn.Sequential(nn.Dropout(p), nn.Linear(H, V)).to(device),
                 f"dense masks ({args.dense_mode})": make(mask_mode=args.dense_mode, compact=False)}
     structured = argparse.Namespace(**{**vars(args), "modes": [m for m in args.modes if m in STRUCTURED_MODES]})
-    variants.update(structured_variants(make, structured, device))
+    variants.update(structured_variants(make, structured, device, op="sequence"))
     return variants
 
 
