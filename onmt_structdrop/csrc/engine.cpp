@@ -196,6 +196,12 @@ constexpr int64_t PANEL = 2;
 constexpr int64_t COLUMNS = 256;  // columns per parallel work item of the products outside the layer
 
 template <typename F>
+void for_each_column_block(int64_t N, F&& block) {  // block(c0, c1) over [0, N) in blocks of COLUMNS, in parallel
+  at::parallel_for(0, (N + COLUMNS - 1) / COLUMNS, 1,
+                   [&](int64_t b0, int64_t b1) { block(b0 * COLUMNS, std::min(N, b1 * COLUMNS)); });
+}
+
+template <typename F>
 void for_each_panel(int64_t chunks, F&& panel) {
   at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
     for (int64_t ch = c0; ch < c1; ch += PANEL) panel(ch * CHUNK, std::min(PANEL, c1 - ch) * CHUNK);
@@ -211,6 +217,23 @@ struct Steps {  // the steps in processing order and the active rows of each
     }
   }
 };
+
+// The input gradient of every step's kept product, da[t][:, K_t] = mult * (dout[t] @ wt[K_t]^T), the dropped
+// columns zero: [T, B, n] from dout [T, B, N] and wt [n, N]; in parallel over the steps.
+template <typename T>
+Tensor input_gradients(const Kernels<T>& K, const T* dout, const T* wt, int64_t N, const MaskView<T>& mask, int64_t T_,
+                       int64_t B, int64_t n, const at::TensorOptions& options) {
+  Tensor da = at::zeros({T_, B, n}, options);
+  T* dap = da.data_ptr<T>();
+  at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<T> buffer(B * mask.k);
+    for (int64_t t = t0; t < t1; ++t) {
+      K.kept_nt(B, mask.k, dout + t * B * N, N, mask.units(t), wt, N, N, buffer.data(), mask.k);
+      scatter(B, buffer.data(), mask, t, dap + t * B * n, n);
+    }
+  });
+  return da;
+}
 
 // ---- one LSTM layer and direction ------------------------------------------------------------------------
 template <typename T>
@@ -316,18 +339,7 @@ std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const Tenso
     scatter(a, dr, rec, t, dhp, Hp);
   }
 
-  Tensor dx;
-  if (need_x) {
-    dx = at::zeros({T_, B, n}, opt);
-    T* dxp = dx.data_ptr<T>();
-    at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
-      std::vector<T> buffer(B * in.k);
-      for (int64_t t = t0; t < t1; ++t) {
-        K.kept_nt(B, in.k, dG + t * B * G4, G4, in.units(t), wi, G4, G4, buffer.data(), in.k);
-        scatter(B, buffer.data(), in, t, dxp + t * B * n, n);
-      }
-    });
-  }
+  Tensor dx = need_x ? input_gradients(K, dG, wi, G4, in, T_, B, n, opt) : Tensor();
   Tensor dw_ih = scratch(1, {n, G4}, opt, true), dw_hh = scratch(2, {H, G4}, opt, true);
   T *dwi = dw_ih.data_ptr<T>(), *dwh = dw_hh.data_ptr<T>();
   for_each_panel(chunks, [&](int64_t col, int64_t width) {
@@ -356,8 +368,7 @@ Tensor sequence_forward(const Tensor& a, const Tensor& wt, const MaskView<T>& ma
   at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) gather(B, ap + t * B * n, n, mask, t, akp + t * B * mask.k);
   });
-  at::parallel_for(0, (N + COLUMNS - 1) / COLUMNS, 1, [&](int64_t b0, int64_t b1) {
-    const int64_t c0 = b0 * COLUMNS, c1 = std::min(N, b1 * COLUMNS);
+  for_each_column_block(N, [&](int64_t c0, int64_t c1) {
     for (int64_t t = 0; t < T_; ++t)
       K.kept_nn(B, mask.k, akp + t * B * mask.k, mask.k, mask.units(t), wp, N, op + t * B * N, N, c0, c1);
   });
@@ -377,38 +388,23 @@ std::vector<Tensor> sequence_backward(const Tensor& a, const Tensor& wt, const M
   at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) gather(B, ap + t * B * n, n, mask, t, akp + t * B * mask.k);
   });
-  at::parallel_for(0, (N + COLUMNS - 1) / COLUMNS, 1, [&](int64_t b0, int64_t b1) {
-    const int64_t c0 = b0 * COLUMNS, c1 = std::min(N, b1 * COLUMNS);
+  for_each_column_block(N, [&](int64_t c0, int64_t c1) {
     for (int64_t t = 0; t < T_; ++t)
       K.kept_tn(B, mask.k, akp + t * B * mask.k, mask.k, mask.units(t), dp + t * B * N, N, dwp, N, c0, c1);
   });
-  Tensor da;
-  if (need_input_grad) {
-    da = at::zeros({T_, B, n}, a.options());
-    T* dap = da.data_ptr<T>();
-    at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
-      std::vector<T> buffer(B * mask.k);
-      for (int64_t t = t0; t < t1; ++t) {
-        K.kept_nt(B, mask.k, dp + t * B * N, N, mask.units(t), wp, N, N, buffer.data(), mask.k);
-        scatter(B, buffer.data(), mask, t, dap + t * B * n, n);
-      }
-    });
-  }
+  Tensor da = need_input_grad ? input_gradients(K, dp, wp, N, mask, T_, B, n, a.options()) : Tensor();
   return {da, dwt};
 }
 
-// ---- the kept products on their own (primitives, benchmarks) -------------------------------------------------
-
-// out[m, :] += sum_j a[m, j] * wt[keep[j], :]   (a: the gathered, scaled [M, k] block)
+// ---- the kept products on their own (benchmarks, tests) -------------------------------------------------------
+// The kept products on their own, on tensors: a (the gathered, scaled [M, k] block), keep [k], wt [n, N].
+// out[m, :] += sum_j a[m, j] * wt[keep[j], :]
 void kept_product(const Tensor& a, const Tensor& keep, const Tensor& wt, Tensor& out) {
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "kept_product", [&] {
-    const Kernels<scalar_t> K = kernels<scalar_t>();
     const int64_t M = a.size(0), k = keep.size(0), N = wt.size(1);
-    const scalar_t *ap = a.data_ptr<scalar_t>(), *wp = wt.data_ptr<scalar_t>();
-    const int64_t* idx = keep.data_ptr<int64_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
-    at::parallel_for(0, (N + COLUMNS - 1) / COLUMNS, 1, [&](int64_t b0, int64_t b1) {
-      K.kept_nn(M, k, ap, k, idx, wp, N, op, N, b0 * COLUMNS, std::min(N, b1 * COLUMNS));
+    for_each_column_block(N, [&](int64_t c0, int64_t c1) {
+      kernels<scalar_t>().kept_nn(M, k, a.data_ptr<scalar_t>(), k, keep.data_ptr<int64_t>(), wt.data_ptr<scalar_t>(),
+                                  N, out.data_ptr<scalar_t>(), N, c0, c1);
     });
   });
 }
@@ -416,13 +412,10 @@ void kept_product(const Tensor& a, const Tensor& keep, const Tensor& wt, Tensor&
 // out[m, j] = sum_n dout[m, n] * wt[keep[j], n]
 void kept_input_grad(const Tensor& dout, const Tensor& keep, const Tensor& wt, Tensor& out) {
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "kept_input_grad", [&] {
-    const Kernels<scalar_t> K = kernels<scalar_t>();
     const int64_t M = dout.size(0), k = keep.size(0), N = wt.size(1);
-    const scalar_t *dp = dout.data_ptr<scalar_t>(), *wp = wt.data_ptr<scalar_t>();
-    const int64_t* idx = keep.data_ptr<int64_t>();
-    scalar_t* op = out.data_ptr<scalar_t>();
     at::parallel_for(0, k, 16, [&](int64_t j0, int64_t j1) {
-      K.kept_nt(M, j1 - j0, dp, N, idx + j0, wp, N, N, op + j0, k);
+      kernels<scalar_t>().kept_nt(M, j1 - j0, dout.data_ptr<scalar_t>(), N, keep.data_ptr<int64_t>() + j0,
+                                  wt.data_ptr<scalar_t>(), N, N, out.data_ptr<scalar_t>() + j0, k);
     });
   });
 }
@@ -430,13 +423,10 @@ void kept_input_grad(const Tensor& dout, const Tensor& keep, const Tensor& wt, T
 // dwt[keep[j], :] += sum_m a[m, j] * dout[m, :]
 void kept_weight_grad(const Tensor& a, const Tensor& keep, const Tensor& dout, Tensor& dwt) {
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "kept_weight_grad", [&] {
-    const Kernels<scalar_t> K = kernels<scalar_t>();
     const int64_t M = a.size(0), k = keep.size(0), N = dout.size(1);
-    const scalar_t *ap = a.data_ptr<scalar_t>(), *dp = dout.data_ptr<scalar_t>();
-    const int64_t* idx = keep.data_ptr<int64_t>();
-    scalar_t* wp = dwt.data_ptr<scalar_t>();
-    at::parallel_for(0, (N + COLUMNS - 1) / COLUMNS, 1, [&](int64_t b0, int64_t b1) {
-      K.kept_tn(M, k, ap, k, idx, dp, N, wp, N, b0 * COLUMNS, std::min(N, b1 * COLUMNS));
+    for_each_column_block(N, [&](int64_t c0, int64_t c1) {
+      kernels<scalar_t>().kept_tn(M, k, a.data_ptr<scalar_t>(), k, keep.data_ptr<int64_t>(),
+                                  dout.data_ptr<scalar_t>(), N, dwt.data_ptr<scalar_t>(), N, c0, c1);
     });
   });
 }

@@ -7,6 +7,7 @@
 //   TN_JR, TN_NV       weight-gradient tile: kept rows x vectors of columns
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 #include "kernels.h"
@@ -121,19 +122,29 @@ inline void nn_columns(int M, int k, const T* A, int lda, const int64_t* idx, co
   });
 }
 
+// The columns [n0, n1) in tiles of NV vectors, then of one vector, then one by one: tile(NV or 1, n) and
+// column(n), with NV passed as a std::integral_constant.
+template <typename T, int NV, typename Tile, typename Column>
+inline void column_tiles(int64_t n0, int64_t n1, Tile&& tile, Column&& column) {
+  constexpr int L = Vec<T>::L;
+  int64_t n = n0;
+  for (; n + NV * L <= n1; n += NV * L) tile(std::integral_constant<int, NV>{}, n);
+  for (; n + L <= n1; n += L) tile(std::integral_constant<int, 1>{}, n);
+  for (; n < n1; ++n) column(n);
+}
+
 template <typename T>
 void kept_nn(int M, int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C, int64_t ldc,
              int64_t n0, int64_t n1) {
-  constexpr int L = Vec<T>::L;
-  int64_t n = n0;
-  for (; n + NN_NV * L <= n1; n += NN_NV * L) nn_columns<T, NN_NV>(M, k, A, lda, idx, B + n, ldb, C + n, ldc);
-  for (; n + L <= n1; n += L) nn_columns<T, 1>(M, k, A, lda, idx, B + n, ldb, C + n, ldc);
-  for (; n < n1; ++n)
-    for (int m = 0; m < M; ++m) {
-      T s = 0;
-      for (int j = 0; j < k; ++j) s += A[m * lda + j] * B[idx[j] * ldb + n];
-      C[m * ldc + n] += s;
-    }
+  column_tiles<T, NN_NV>(
+      n0, n1, [&](auto nv, int64_t n) { nn_columns<T, nv.value>(M, k, A, lda, idx, B + n, ldb, C + n, ldc); },
+      [&](int64_t n) {
+        for (int m = 0; m < M; ++m) {
+          T s = 0;
+          for (int j = 0; j < k; ++j) s += A[m * lda + j] * B[idx[j] * ldb + n];
+          C[m * ldc + n] += s;
+        }
+      });
 }
 
 // ---- input gradients: O[m, j] = sum_n D[m, n] B[idx[j], n] -----------------------------------------------
@@ -236,16 +247,15 @@ inline void tn_columns(int M, int k, const T* A, int lda, const int64_t* idx, co
 template <typename T>
 void kept_tn(int M, int k, const T* A, int lda, const int64_t* idx, const T* D, int64_t ldd, T* dB, int64_t ldb,
              int64_t n0, int64_t n1) {
-  constexpr int L = Vec<T>::L;
-  int64_t n = n0;
-  for (; n + TN_NV * L <= n1; n += TN_NV * L) tn_columns<T, TN_NV>(M, k, A, lda, idx, D + n, ldd, dB + n, ldb);
-  for (; n + L <= n1; n += L) tn_columns<T, 1>(M, k, A, lda, idx, D + n, ldd, dB + n, ldb);
-  for (; n < n1; ++n)
-    for (int j = 0; j < k; ++j) {
-      T s = 0;
-      for (int m = 0; m < M; ++m) s += A[m * lda + j] * D[m * ldd + n];
-      dB[idx[j] * ldb + n] += s;
-    }
+  column_tiles<T, TN_NV>(
+      n0, n1, [&](auto nv, int64_t n) { tn_columns<T, nv.value>(M, k, A, lda, idx, D + n, ldd, dB + n, ldb); },
+      [&](int64_t n) {
+        for (int j = 0; j < k; ++j) {
+          T s = 0;
+          for (int m = 0; m < M; ++m) s += A[m * lda + j] * D[m * ldd + n];
+          dB[idx[j] * ldb + n] += s;
+        }
+      });
 }
 
 // ---- the cell --------------------------------------------------------------------------------------------

@@ -260,7 +260,11 @@ def _reorder(x, source, target):
 
 def sequence_product(a, wt, mask, bias=None):
     """``out[t] = mask_t(a[t]) @ wt + bias`` for every step, in time order; ``a`` ``[T, B, n]``."""
-    T, B, _ = a.shape
+    T, B, n = a.shape
+    if not isinstance(mask, PackedMask):  # one product, the bias added by it (no [T, B, n_out] copy of the bias)
+        flat = (a if mask is None else a * _dense(mask)).reshape(T * B, n)
+        out = torch.addmm(bias, flat, wt) if bias is not None else torch.mm(flat, wt)
+        return out.view(T, B, -1)
     out = bias.expand(T, B, -1).clone() if bias is not None else a.new_zeros(T, B, wt.shape[1])
     _grouped_product(out, a, wt, mask)
     pos = step_order(mask, T)
