@@ -43,16 +43,17 @@ class SequenceLinearFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, mask):
         backend = ops.select("sequence", x, mask)
-        out = backend.sequence_product(x, weight.t(), mask, bias)
+        out, saved = backend.sequence_product(x, weight.t(), mask, bias)
         ctx.mask, ctx.backend, ctx.has_bias = mask, backend.NAME, bias is not None
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(x, weight, *saved)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dout):
-        x, weight = ctx.saved_tensors
-        dx, dwt = ops.get(ctx.backend).sequence_backward(x, weight.t(), ctx.mask, dout, ctx.needs_input_grad[0])
+        x, weight, *saved = ctx.saved_tensors
+        dx, dwt = ops.get(ctx.backend).sequence_backward(x, weight.t(), ctx.mask, dout, ctx.needs_input_grad[0],
+                                                         tuple(saved))
         return dx, dwt.t(), dout.sum(dim=(0, 1)) if ctx.has_bias else None, None
 
 

@@ -97,9 +97,11 @@ def test_sequence_products_match_dense_math(backend, name, monkeypatch):
     be = use(backend, monkeypatch, "sequence", a, mask)
     bias = torch.randn(OUT, **f64)
     expected = (a * full) @ wt + bias
-    torch.testing.assert_close(be.sequence_product(a, wt, mask, bias), expected, rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(be.sequence_product(a, wt, mask), expected - bias, rtol=1e-12, atol=1e-12)
-    da, dwt = be.sequence_backward(a, wt, mask, dout)
+    out, saved = be.sequence_product(a, wt, mask, bias)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(be.sequence_product(a, wt, mask)[0], expected - bias, rtol=1e-12, atol=1e-12)
+    assert all(torch.is_tensor(t) for t in saved)
+    da, dwt = be.sequence_backward(a, wt, mask, dout, True, saved)
     torch.testing.assert_close(da, (dout @ wt.t()) * full, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(dwt, (a * full).reshape(-1, N).t() @ dout.reshape(-1, OUT), rtol=1e-12,
                                atol=1e-12)

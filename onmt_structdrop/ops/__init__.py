@@ -31,8 +31,10 @@ for a weight ``wt`` stored ``n x n_out``, i.e. ``W^T``):
 Sequences (``a`` ``[T, B, n]``, ``out`` ``[T, B, n_out]``, time order, any mask form; the dense-masked forms
 multiply the mask in):
 
-    sequence_product(a, wt, mask, bias) -> out    out[t] = mask_t(a[t]) @ wt + bias   (bias may be None)
-    sequence_backward(a, wt, mask, dout, need_input_grad) -> (da or None, dwt)
+    sequence_product(a, wt, mask, bias) -> (out, saved)    out[t] = mask_t(a[t]) @ wt + bias   (bias may be None)
+    sequence_backward(a, wt, mask, dout, need_input_grad, saved) -> (da or None, dwt)
+
+``saved`` (a tuple of tensors, possibly empty) is what the backward may reuse of the forward's work.
 
 The whole layer (one LSTM layer and direction over a sequence; the time loops run inside the backend):
 

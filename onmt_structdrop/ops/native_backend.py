@@ -83,11 +83,11 @@ def _mask(mask, n, steps):
 
 
 def sequence_product(a, wt, mask, bias=None):
-    """See :mod:`onmt_structdrop.ops`."""
-    return extension()[0].sequence_product(a, wt, _mask(mask, a.shape[2], a.shape[0]), bias)
+    """See :mod:`onmt_structdrop.ops` (nothing is saved: the backward gathers the kept inputs again)."""
+    return extension()[0].sequence_product(a, wt, _mask(mask, a.shape[2], a.shape[0]), bias), ()
 
 
-def sequence_backward(a, wt, mask, dout, need_input_grad=True):
+def sequence_backward(a, wt, mask, dout, need_input_grad=True, saved=()):
     """See :mod:`onmt_structdrop.ops`."""
     da, dwt = extension()[0].sequence_backward(a, wt, _mask(mask, a.shape[2], a.shape[0]), dout, need_input_grad)
     return (da if need_input_grad else None), dwt

@@ -259,21 +259,24 @@ def _reorder(x, source, target):
 
 
 def sequence_product(a, wt, mask, bias=None):
-    """``out[t] = mask_t(a[t]) @ wt + bias`` for every step, in time order; ``a`` ``[T, B, n]``."""
+    """``out[t] = mask_t(a[t]) @ wt + bias`` for every step, in time order; ``a`` ``[T, B, n]``. Returns
+    ``(out, saved)``: ``saved`` holds the kept rows' source tensor, so that the backward does not prepare it again."""
     T, B, n = a.shape
     if not isinstance(mask, PackedMask):  # one product, the bias added by it (no [T, B, n_out] copy of the bias)
         flat = (a if mask is None else a * _dense(mask)).reshape(T * B, n)
         out = torch.addmm(bias, flat, wt) if bias is not None else torch.mm(flat, wt)
-        return out.view(T, B, -1)
+        return out.view(T, B, -1), ()
     out = bias.expand(T, B, -1).clone() if bias is not None else a.new_zeros(T, B, wt.shape[1])
-    _grouped_product(out, a, wt, mask)
+    source = _grouped_product(out, a, wt, mask)
     pos = step_order(mask, T)
-    return out if pos == sorted(pos) else out.index_select(0, torch.tensor(pos, device=out.device))
+    out = out if pos == sorted(pos) else out.index_select(0, torch.tensor(pos, device=out.device))
+    return out, (source,)
 
 
-def sequence_backward(a, wt, mask, dout, need_input_grad=True):
+def sequence_backward(a, wt, mask, dout, need_input_grad=True, saved=()):
     """Gradients of :func:`sequence_product` as ``(da or None, dwt)``; ``dout`` in time order."""
-    return _grouped_backward(a, wt, mask, _reorder(dout.contiguous(), None, mask), need_input_grad)
+    return _grouped_backward(a, wt, mask, _reorder(dout.contiguous(), None, mask), need_input_grad,
+                             saved[0] if saved else None)
 
 
 # ---- one LSTM layer and direction ------------------------------------------------------------------------
