@@ -240,10 +240,10 @@ def _grouped_backward(a, wt, mask, dout, need_input_grad, source=None):
             dwt = a.new_zeros(wt.shape) if dwt is None else dwt
             add_rows(dwt, keep, kept_rows_grad(a_g, d_g, keep, mult))
         if need_input_grad:
-            da_g = rows.input_grad(a.new_empty(r1 - r0, n), d_g, g)
-            if len(steps) == T:
-                da.view(T * B, n).copy_(da_g)
+            if len(steps) == T:  # one set for every step: straight into da
+                rows.input_grad(da.view(T * B, n), d_g, g)
             else:
+                da_g = rows.input_grad(a.new_empty(r1 - r0, n), d_g, g)
                 da.index_copy_(0, torch.tensor(steps, device=a.device), da_g.view(-1, B, n))
     return da, dwt if dwt is not None else a.new_zeros(wt.shape)
 
