@@ -45,7 +45,11 @@ import onmt, torch
 import onmt_structdrop
 from onmt_structdrop.ops import native_backend
 native, why = native_backend.extension()
+try:
+    engine = native.isa() if native else f"not built: {why}"
+except RuntimeError as err:  # ONMT_STRUCTDROP_ISA names kernels this CPU cannot run
+    engine = f"unusable: {err}"
 print("setup: torch", torch.__version__, "| OpenNMT-py", onmt.__version__, "| onmt_structdrop",
-      onmt_structdrop.__version__, "| native engine:", native.isa() if native else f"not built: {why}")
+      onmt_structdrop.__version__, "| native engine:", engine)
 PY
 echo "$digest" > "$stamp"

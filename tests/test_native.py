@@ -1,6 +1,9 @@
 """The native engine: its kernels for every instruction set this CPU runs, against float64 math, and how the
 package behaves without it. The seam's test matrix (test_ops.py) checks it on every mask mode and shape."""
 import logging
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -76,8 +79,23 @@ def test_layer_of_every_instruction_set_matches_the_torch_backend(isa, dtype, mo
 
 @needs_native
 def test_unknown_or_missing_instruction_sets_are_refused():
-    with pytest.raises(RuntimeError, match="must be avx512, avx2 or base; got sse9"):
+    with pytest.raises(RuntimeError, match="set_isa: the instruction set must be avx512, avx2 or base; got sse9"):
         native.set_isa("sse9")
+    run = subprocess.run([sys.executable, "-c", "import torch, onmt_structdrop._native as n; n.isa()"],
+                         env={**os.environ, "ONMT_STRUCTDROP_ISA": "sse9"}, capture_output=True, text=True)
+    assert run.returncode != 0 and "ONMT_STRUCTDROP_ISA: the instruction set must be avx512, avx2 or base; got " \
+        "sse9" in run.stderr
+
+
+@needs_native
+def test_the_kept_product_bindings_refuse_mismatched_operands():
+    wt, keep = torch.randn(6, 4), torch.tensor([0, 5])
+    with pytest.raises(RuntimeError, match="keep holds a unit outside \\[0, 6\\)"):
+        native.kept_product(torch.randn(3, 2), torch.tensor([0, 6]), wt, torch.zeros(3, 4))
+    with pytest.raises(RuntimeError, match="got \\[3, 5\\] for one of them"):
+        native.kept_product(torch.randn(3, 2), keep, wt, torch.zeros(3, 5))
+    with pytest.raises(RuntimeError, match="keep must be 1-D int64"):
+        native.kept_weight_grad(torch.randn(3, 2), keep.int(), torch.randn(3, 4), torch.zeros(6, 4))
 
 
 def test_without_the_extension_the_torch_backend_serves_and_says_why(monkeypatch, caplog):

@@ -17,18 +17,37 @@ namespace {
 using at::Tensor;
 
 // ---- the instruction set, chosen once from what the CPU supports (ONMT_STRUCTDROP_ISA may ask for less) -----
+// name if this CPU runs the kernels built for it; a clear error otherwise (never an illegal instruction)
+std::string checked_isa(const std::string& name, const char* source) {
+  TORCH_CHECK(name == "avx512" || name == "avx2" || name == "base", source,
+              ": the instruction set must be avx512, avx2 or base; got ", name);
+#if defined(__x86_64__)
+  __builtin_cpu_init();
+  TORCH_CHECK(name != "avx512" || (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                                   __builtin_cpu_supports("avx512dq")),
+              source, ": this CPU has no AVX-512 (F, VL, DQ)");
+  TORCH_CHECK(name != "avx2" || (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")), source,
+              ": this CPU has no AVX2 and FMA");
+#else
+  TORCH_CHECK(name == "base", source, ": only the portable kernels are built for this CPU");
+#endif
+  return name;
+}
+
+std::string best_isa() {
+  for (const char* name : {"avx512", "avx2"}) {
+    try {
+      return checked_isa(name, "");
+    } catch (const c10::Error&) {
+    }
+  }
+  return "base";
+}
+
 std::string& isa_name() {
   static std::string name = [] {
     const char* forced = std::getenv("ONMT_STRUCTDROP_ISA");
-    if (forced && *forced) return std::string(forced);
-#if defined(__x86_64__)
-    __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-        __builtin_cpu_supports("avx512dq"))
-      return std::string("avx512");
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return std::string("avx2");
-#endif
-    return std::string("base");
+    return forced && *forced ? checked_isa(forced, "ONMT_STRUCTDROP_ISA") : best_isa();
   }();
   return name;
 }
@@ -42,18 +61,7 @@ Kernels<T> kernels() {
   return base::kernels<T>();
 }
 
-void set_isa(const std::string& name) {
-  TORCH_CHECK(name == "avx512" || name == "avx2" || name == "base",
-              "the instruction set must be avx512, avx2 or base; got ", name);
-#if defined(__x86_64__)
-  __builtin_cpu_init();
-  TORCH_CHECK(name != "avx512" || __builtin_cpu_supports("avx512f"), "this CPU has no AVX-512");
-  TORCH_CHECK(name != "avx2" || __builtin_cpu_supports("avx2"), "this CPU has no AVX2");
-#else
-  TORCH_CHECK(name == "base", "only the portable kernels are built for this CPU");
-#endif
-  isa_name() = name;
-}
+void set_isa(const std::string& name) { isa_name() = checked_isa(name, "set_isa"); }
 
 // ---- masks -----------------------------------------------------------------------------------------------
 // A packed mask (ops/packed.py): kept units keep[g, :k] and their multipliers (values[g] or scale) per kept set
@@ -90,6 +98,19 @@ void gather(int64_t M, const T* src, int64_t lds, const MaskView<T>& mask, int64
   const int64_t* units = mask.units(t);
   for (int64_t m = 0; m < M; ++m)
     for (int j = 0; j < mask.k; ++j) dst[m * mask.k + j] = src[m * lds + units[j]] * mask.mult(t, j);
+}
+
+// the kept columns of every step of a [T, B, n] sequence: [T, B, k], in parallel over the steps
+template <typename T>
+Tensor gather_steps(const Tensor& a, const MaskView<T>& mask) {
+  const int64_t T_ = a.size(0), B = a.size(1), n = a.size(2);
+  Tensor out = at::empty({T_, B, mask.k}, a.options());
+  const T* ap = a.data_ptr<T>();
+  T* op = out.data_ptr<T>();
+  at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) gather(B, ap + t * B * n, n, mask, t, op + t * B * mask.k);
+  });
+  return out;
 }
 
 // dst[m, keep[j]] = src[m, j] * mult_j for rows [0, M) (the other columns are left as they are).
@@ -251,19 +272,17 @@ std::vector<Tensor> layer_forward(const Tensor& x, const Tensor& h0, const Tenso
   Tensor bias_p = bias && bias->defined() ? chunked(*bias, H) : at::zeros({G4}, opt);
   Tensor gates = at::empty({T_, B, G4}, opt);
   Tensor alloc_h = packed ? at::zeros({T_, B, Hp}, opt) : at::empty({T_, B, Hp}, opt);
-  Tensor cells = at::empty({T_, B, Hp}, opt), tanh_c = at::empty({T_, B, Hp}, opt);
+  Tensor cells = scratch(7, {T_, B, Hp}, opt, false), tanh_c = at::empty({T_, B, Hp}, opt);
   Tensor c_prev = at::empty({T_, B, Hp}, opt);
-  Tensor ax = at::empty({T_, B, in.k}, opt), ah = at::zeros({T_, B, rec.k}, opt);
+  Tensor ax = gather_steps(x, in), ah = at::zeros({T_, B, rec.k}, opt);
   Tensor h = padded_state(h0, B, H, opt), c = padded_state(c0, B, H, opt);
 
-  const T* xp = x.data_ptr<T>();
   T *G = gates.data_ptr<T>(), *hs = alloc_h.data_ptr<T>(), *cs = cells.data_ptr<T>(), *tc = tanh_c.data_ptr<T>();
   T *cp = c_prev.data_ptr<T>(), *axp = ax.data_ptr<T>(), *ahp = ah.data_ptr<T>();
   T *hp = h.data_ptr<T>(), *cc = c.data_ptr<T>();
   const T *wi = wt_ih.data_ptr<T>(), *wh = wt_hh.data_ptr<T>(), *bp = bias_p.data_ptr<T>();
 
   // the input products of all steps, blocked over gate columns so that a weight panel stays in cache
-  for (int64_t t = 0; t < T_; ++t) gather(B, xp + t * B * n, n, in, t, axp + t * B * in.k);
   for_each_panel(chunks, [&](int64_t col, int64_t width) {
     for (int64_t t = 0; t < T_; ++t) {
       T* g = G + t * B * G4 + col;
@@ -356,50 +375,58 @@ std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const Tenso
 }
 
 // ---- a masked linear map of a whole sequence ---------------------------------------------------------------
-// out[t] = (a[t][:, K_t] * mult) @ wt[K_t] + bias, a [T, B, n], wt [n, N]
+// out[t] = (a[t][:, K_t] * mult) @ wt[K_t] + bias, a [T, B, n], wt [n, N]; returns out and the gathered inputs
+// [T, B, k] for the backward
 template <typename T>
-Tensor sequence_forward(const Tensor& a, const Tensor& wt, const MaskView<T>& mask, const c10::optional<Tensor>& bias) {
+std::vector<Tensor> sequence_forward(const Tensor& a, const Tensor& wt, const MaskView<T>& mask,
+                                     const c10::optional<Tensor>& bias) {
   const Kernels<T> K = kernels<T>();
-  const int64_t T_ = a.size(0), B = a.size(1), n = a.size(2), N = wt.size(1);
+  const int64_t T_ = a.size(0), B = a.size(1), N = wt.size(1);
   Tensor out = bias && bias->defined() ? bias->expand({T_, B, N}).contiguous() : at::zeros({T_, B, N}, a.options());
-  Tensor ak = scratch(5, {T_, B, mask.k}, a.options(), false);
-  const T *ap = a.data_ptr<T>(), *wp = wt.data_ptr<T>();
-  T *op = out.data_ptr<T>(), *akp = ak.data_ptr<T>();
-  at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) gather(B, ap + t * B * n, n, mask, t, akp + t * B * mask.k);
-  });
+  Tensor ak = gather_steps(a, mask);
+  const T *akp = ak.data_ptr<T>(), *wp = wt.data_ptr<T>();
+  T* op = out.data_ptr<T>();
   for_each_column_block(N, [&](int64_t c0, int64_t c1) {
     for (int64_t t = 0; t < T_; ++t)
       K.kept_nn(B, mask.k, akp + t * B * mask.k, mask.k, mask.units(t), wp, N, op + t * B * N, N, c0, c1);
   });
-  return out;
+  return {out, ak};
 }
 
-// its gradients: (da or undefined, dwt)
+// its gradients from the forward's gathered inputs ak: (da or undefined, dwt)
 template <typename T>
-std::vector<Tensor> sequence_backward(const Tensor& a, const Tensor& wt, const MaskView<T>& mask, const Tensor& dout,
-                                      bool need_input_grad) {
+std::vector<Tensor> sequence_backward(const Tensor& ak, const Tensor& wt, const MaskView<T>& mask, const Tensor& dout,
+                                      int64_t n, bool need_input_grad) {
   const Kernels<T> K = kernels<T>();
-  const int64_t T_ = a.size(0), B = a.size(1), n = a.size(2), N = wt.size(1);
-  Tensor ak = scratch(5, {T_, B, mask.k}, a.options(), false);
-  Tensor dwt = at::zeros({n, N}, a.options());
-  const T *ap = a.data_ptr<T>(), *wp = wt.data_ptr<T>(), *dp = dout.data_ptr<T>();
-  T *akp = ak.data_ptr<T>(), *dwp = dwt.data_ptr<T>();
-  at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) gather(B, ap + t * B * n, n, mask, t, akp + t * B * mask.k);
-  });
+  const int64_t T_ = ak.size(0), B = ak.size(1), N = wt.size(1);
+  Tensor dwt = at::zeros({n, N}, ak.options());
+  const T *akp = ak.data_ptr<T>(), *wp = wt.data_ptr<T>(), *dp = dout.data_ptr<T>();
+  T* dwp = dwt.data_ptr<T>();
   for_each_column_block(N, [&](int64_t c0, int64_t c1) {
     for (int64_t t = 0; t < T_; ++t)
       K.kept_tn(B, mask.k, akp + t * B * mask.k, mask.k, mask.units(t), dp + t * B * N, N, dwp, N, c0, c1);
   });
-  Tensor da = need_input_grad ? input_gradients(K, dp, wp, N, mask, T_, B, n, a.options()) : Tensor();
+  Tensor da = need_input_grad ? input_gradients(K, dp, wp, N, mask, T_, B, n, ak.options()) : Tensor();
   return {da, dwt};
 }
 
 // ---- the kept products on their own (benchmarks, tests) -------------------------------------------------------
 // The kept products on their own, on tensors: a (the gathered, scaled [M, k] block), keep [k], wt [n, N].
-// out[m, :] += sum_j a[m, j] * wt[keep[j], :]
+// every operand a contiguous 2-D tensor of wt's dtype, of the given size (-1: any), keep 1-D int64 within wt's rows
+void check_operands(const Tensor& keep, const Tensor& wt,
+                    std::initializer_list<std::tuple<const Tensor*, int64_t, int64_t>> operands) {
+  TORCH_CHECK(keep.dim() == 1 && keep.is_contiguous() && keep.scalar_type() == at::kLong, "keep must be 1-D int64");
+  TORCH_CHECK(keep.numel() == 0 || (keep.min().item<int64_t>() >= 0 && keep.max().item<int64_t>() < wt.size(0)),
+              "keep holds a unit outside [0, ", wt.size(0), ")");
+  for (const auto& [t, rows, cols] : operands)
+    TORCH_CHECK(t->dim() == 2 && t->is_contiguous() && t->scalar_type() == wt.scalar_type() &&
+                    (rows < 0 || t->size(0) == rows) && (cols < 0 || t->size(1) == cols),
+                "the kept products take contiguous 2-D tensors of one dtype, shaped a [M, k], wt [n, N], "
+                "dout [M, N]; got ", t->sizes(), " for one of them");
+}
+
 void kept_product(const Tensor& a, const Tensor& keep, const Tensor& wt, Tensor& out) {
+  check_operands(keep, wt, {{&wt, -1, -1}, {&a, -1, keep.size(0)}, {&out, a.size(0), wt.size(1)}});
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "kept_product", [&] {
     const int64_t M = a.size(0), k = keep.size(0), N = wt.size(1);
     for_each_column_block(N, [&](int64_t c0, int64_t c1) {
@@ -411,6 +438,7 @@ void kept_product(const Tensor& a, const Tensor& keep, const Tensor& wt, Tensor&
 
 // out[m, j] = sum_n dout[m, n] * wt[keep[j], n]
 void kept_input_grad(const Tensor& dout, const Tensor& keep, const Tensor& wt, Tensor& out) {
+  check_operands(keep, wt, {{&wt, -1, -1}, {&dout, -1, wt.size(1)}, {&out, dout.size(0), keep.size(0)}});
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "kept_input_grad", [&] {
     const int64_t M = dout.size(0), k = keep.size(0), N = wt.size(1);
     at::parallel_for(0, k, 16, [&](int64_t j0, int64_t j1) {
@@ -422,6 +450,7 @@ void kept_input_grad(const Tensor& dout, const Tensor& keep, const Tensor& wt, T
 
 // dwt[keep[j], :] += sum_m a[m, j] * dout[m, :]
 void kept_weight_grad(const Tensor& a, const Tensor& keep, const Tensor& dout, Tensor& dwt) {
+  check_operands(keep, dwt, {{&dwt, -1, -1}, {&a, -1, keep.size(0)}, {&dout, a.size(0), dwt.size(1)}});
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "kept_weight_grad", [&] {
     const int64_t M = a.size(0), k = keep.size(0), N = dout.size(1);
     for_each_column_block(N, [&](int64_t c0, int64_t c1) {
@@ -439,7 +468,8 @@ Tensor rows_of(const Tensor& wt) {
   return wt.is_contiguous() ? wt : scratch(6, wt.sizes(), wt.options(), false).copy_(wt);
 }
 
-Tensor sequence_product(const Tensor& a, const Tensor& wt, const MaskArgs& mask, const c10::optional<Tensor>& bias) {
+std::vector<Tensor> sequence_product(const Tensor& a, const Tensor& wt, const MaskArgs& mask,
+                                     const c10::optional<Tensor>& bias) {
   return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "sequence_product", [&] {
     return sequence_forward<scalar_t>(a.contiguous(), rows_of(wt),
                                       view<scalar_t>(std::get<0>(mask), std::get<1>(mask), std::get<2>(mask),
@@ -447,12 +477,19 @@ Tensor sequence_product(const Tensor& a, const Tensor& wt, const MaskArgs& mask,
   });
 }
 
-std::vector<Tensor> sequence_gradients(const Tensor& a, const Tensor& wt, const MaskArgs& mask, const Tensor& dout,
-                                       bool need_input_grad) {
-  return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "sequence_backward", [&] {
-    return sequence_backward<scalar_t>(a.contiguous(), rows_of(wt),
+Tensor gathered(const Tensor& a, const MaskArgs& mask) {
+  return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "gathered", [&] {
+    return gather_steps<scalar_t>(a.contiguous(), view<scalar_t>(std::get<0>(mask), std::get<1>(mask),
+                                                                 std::get<2>(mask), std::get<3>(mask)));
+  });
+}
+
+std::vector<Tensor> sequence_gradients(const Tensor& ak, const Tensor& wt, const MaskArgs& mask, const Tensor& dout,
+                                       int64_t n, bool need_input_grad) {
+  return AT_DISPATCH_FLOATING_TYPES(ak.scalar_type(), "sequence_backward", [&] {
+    return sequence_backward<scalar_t>(ak, rows_of(wt),
                                        view<scalar_t>(std::get<0>(mask), std::get<1>(mask), std::get<2>(mask),
-                                                      std::get<3>(mask)), dout.contiguous(), need_input_grad);
+                                                      std::get<3>(mask)), dout.contiguous(), n, need_input_grad);
   });
 }
 
@@ -493,6 +530,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("kept_weight_grad", &structdrop::kept_weight_grad);
   m.def("sequence_product", &structdrop::sequence_product);
   m.def("sequence_backward", &structdrop::sequence_gradients);
+  m.def("gathered", &structdrop::gathered, "the kept columns of every step, multipliers applied");
   m.def("lstm_layer_forward", &structdrop::lstm_layer_forward);
   m.def("lstm_layer_backward", &structdrop::lstm_layer_backward);
 }

@@ -83,13 +83,16 @@ def _mask(mask, n, steps):
 
 
 def sequence_product(a, wt, mask, bias=None):
-    """See :mod:`onmt_structdrop.ops` (nothing is saved: the backward gathers the kept inputs again)."""
-    return extension()[0].sequence_product(a, wt, _mask(mask, a.shape[2], a.shape[0]), bias), ()
+    """See :mod:`onmt_structdrop.ops` (``saved``: the gathered kept inputs of every step)."""
+    out, gathered = extension()[0].sequence_product(a, wt, _mask(mask, a.shape[2], a.shape[0]), bias)
+    return out, (gathered,)
 
 
 def sequence_backward(a, wt, mask, dout, need_input_grad=True, saved=()):
     """See :mod:`onmt_structdrop.ops`."""
-    da, dwt = extension()[0].sequence_backward(a, wt, _mask(mask, a.shape[2], a.shape[0]), dout, need_input_grad)
+    mask_args = _mask(mask, a.shape[2], a.shape[0])
+    gathered = saved[0] if saved else extension()[0].gathered(a, mask_args)
+    da, dwt = extension()[0].sequence_backward(gathered, wt, mask_args, dout, a.shape[2], need_input_grad)
     return (da if need_input_grad else None), dwt
 
 
