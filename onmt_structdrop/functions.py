@@ -3,7 +3,7 @@
 
 ``LSTMLayerFunction`` runs one LSTM layer and direction; ``SequenceLinearFunction`` a masked linear map of a
 whole sequence; for code that runs step by step under autograd (the input-feed decoder), :class:`StepProduct`
-gives one step's product on the kept units, built on ``KeptRowsFunction`` and ``KeptProductFunction``, and
+gives one step's product on the kept units (its steps' weight gradients summed in one buffer per call), and
 ``LSTMCellFunction`` the cell's pointwise work.
 """
 from __future__ import annotations
@@ -64,31 +64,48 @@ def sequence_linear(x, weight, bias, mask):
     return SequenceLinearFunction.apply(x.contiguous(), weight, bias, mask)
 
 
-class KeptRowsFunction(torch.autograd.Function):
-    """``wt[K]`` under autograd; its gradient reaches the kept rows only."""
+class _StepWeightGrad:
+    """The weight gradient (``W^T`` layout) of one call's step products: every step's backward adds its kept
+    rows into one buffer, and :class:`_CollectFunction` hands the sum to autograd once (a gradient per step would
+    be a dense ``n x n_out`` tensor per step, zero-filled, scattered into and summed by autograd)."""
+
+    def __init__(self, shape):
+        self.shape, self.buffer = shape, None
+
+    def add(self, backend, a, dout, keep, mult):
+        if self.buffer is None:
+            self.buffer = dout.new_zeros(self.shape)
+        backend.add_kept_rows_grad(self.buffer, a, dout, keep, mult)
+
+    def take(self):
+        buffer, self.buffer = self.buffer, None
+        return buffer
+
+
+class _CollectFunction(torch.autograd.Function):
+    """``weight -> anchor`` (an empty tensor every step product of the call takes as an input): autograd runs
+    this node's backward after every step's, so it returns the weight gradient they accumulated."""
 
     @staticmethod
-    def forward(ctx, wt, keep):
-        backend = ops.select("primitives", wt)
-        ctx.backend, ctx.shape = backend.NAME, wt.shape
-        ctx.save_for_backward(keep)
-        return backend.kept_rows(wt, keep)
+    def forward(ctx, weight, grad: _StepWeightGrad):
+        ctx.grad = grad
+        return weight.new_empty(0)
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, drows):
-        keep, = ctx.saved_tensors
-        return ops.get(ctx.backend).add_rows(drows.new_zeros(ctx.shape), keep, drows), None
+    def backward(ctx, _):
+        dwt = ctx.grad.take()
+        return (dwt.t() if dwt is not None else None), None
 
 
-class KeptProductFunction(torch.autograd.Function):
-    """``(x[:, K] * mult) @ rows`` under autograd (``rows = wt[K]``); ``x``'s gradient is zero off ``K``."""
+class _KeptStepFunction(torch.autograd.Function):
+    """``(x[:, K] * mult) @ rows`` of one step (``rows = wt[K]``, no gradient of its own): ``x``'s gradient is
+    zero off ``K``, the weight's goes to the call's :class:`_StepWeightGrad` through ``anchor``."""
 
     @staticmethod
-    def forward(ctx, x, rows, keep, mult):
-        backend = ops.select("primitives", x)
+    def forward(ctx, x, anchor, rows, keep, mult, grad, backend):
         out = backend.kept_product(x.new_zeros(x.shape[0], rows.shape[1]), x, keep, mult, rows)
-        ctx.backend, ctx.mult = backend.NAME, None if torch.is_tensor(mult) else mult
+        ctx.backend, ctx.grad, ctx.mult = backend, grad, None if torch.is_tensor(mult) else mult
         ctx.save_for_backward(x, rows, keep, mult if torch.is_tensor(mult) else None)
         return out
 
@@ -97,20 +114,23 @@ class KeptProductFunction(torch.autograd.Function):
     def backward(ctx, dout):
         x, rows, keep, mult = ctx.saved_tensors
         mult = mult if mult is not None else ctx.mult
-        backend = ops.get(ctx.backend)
+        backend = ctx.backend
         dx = backend.kept_input_grad(torch.empty_like(x), dout, keep, mult, rows) if ctx.needs_input_grad[0] \
             else None
-        drows = backend.kept_rows_grad(x, dout, keep, mult) if ctx.needs_input_grad[1] else None
-        return dx, drows, None, None
+        if ctx.needs_input_grad[1]:
+            ctx.grad.add(backend, x, dout, keep, mult)
+        return dx, dout.new_empty(0), None, None, None, None, None
 
 
 class StepProduct:
     """``mask_t(x_t) @ weight^T`` for the steps ``t`` of one forward call of a step-by-step loop.
 
     With a :class:`~onmt_structdrop.ops.PackedMask` only the kept columns of ``x_t`` and the kept rows of
-    ``weight^T`` are read: each set's rows are gathered once per call when the mask has few sets, else at each
-    step from one transposed copy per call (a block copy of whole rows). ``scaled=True`` says that ``x_t``
-    already carries the mask, so only its kept columns are read and its multipliers are not applied again.
+    ``weight^T`` are read (from one transposed copy per call: prepared once per set when the mask has few sets,
+    else at each step, or read in place by a backend whose products do so); the steps' weight gradients add up
+    in one buffer per call.
+    ``scaled=True`` says that ``x_t`` already carries the mask, so only its kept columns are read and its
+    multipliers are not applied again.
     """
 
     def __init__(self, weight, mask, scaled=False):
@@ -118,9 +138,11 @@ class StepProduct:
         self.mask = mask.unscaled() if scaled and isinstance(mask, PackedMask) else mask
         self._rows = {}
         if isinstance(mask, PackedMask):
-            cached = mask.num_sets <= CACHED_SETS
-            self._wt = weight.t() if cached else weight.t().contiguous()
-            self._cached = cached
+            self._backend = ops.select("primitives", weight)
+            self._cached = mask.num_sets <= CACHED_SETS
+            self._wt = weight.detach().t().contiguous()  # one copy per call, read by every step
+            self._grad = _StepWeightGrad(self._wt.shape)
+            self._anchor = _CollectFunction.apply(weight, self._grad)
 
     def __call__(self, x, t):
         mask = self.mask
@@ -133,10 +155,10 @@ class StepProduct:
         keep, mult = mask.kept(g)
         rows = self._rows.get(g)
         if rows is None:
-            rows = KeptRowsFunction.apply(self._wt, keep)
+            rows = self._backend.kept_rows(self._wt, keep)
             if self._cached:
                 self._rows[g] = rows
-        return KeptProductFunction.apply(x, rows, keep, mult)
+        return _KeptStepFunction.apply(x, self._anchor, rows, keep, mult, self._grad, self._backend)
 
 
 class LSTMCellFunction(torch.autograd.Function):

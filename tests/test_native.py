@@ -126,4 +126,5 @@ def test_the_dispatch_gives_native_the_plans_it_is_fast_on():
     assert ops.select("lstm_layer", x, plan("batch", 30)).NAME == "torch"  # one kept set: sequence-wide products
     assert ops.select("lstm_layer", x.double(), plan("time", 30)).NAME == "native"
     assert ops.select("lstm_layer", x.bfloat16(), plan("time", 30)).NAME == "torch"
-    assert ops.select("primitives", x).NAME == "torch"
+    assert ops.select("primitives", x).NAME == "native"  # step loops: the kept products read rows in place
+    assert ops.select("primitives", x.bfloat16()).NAME == "torch"

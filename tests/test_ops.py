@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from onmt_structdrop import StructDropLSTM, ops
-from onmt_structdrop.functions import LSTMCellFunction
+from onmt_structdrop.functions import LSTMCellFunction, StepProduct
 from onmt_structdrop.masks import MASK_MODES, STRUCTURED_MODES, PatternOptions, mask_from_dense, sample_mask
 from onmt_structdrop.reference import reference_lstm
 
@@ -75,11 +75,14 @@ def test_primitives_match_dense_math(backend, name, monkeypatch):
         dwt = torch.ones(N, OUT, dtype=torch.float64)
         be.add_rows(dwt, keep, be.kept_rows_grad(a, dout, keep, mult))
         torch.testing.assert_close(dwt, 1 + (a * dense[t]).t() @ dout, rtol=1e-12, atol=1e-12)
+        be.add_kept_rows_grad(dwt, a, dout, keep, mult, 0.5)  # adds into the kept rows only
+        torch.testing.assert_close(dwt, 1 + 1.5 * (a * dense[t]).t() @ dout, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", ops.BACKENDS)
 @pytest.mark.parametrize("name", MASKS + ["dense", "per-row", "none"])
-def test_sequence_products_match_dense_math(backend, name, monkeypatch):
+@pytest.mark.parametrize("OUT", [OUT, 300])  # 300: whole column blocks of the native products and a narrower one
+def test_sequence_products_match_dense_math(backend, name, OUT, monkeypatch):
     T, B = 6, 3
     g = torch.Generator().manual_seed(2)
     f64 = dict(generator=g, dtype=torch.float64)
@@ -109,9 +112,39 @@ def test_sequence_products_match_dense_math(backend, name, monkeypatch):
 
 
 @pytest.mark.parametrize("backend", ops.BACKENDS)
+@pytest.mark.parametrize("name", ["time", "batch", "explicit"])
+def test_step_products_sum_their_steps_gradients(backend, name, monkeypatch):
+    g = torch.Generator().manual_seed(4)
+    mask = ops.pack(_structured(name), CPU, torch.float64)
+    use(backend, monkeypatch, "primitives", torch.zeros(1, dtype=torch.float64))
+    dense = mask.dense(torch.float64)
+    weight = torch.randn(OUT, N, generator=g, dtype=torch.float64, requires_grad=True)
+    xs = [torch.randn(M, N, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(mask.steps)]
+    douts = [torch.randn(M, OUT, generator=g, dtype=torch.float64) for _ in range(mask.steps)]
+
+    def loss(w, product=None):
+        return sum(((product(x, t) if product else (x * dense[t]) @ w.t()) * d).sum()
+                   for t, (x, d) in enumerate(zip(xs, douts)))
+
+    expected = torch.autograd.grad(loss(weight), [weight, *xs])
+    total = loss(weight, StepProduct(weight, mask))
+    for twice in (1, 2):  # a second backward of the same graph adds the same gradients again
+        total.backward(retain_graph=True)
+        for actual, want in zip([weight.grad, *(x.grad for x in xs)], expected):
+            torch.testing.assert_close(actual, twice * want, rtol=1e-12, atol=1e-12)
+    frozen = weight.detach()  # a weight without gradient: the inputs' gradients still flow
+    for x in xs:
+        x.grad = None
+    loss(frozen, StepProduct(frozen, mask)).backward()
+    for x, want in zip(xs, expected[1:]):
+        torch.testing.assert_close(x.grad, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ops.BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_cell_matches_autograd_of_its_equations(backend, dtype, monkeypatch):
-    B, H = 5, 7
+@pytest.mark.parametrize("H", [7, 37])  # 37: whole vectors of units and a remainder
+def test_cell_matches_autograd_of_its_equations(backend, dtype, H, monkeypatch):
+    B = 5
     g = torch.Generator().manual_seed(3)
     gates, c_prev = torch.randn(B, 4 * H, generator=g, dtype=dtype), torch.randn(B, H, generator=g, dtype=dtype)
     dh, dc = torch.randn(B, H, generator=g, dtype=dtype), torch.randn(B, H, generator=g, dtype=dtype)
@@ -127,6 +160,11 @@ def test_cell_matches_autograd_of_its_equations(backend, dtype, monkeypatch):
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-6)
     for actual, expected in [(h, h_ref), (c, c_ref), (G2.grad, G.grad), (C2.grad, C.grad)]:
         torch.testing.assert_close(actual.double(), expected.detach(), **tol)
+    in_place = gates.clone()  # the contract lets act be the gates themselves
+    act, *_ = ops.select("primitives", gates).cell_forward(in_place, c_prev, act=in_place)
+    assert act is in_place
+    expected = torch.cat([x.sigmoid() if q != 2 else x.tanh() for q, x in enumerate(G.detach().chunk(4, 1))], 1)
+    torch.testing.assert_close(act.double(), expected, **tol)
 
 
 # ---- the whole layer ---------------------------------------------------------------------------------------

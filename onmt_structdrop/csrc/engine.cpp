@@ -121,6 +121,10 @@ void scatter(int64_t M, const T* src, const MaskView<T>& mask, int64_t t, T* dst
     for (int j = 0; j < mask.k; ++j) dst[m * ldd + units[j]] = src[m * mask.k + j] * mask.mult(t, j);
 }
 
+// at::zeros on the CPU is calloc-like: large tensors come as fresh pages, a page fault each 4 KiB (measured 5x
+// the time of empty().zero_() on a 16 MB tensor, which reuses the allocator's memory)
+Tensor zeros(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::empty(sizes, options).zero_(); }
+
 // ---- the gate layout of kernels.h ------------------------------------------------------------------------
 int64_t padded(int64_t H) { return (H + UNITS - 1) / UNITS * UNITS; }
 
@@ -195,7 +199,7 @@ Tensor unchunked_t(const Tensor& wp, int64_t H) {
 
 Tensor chunked(const Tensor& b, int64_t H) {  // [4H] -> [4Hp]
   const int64_t Hp = padded(H);
-  Tensor bp = at::zeros({4, Hp}, b.options());
+  Tensor bp = zeros({4, Hp}, b.options());
   bp.narrow(1, 0, H).copy_(b.view({4, H}));
   return bp.view({4, Hp / UNITS, UNITS}).permute({1, 0, 2}).contiguous().view({4 * Hp});
 }
@@ -206,7 +210,7 @@ Tensor unchunked(const Tensor& bp, int64_t H) {  // [4Hp] -> [4H]
 }
 
 Tensor padded_state(const c10::optional<Tensor>& s, int64_t B, int64_t H, const at::TensorOptions& options) {
-  Tensor out = at::zeros({B, padded(H)}, options);
+  Tensor out = zeros({B, padded(H)}, options);
   if (s && s->defined()) out.narrow(1, 0, H).copy_(*s);
   return out;
 }
@@ -244,7 +248,7 @@ struct Steps {  // the steps in processing order and the active rows of each
 template <typename T>
 Tensor input_gradients(const Kernels<T>& K, const T* dout, const T* wt, int64_t N, const MaskView<T>& mask, int64_t T_,
                        int64_t B, int64_t n, const at::TensorOptions& options) {
-  Tensor da = at::zeros({T_, B, n}, options);
+  Tensor da = zeros({T_, B, n}, options);
   T* dap = da.data_ptr<T>();
   at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
     std::vector<T> buffer(B * mask.k);
@@ -269,12 +273,12 @@ std::vector<Tensor> layer_forward(const Tensor& x, const Tensor& h0, const Tenso
   auto opt = x.options();
 
   Tensor wt_ih = chunked_t<T>(w_ih, H, 3), wt_hh = chunked_t<T>(w_hh, H, 4);
-  Tensor bias_p = bias && bias->defined() ? chunked(*bias, H) : at::zeros({G4}, opt);
+  Tensor bias_p = bias && bias->defined() ? chunked(*bias, H) : zeros({G4}, opt);
   Tensor gates = at::empty({T_, B, G4}, opt);
-  Tensor alloc_h = packed ? at::zeros({T_, B, Hp}, opt) : at::empty({T_, B, Hp}, opt);
+  Tensor alloc_h = packed ? zeros({T_, B, Hp}, opt) : at::empty({T_, B, Hp}, opt);
   Tensor cells = scratch(7, {T_, B, Hp}, opt, false), tanh_c = at::empty({T_, B, Hp}, opt);
   Tensor c_prev = at::empty({T_, B, Hp}, opt);
-  Tensor ax = gather_steps(x, in), ah = at::zeros({T_, B, rec.k}, opt);
+  Tensor ax = gather_steps(x, in), ah = zeros({T_, B, rec.k}, opt);
   Tensor h = padded_state(h0, B, H, opt), c = padded_state(c0, B, H, opt);
 
   T *G = gates.data_ptr<T>(), *hs = alloc_h.data_ptr<T>(), *cs = cells.data_ptr<T>(), *tc = tanh_c.data_ptr<T>();
@@ -285,9 +289,8 @@ std::vector<Tensor> layer_forward(const Tensor& x, const Tensor& h0, const Tenso
   // the input products of all steps, blocked over gate columns so that a weight panel stays in cache
   for_each_panel(chunks, [&](int64_t col, int64_t width) {
     for (int64_t t = 0; t < T_; ++t) {
-      T* g = G + t * B * G4 + col;
-      for (int64_t m = 0; m < B; ++m) std::memcpy(g + m * G4, bp + col, width * sizeof(T));
-      K.kept_nn(B, in.k, axp + t * B * in.k, in.k, in.units(t), wi + col, G4, g, G4, 0, width);
+      K.kept_nn(B, in.k, axp + t * B * in.k, in.k, in.units(t), wi + col, G4, G + t * B * G4 + col, G4, 0, width,
+                bp + col);
     }
   });
 
@@ -299,9 +302,10 @@ std::vector<Tensor> layer_forward(const Tensor& x, const Tensor& h0, const Tenso
     T *g = G + t * B * G4, *ct = cs + t * B * Hp, *tt = tc + t * B * Hp, *ht = hs + t * B * Hp;
     at::parallel_for(0, chunks, 1, [&](int64_t c0_, int64_t c1_) {
       for (int64_t ch = c0_; ch < c1_; ++ch) {
-        K.kept_nn(a, rec.k, a_h, rec.k, rec.units(t), wh + ch * CHUNK, G4, g + ch * CHUNK, G4, 0, CHUNK);
+        K.kept_nn(a, rec.k, a_h, rec.k, rec.units(t), wh + ch * CHUNK, G4, g + ch * CHUNK, G4, 0, CHUNK, nullptr);
         const int64_t u = ch * UNITS;
-        K.cell_forward(a, g + ch * CHUNK, G4, cp + t * B * Hp + u, ct + u, tt + u, ht + u, Hp);
+        K.cell_forward(a, UNITS, g + ch * CHUNK, g + ch * CHUNK, G4, UNITS, cp + t * B * Hp + u, ct + u, tt + u, ht + u,
+                       Hp);
       }
     });
     std::memcpy(hp, ht, a * Hp * sizeof(T));
@@ -347,7 +351,7 @@ std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const Tenso
     at::parallel_for(0, chunks, 1, [&](int64_t c0_, int64_t c1_) {
       for (int64_t ch = c0_; ch < c1_; ++ch) {
         const int64_t u = ch * UNITS, s = t * B * Hp + u;
-        K.cell_backward(a, g + ch * CHUNK, G4, cp + s, tc + s, dhp + u, dcp + u, Hp, dg + ch * CHUNK);
+        K.cell_backward(a, UNITS, g + ch * CHUNK, G4, UNITS, cp + s, tc + s, dhp + u, dcp + u, Hp, dg + ch * CHUNK);
       }
     });
     // d h_prev: kept units only, the dropped ones get zero
@@ -381,14 +385,31 @@ template <typename T>
 std::vector<Tensor> sequence_forward(const Tensor& a, const Tensor& wt, const MaskView<T>& mask,
                                      const c10::optional<Tensor>& bias) {
   const Kernels<T> K = kernels<T>();
-  const int64_t T_ = a.size(0), B = a.size(1), N = wt.size(1);
-  Tensor out = bias && bias->defined() ? bias->expand({T_, B, N}).contiguous() : at::zeros({T_, B, N}, a.options());
+  const int64_t T_ = a.size(0), B = a.size(1), n = wt.size(0), N = wt.size(1);
+  constexpr int64_t L = 64 / sizeof(T);  // the widest vector: a block's width is padded to a multiple of it
+  Tensor out = at::empty({T_, B, N}, a.options());  // written once by the products, never zeroed
+  Tensor init = bias && bias->defined() ? bias->contiguous() : zeros({N}, a.options());
   Tensor ak = gather_steps(a, mask);
-  const T *akp = ak.data_ptr<T>(), *wp = wt.data_ptr<T>();
+  const T *akp = ak.data_ptr<T>(), *wp = wt.data_ptr<T>(), *ip = init.data_ptr<T>();
   T* op = out.data_ptr<T>();
   for_each_column_block(N, [&](int64_t c0, int64_t c1) {
-    for (int64_t t = 0; t < T_; ++t)
-      K.kept_nn(B, mask.k, akp + t * B * mask.k, mask.k, mask.units(t), wp, N, op + t * B * N, N, c0, c1);
+    // the block's columns of every weight row, packed (n x wp, zero beyond the last column): the steps' kept
+    // rows are then read from one compact block instead of scattered rows of a wide matrix, and the last,
+    // narrower block still runs in whole vectors, into a local tile that is then copied out
+    const int64_t w = c1 - c0, wpad = (w + L - 1) / L * L;
+    // (per-thread scratch: aligned to whole cache lines, so no vector load of a row straddles two)
+    const int64_t ldp = wpad;
+    Tensor block = scratch(9, {n + 1 + (w < wpad ? B : 0), ldp}, a.options(), w < wpad);
+    T *packed = block.data_ptr<T>(), *row = packed + n * ldp, *tile = row + ldp;
+    for (int64_t i = 0; i < n; ++i) std::copy_n(wp + i * N + c0, w, packed + i * ldp);
+    std::copy_n(ip + c0, w, row);
+    for (int64_t t = 0; t < T_; ++t) {
+      T* c = w < wpad ? tile : op + t * B * N + c0;
+      K.kept_nn(B, mask.k, akp + t * B * mask.k, mask.k, mask.units(t), packed, ldp, c, w < wpad ? ldp : N, 0,
+                wpad, row);
+      if (w < wpad)
+        for (int64_t m = 0; m < B; ++m) std::copy_n(tile + m * ldp, w, op + (t * B + m) * N + c0);
+    }
   });
   return {out, ak};
 }
@@ -399,7 +420,7 @@ std::vector<Tensor> sequence_backward(const Tensor& ak, const Tensor& wt, const 
                                       int64_t n, bool need_input_grad) {
   const Kernels<T> K = kernels<T>();
   const int64_t T_ = ak.size(0), B = ak.size(1), N = wt.size(1);
-  Tensor dwt = at::zeros({n, N}, ak.options());
+  Tensor dwt = zeros({n, N}, ak.options());
   const T *akp = ak.data_ptr<T>(), *wp = wt.data_ptr<T>(), *dp = dout.data_ptr<T>();
   T* dwp = dwt.data_ptr<T>();
   for_each_column_block(N, [&](int64_t c0, int64_t c1) {
@@ -421,8 +442,8 @@ void check_operands(const Tensor& keep, const Tensor& wt,
   for (const auto& [t, rows, cols] : operands)
     TORCH_CHECK(t->dim() == 2 && t->is_contiguous() && t->scalar_type() == wt.scalar_type() &&
                     (rows < 0 || t->size(0) == rows) && (cols < 0 || t->size(1) == cols),
-                "the kept products take contiguous 2-D tensors of one dtype, shaped a [M, k], wt [n, N], "
-                "dout [M, N]; got ", t->sizes(), " for one of them");
+                "the kept products take contiguous 2-D tensors of one dtype and matching sizes; got ", t->sizes(),
+                " for one of them");
 }
 
 void kept_product(const Tensor& a, const Tensor& keep, const Tensor& wt, Tensor& out) {
@@ -431,7 +452,7 @@ void kept_product(const Tensor& a, const Tensor& keep, const Tensor& wt, Tensor&
     const int64_t M = a.size(0), k = keep.size(0), N = wt.size(1);
     for_each_column_block(N, [&](int64_t c0, int64_t c1) {
       kernels<scalar_t>().kept_nn(M, k, a.data_ptr<scalar_t>(), k, keep.data_ptr<int64_t>(), wt.data_ptr<scalar_t>(),
-                                  N, out.data_ptr<scalar_t>(), N, c0, c1);
+                                  N, out.data_ptr<scalar_t>(), N, c0, c1, nullptr);
     });
   });
 }
@@ -458,6 +479,95 @@ void kept_weight_grad(const Tensor& a, const Tensor& keep, const Tensor& dout, T
                                   dout.data_ptr<scalar_t>(), N, dwt.data_ptr<scalar_t>(), N, c0, c1);
     });
   });
+}
+
+// ---- one step's primitives (the seam's kept products and cell, for step-by-step loops under autograd) ------
+// a, dout, out, da, dwt contiguous 2-D; keep [k] int64; the multipliers are values [k] or scale. The gathered
+// block (a[:, K] * mult) of a step lives in scratch slot 8.
+template <typename T>
+MaskView<T> one_set(const Tensor& keep, const c10::optional<Tensor>& values, double scale) {
+  const Tensor keep2 = keep.view({1, -1});
+  return view<T>(keep2, values && values->defined() ? c10::optional<Tensor>(values->view({1, -1})) : c10::nullopt,
+                 scale, {0});
+}
+
+template <typename T>
+const T* gathered_step(const Tensor& a, const MaskView<T>& mask) {
+  Tensor ak = scratch(8, {a.size(0), mask.k}, a.options(), false);
+  gather(a.size(0), a.data_ptr<T>(), a.size(1), mask, 0, ak.data_ptr<T>());
+  return ak.data_ptr<T>();
+}
+
+// out += (a[:, K] * mult) @ wt[K]
+template <typename T>
+void step_product(const Tensor& a, const MaskView<T>& mask, const Tensor& wt, Tensor& out) {
+  const int64_t M = a.size(0), N = wt.size(1);
+  const T* ak = gathered_step(a, mask);
+  for_each_column_block(N, [&](int64_t c0, int64_t c1) {
+    kernels<T>().kept_nn(M, mask.k, ak, mask.k, mask.keep, wt.data_ptr<T>(), N, out.data_ptr<T>(), N, c0, c1, nullptr);
+  });
+}
+
+// da[:, K] = mult * (dout @ wt[K]^T), the other columns zero
+template <typename T>
+void step_input_grad(const Tensor& dout, const MaskView<T>& mask, const Tensor& wt, Tensor& da) {
+  const int64_t M = dout.size(0), N = wt.size(1), k = mask.k;
+  T* buffer = scratch(8, {M, k}, dout.options(), false).template data_ptr<T>();
+  at::parallel_for(0, k, 16, [&](int64_t j0, int64_t j1) {
+    kernels<T>().kept_nt(M, j1 - j0, dout.data_ptr<T>(), N, mask.keep + j0, wt.data_ptr<T>(), N, N, buffer + j0, k);
+  });
+  da.zero_();
+  scatter(M, buffer, mask, 0, da.data_ptr<T>(), da.size(1));
+}
+
+// dwt[K] += (a[:, K] * mult)^T @ dout
+template <typename T>
+void step_weight_grad(const Tensor& a, const MaskView<T>& mask, const Tensor& dout, Tensor& dwt) {
+  const int64_t M = a.size(0), N = dout.size(1);
+  const T* ak = gathered_step(a, mask);
+  for_each_column_block(N, [&](int64_t c0, int64_t c1) {
+    kernels<T>().kept_tn(M, mask.k, ak, mask.k, mask.keep, dout.data_ptr<T>(), N, dwt.data_ptr<T>(), N, c0, c1);
+  });
+}
+
+// The cell in torch's gate layout ([M, 4H]: gates i, f, g, o of H units each), in chunks of UNITS units, in
+// parallel over the chunks once the work is large enough to pay for a parallel region
+template <typename F>
+void for_each_cell_chunk(int64_t M, int64_t H, F&& chunk) {
+  if (M == 0) return;
+  at::parallel_for(0, (H + UNITS - 1) / UNITS, std::max<int64_t>(1, 16384 / (M * CHUNK)), [&](int64_t b0, int64_t b1) {
+    for (int64_t ch = b0; ch < b1; ++ch) chunk(ch * UNITS, static_cast<int>(std::min<int64_t>(UNITS, H - ch * UNITS)));
+  });
+}
+
+template <typename T>
+void step_cell_forward(const Tensor& gates, const Tensor& c_prev, Tensor& act, Tensor& c, Tensor& tanh_c, Tensor& h) {
+  const int64_t M = gates.size(0), H = c_prev.size(1);
+  const Kernels<T> K = kernels<T>();
+  for_each_cell_chunk(M, H, [&](int64_t u, int units) {
+    K.cell_forward(M, units, gates.data_ptr<T>() + u, act.data_ptr<T>() + u, 4 * H, H, c_prev.data_ptr<T>() + u,
+                   c.data_ptr<T>() + u, tanh_c.data_ptr<T>() + u, h.data_ptr<T>() + u, H);
+  });
+}
+
+template <typename T>
+void step_cell_backward(const Tensor& act, const Tensor& c_prev, const Tensor& tanh_c, const Tensor& dh, Tensor& dc,
+                        Tensor& dgates) {
+  const int64_t M = act.size(0), H = c_prev.size(1);
+  const Kernels<T> K = kernels<T>();
+  for_each_cell_chunk(M, H, [&](int64_t u, int units) {
+    K.cell_backward(M, units, act.data_ptr<T>() + u, 4 * H, H, c_prev.data_ptr<T>() + u, tanh_c.data_ptr<T>() + u,
+                    dh.data_ptr<T>() + u, dc.data_ptr<T>() + u, H, dgates.data_ptr<T>() + u);
+  });
+}
+
+// step operands: contiguous 2-D CPU tensors of one dtype with the given sizes (-1: any)
+void check_step(std::initializer_list<std::tuple<const Tensor*, int64_t, int64_t>> operands) {
+  const auto dtype = std::get<0>(*operands.begin())->scalar_type();
+  for (const auto& [t, rows, cols] : operands)
+    TORCH_CHECK(t->dim() == 2 && t->is_contiguous() && t->scalar_type() == dtype && (rows < 0 || t->size(0) == rows) &&
+                    (cols < 0 || t->size(1) == cols),
+                "the step primitives take contiguous 2-D tensors of one dtype and matching sizes; got ", t->sizes());
 }
 
 // ---- the bindings: dtype dispatch ------------------------------------------------------------------------
@@ -518,6 +628,46 @@ std::vector<Tensor> lstm_layer_backward(const std::vector<Tensor>& saved, const 
   });
 }
 
+
+// ---- the step primitives' bindings ------------------------------------------------------------------------
+void kept_step_product(const Tensor& a, const Tensor& keep, const c10::optional<Tensor>& values, double scale,
+                       const Tensor& wt, Tensor& out) {
+  check_operands(keep, wt, {{&wt, -1, -1}, {&a, -1, wt.size(0)}, {&out, a.size(0), wt.size(1)}});
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "kept_step_product",
+                             [&] { step_product<scalar_t>(a, one_set<scalar_t>(keep, values, scale), wt, out); });
+}
+
+void kept_step_input_grad(const Tensor& dout, const Tensor& keep, const c10::optional<Tensor>& values, double scale,
+                          const Tensor& wt, Tensor& da) {
+  check_operands(keep, wt, {{&wt, -1, -1}, {&dout, -1, wt.size(1)}, {&da, dout.size(0), wt.size(0)}});
+  AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "kept_step_input_grad", [&] {
+    step_input_grad<scalar_t>(dout, one_set<scalar_t>(keep, values, scale), wt, da);
+  });
+}
+
+void kept_step_weight_grad(const Tensor& a, const Tensor& keep, const c10::optional<Tensor>& values, double scale,
+                           const Tensor& dout, Tensor& dwt) {
+  check_operands(keep, dwt, {{&dwt, -1, -1}, {&a, -1, dwt.size(0)}, {&dout, a.size(0), dwt.size(1)}});
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "kept_step_weight_grad", [&] {
+    step_weight_grad<scalar_t>(a, one_set<scalar_t>(keep, values, scale), dout, dwt);
+  });
+}
+
+void cell_forward(const Tensor& gates, const Tensor& c_prev, Tensor& act, Tensor& c, Tensor& tanh_c, Tensor& h) {
+  const int64_t M = c_prev.size(0), H = c_prev.size(1);
+  check_step({{&gates, M, 4 * H}, {&c_prev, M, H}, {&act, M, 4 * H}, {&c, M, H}, {&tanh_c, M, H}, {&h, M, H}});
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "cell_forward",
+                             [&] { step_cell_forward<scalar_t>(gates, c_prev, act, c, tanh_c, h); });
+}
+
+void cell_backward(const Tensor& act, const Tensor& c_prev, const Tensor& tanh_c, const Tensor& dh, Tensor& dc,
+                   Tensor& dgates) {
+  const int64_t M = c_prev.size(0), H = c_prev.size(1);
+  check_step({{&act, M, 4 * H}, {&c_prev, M, H}, {&tanh_c, M, H}, {&dh, M, H}, {&dc, M, H}, {&dgates, M, 4 * H}});
+  AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "cell_backward",
+                             [&] { step_cell_backward<scalar_t>(act, c_prev, tanh_c, dh, dc, dgates); });
+}
+
 }  // namespace
 }  // namespace structdrop
 
@@ -533,4 +683,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gathered", &structdrop::gathered, "the kept columns of every step, multipliers applied");
   m.def("lstm_layer_forward", &structdrop::lstm_layer_forward);
   m.def("lstm_layer_backward", &structdrop::lstm_layer_backward);
+  m.def("kept_step_product", &structdrop::kept_step_product, "out += (a[:, K] * mult) @ wt[K]");
+  m.def("kept_step_input_grad", &structdrop::kept_step_input_grad, "da[:, K] = mult * (dout @ wt[K]^T), zero elsewhere");
+  m.def("kept_step_weight_grad", &structdrop::kept_step_weight_grad, "dwt[K] += (a[:, K] * mult)^T @ dout");
+  m.def("cell_forward", &structdrop::cell_forward, "the LSTM cell in torch's gate layout, into act, c, tanh_c, h");
+  m.def("cell_backward", &structdrop::cell_backward, "its gradient into dgates; dc becomes that of c_prev");
 }

@@ -20,20 +20,23 @@ template <typename T>
 struct Kernels {
   const char* isa;
   // C[m, n0:n1] += sum_j A[m * lda + j] * B[idx[j] * ldb + n]                       (forward products)
+  // or, given a row init, C[m, n] = init[n] + the sum (C is only written)
   void (*kept_nn)(int M, int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C,
-                  int64_t ldc, int64_t n0, int64_t n1);
+                  int64_t ldc, int64_t n0, int64_t n1, const T* init);
   // O[m * ldo + j] = sum_{n < N} D[m * ldd + n] * B[idx[j] * ldb + n]                   (input gradients)
   void (*kept_nt)(int M, int k, const T* D, int64_t ldd, const int64_t* idx, const T* B, int64_t ldb, int64_t N,
                   T* O, int ldo);
   // dB[idx[j] * ldb + n] += sum_m A[m * lda + j] * D[m * ldd + n], n in [n0, n1)       (weight gradients)
   void (*kept_tn)(int M, int k, const T* A, int lda, const int64_t* idx, const T* D, int64_t ldd, T* dB,
                   int64_t ldb, int64_t n0, int64_t n1);
-  // The cell of one chunk of UNITS units for rows [0, M): gates (CHUNK wide, row stride ldg) become their
-  // activations in place; c = f * c_prev + i * g, tanh_c = tanh(c), h = o * tanh_c (row stride lds).
-  void (*cell_forward)(int M, T* gates, int64_t ldg, const T* c_prev, T* c, T* tanh_c, T* h, int64_t lds);
-  // Its gradient: dgates from dh and dc (the gradient reaching c), and dc becomes that of c_prev.
-  void (*cell_backward)(int M, const T* act, int64_t ldg, const T* c_prev, const T* tanh_c, const T* dh, T* dc,
-                        int64_t lds, T* dgates);
+  // The cell of `units` units (at most UNITS) for rows [0, M): gate q of unit u at gates[m * ldg + q * gs + u]
+  // (gs = UNITS in the layer's gate layout, H in torch's); act receives the activations (it may be gates itself);
+  // c = f * c_prev + i * g, tanh_c = tanh(c), h = o * tanh_c (row stride lds).
+  void (*cell_forward)(int M, int units, const T* gates, T* act, int64_t ldg, int64_t gs, const T* c_prev, T* c,
+                       T* tanh_c, T* h, int64_t lds);
+  // Its gradient: dgates (laid out as act) from dh and dc (the gradient reaching c), and dc becomes that of c_prev.
+  void (*cell_backward)(int M, int units, const T* act, int64_t ldg, int64_t gs, const T* c_prev, const T* tanh_c,
+                        const T* dh, T* dc, int64_t lds, T* dgates);
 };
 
 namespace avx512 { template <typename T> Kernels<T> kernels(); }

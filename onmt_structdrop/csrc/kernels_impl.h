@@ -6,6 +6,7 @@
 //   NT_JR, NT_MR       input-gradient tile: kept rows x rows of D
 //   TN_JR, TN_NV       weight-gradient tile: kept rows x vectors of columns
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <type_traits>
 #include <utility>
@@ -71,7 +72,8 @@ constexpr int PREFETCH = 8;  // kept rows ahead: the rows are scattered, so the 
 // FETCH: the first row tile of a column tile brings the weight rows in from memory or L3 and prefetches them;
 // the next tiles find them in L2
 template <typename T, int MR, int NV, bool FETCH>
-inline void nn_tile(int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C, int64_t ldc) {
+inline void nn_tile(int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C, int64_t ldc,
+                    const T* init) {
   constexpr int L = Vec<T>::L;
   V<T> acc[MR][NV];
   for (int r = 0; r < MR; ++r)
@@ -87,15 +89,15 @@ inline void nn_tile(int k, const T* A, int lda, const int64_t* idx, const T* B, 
     }
   }
   for (int r = 0; r < MR; ++r)
-    for (int v = 0; v < NV; ++v) store(C + r * ldc + v * L, load(C + r * ldc + v * L) + acc[r][v]);
+    for (int v = 0; v < NV; ++v) store(C + r * ldc + v * L, load(init ? init + v * L : C + r * ldc + v * L) + acc[r][v]);
 }
 
 template <typename T, int NV, bool FETCH, int R>
 inline void nn_rest(int rows, int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C,
-                    int64_t ldc) {
+                    int64_t ldc, const T* init) {
   if constexpr (R > 0) {
-    if (rows == R) return nn_tile<T, R, NV, FETCH>(k, A, lda, idx, B, ldb, C, ldc);
-    nn_rest<T, NV, FETCH, R - 1>(rows, k, A, lda, idx, B, ldb, C, ldc);
+    if (rows == R) return nn_tile<T, R, NV, FETCH>(k, A, lda, idx, B, ldb, C, ldc, init);
+    nn_rest<T, NV, FETCH, R - 1>(rows, k, A, lda, idx, B, ldb, C, ldc, init);
   }
 }
 
@@ -113,12 +115,12 @@ inline void row_tiles(int M, F&& tile) {
 
 template <typename T, int NV>
 inline void nn_columns(int M, int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C,
-                       int64_t ldc) {
+                       int64_t ldc, const T* init) {
   row_tiles<NN_MR>(M, [&](int m, int rows) {
     if (m == 0)
-      nn_rest<T, NV, true, NN_MR>(rows, k, A, lda, idx, B, ldb, C, ldc);
+      nn_rest<T, NV, true, NN_MR>(rows, k, A, lda, idx, B, ldb, C, ldc, init);
     else
-      nn_rest<T, NV, false, NN_MR>(rows, k, A + m * lda, lda, idx, B, ldb, C + m * ldc, ldc);
+      nn_rest<T, NV, false, NN_MR>(rows, k, A + m * lda, lda, idx, B, ldb, C + m * ldc, ldc, init);
   });
 }
 
@@ -135,14 +137,17 @@ inline void column_tiles(int64_t n0, int64_t n1, Tile&& tile, Column&& column) {
 
 template <typename T>
 void kept_nn(int M, int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C, int64_t ldc,
-             int64_t n0, int64_t n1) {
+             int64_t n0, int64_t n1, const T* init) {
   column_tiles<T, NN_NV>(
-      n0, n1, [&](auto nv, int64_t n) { nn_columns<T, nv.value>(M, k, A, lda, idx, B + n, ldb, C + n, ldc); },
+      n0, n1,
+      [&](auto nv, int64_t n) {
+        nn_columns<T, nv.value>(M, k, A, lda, idx, B + n, ldb, C + n, ldc, init ? init + n : nullptr);
+      },
       [&](int64_t n) {
         for (int m = 0; m < M; ++m) {
           T s = 0;
           for (int j = 0; j < k; ++j) s += A[m * lda + j] * B[idx[j] * ldb + n];
-          C[m * ldc + n] += s;
+          C[m * ldc + n] = (init ? init[n] : C[m * ldc + n]) + s;
         }
       });
 }
@@ -300,40 +305,69 @@ template <typename T> inline V<T> tanh(V<T> x) {
   }
 }
 
+template <typename T> inline T sigmoid1(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
 template <typename T>
-void cell_forward(int M, T* gates, int64_t ldg, const T* c_prev, T* c, T* tanh_c, T* h, int64_t lds) {
+void cell_forward(int M, int units, const T* gates, T* act, int64_t ldg, int64_t gs, const T* c_prev, T* c,
+                  T* tanh_c, T* h, int64_t lds) {
   constexpr int L = Vec<T>::L;
-  for (int m = 0; m < M; ++m)
-    for (int s = 0; s < UNITS; s += L) {
-      T* g = gates + m * ldg + s;
+  for (int m = 0; m < M; ++m) {
+    int s = 0;
+    for (; s + L <= units; s += L) {
+      const T* g = gates + m * ldg + s;
+      T* a = act + m * ldg + s;
       const int64_t o = m * lds + s;
-      const V<T> i = sigmoid<T>(load(g)), f = sigmoid<T>(load(g + UNITS)), z = tanh<T>(load(g + 2 * UNITS)),
-                 out = sigmoid<T>(load(g + 3 * UNITS));
-      store(g, i), store(g + UNITS, f), store(g + 2 * UNITS, z), store(g + 3 * UNITS, out);
+      const V<T> i = sigmoid<T>(load(g)), f = sigmoid<T>(load(g + gs)), z = tanh<T>(load(g + 2 * gs)),
+                 out = sigmoid<T>(load(g + 3 * gs));
+      store(a, i), store(a + gs, f), store(a + 2 * gs, z), store(a + 3 * gs, out);
       const V<T> cn = f * load(c_prev + o) + i * z, tc = tanh<T>(cn);
       store(c + o, cn), store(tanh_c + o, tc), store(h + o, out * tc);
     }
+    for (; s < units; ++s) {  // fewer than L units left (a chunk cut short by the hidden size)
+      const T* g = gates + m * ldg + s;
+      T* a = act + m * ldg + s;
+      const int64_t o = m * lds + s;
+      const T i = sigmoid1(g[0]), f = sigmoid1(g[gs]), z = std::tanh(g[2 * gs]), out = sigmoid1(g[3 * gs]);
+      a[0] = i, a[gs] = f, a[2 * gs] = z, a[3 * gs] = out;
+      const T cn = f * c_prev[o] + i * z, tc = std::tanh(cn);
+      c[o] = cn, tanh_c[o] = tc, h[o] = out * tc;
+    }
+  }
 }
 
 template <typename T>
-void cell_backward(int M, const T* act, int64_t ldg, const T* c_prev, const T* tanh_c, const T* dh, T* dc,
-                   int64_t lds, T* dgates) {
+void cell_backward(int M, int units, const T* act, int64_t ldg, int64_t gs, const T* c_prev, const T* tanh_c,
+                   const T* dh, T* dc, int64_t lds, T* dgates) {
   constexpr int L = Vec<T>::L;
   const V<T> one = splat(T(1));
-  for (int m = 0; m < M; ++m)
-    for (int s = 0; s < UNITS; s += L) {
+  for (int m = 0; m < M; ++m) {
+    int s = 0;
+    for (; s + L <= units; s += L) {
       const T* g = act + m * ldg + s;
       T* d = dgates + m * ldg + s;
       const int64_t o = m * lds + s;
-      const V<T> i = load(g), f = load(g + UNITS), z = load(g + 2 * UNITS), out = load(g + 3 * UNITS);
+      const V<T> i = load(g), f = load(g + gs), z = load(g + 2 * gs), out = load(g + 3 * gs);
       const V<T> tc = load(tanh_c + o), dhv = load(dh + o);
       const V<T> dcn = load(dc + o) + dhv * out * (one - tc * tc);
       store(d, dcn * z * i * (one - i));
-      store(d + UNITS, dcn * load(c_prev + o) * f * (one - f));
-      store(d + 2 * UNITS, dcn * i * (one - z * z));
-      store(d + 3 * UNITS, dhv * tc * out * (one - out));
+      store(d + gs, dcn * load(c_prev + o) * f * (one - f));
+      store(d + 2 * gs, dcn * i * (one - z * z));
+      store(d + 3 * gs, dhv * tc * out * (one - out));
       store(dc + o, dcn * f);
     }
+    for (; s < units; ++s) {
+      const T* g = act + m * ldg + s;
+      T* d = dgates + m * ldg + s;
+      const int64_t o = m * lds + s;
+      const T i = g[0], f = g[gs], z = g[2 * gs], out = g[3 * gs], tc = tanh_c[o], dhv = dh[o];
+      const T dcn = dc[o] + dhv * out * (1 - tc * tc);
+      d[0] = dcn * z * i * (1 - i);
+      d[gs] = dcn * c_prev[o] * f * (1 - f);
+      d[2 * gs] = dcn * i * (1 - z * z);
+      d[3 * gs] = dhv * tc * out * (1 - out);
+      dc[o] = dcn * f;
+    }
+  }
 }
 
 template <typename T>

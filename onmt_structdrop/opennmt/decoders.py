@@ -197,7 +197,7 @@ class StructDropInputFeedDecoder(_StructDropDecoder, InputFeedRNNDecoder):
         cells = self.rnn.layers
         w0 = cells[0].weight_ih
         pre = sequence_linear(emb.transpose(0, 1), w0[:, :E], cells[0].bias_ih + cells[0].bias_hh,
-                              emb_mask)  # [T, B, 4H]
+                              emb_mask).unbind(0)  # T steps of [B, 4H] (one node in backward, not one per step)
         feed = StepProduct(w0[:, E:], out_mask, scaled=True)  # the input feed is last step's masked output
         below = [StepProduct(cells[l].weight_ih, between[l - 1]) for l in range(1, L)]
         hidden = [StepProduct(cells[l].weight_hh, recurrent[l]) for l in range(L)]

@@ -22,6 +22,7 @@ for a weight ``wt`` stored ``n x n_out``, i.e. ``W^T``):
     kept_input_grad(da, dout, keep, mult, rows, alpha) da[:, K] = alpha * mult * (dout @ rows^T);
                                                   every dropped column of ``da`` is set to zero
     kept_rows_grad(a, dout, keep, mult, alpha) -> drows = alpha * (a[:, K] * mult)^T @ dout
+    add_kept_rows_grad(dwt, a, dout, keep, mult, alpha) -> dwt    dwt[K] += the same (only kept rows touched)
     cell_forward(gates, c_prev, act, c, tanh_c, h) -> (act, c, tanh_c, h)
         act = [sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)] of gates (gate order i, f, g, o; act may be gates),
         c = f * c_prev + i * g, tanh_c = tanh(c), h = o * tanh_c; outputs are allocated when None

@@ -4,7 +4,8 @@ built from ``onmt_structdrop/csrc`` by the package's set-up).
 The time loops of a layer run in C++ with no Python per step; the products read the kept rows of a weight in
 place through the index list (AVX-512, AVX2+FMA or portable kernels, chosen at run time; ``ONMT_STRUCTDROP_ISA``
 asks for a lesser one); the cell's pointwise forward and backward are one pass per step, fused with the
-recurrent product of the same gate columns. It serves the layer and the masked products of a whole sequence (the
+recurrent product of the same gate columns. It serves the primitives (for step loops such as the input-feed decoder), the layer and the masked products of a
+whole sequence (the
 output layer) in float32 and float64 on the CPU with packed masks, when one of them has a fresh kept set for many
 steps and sets of about the same size (``time``, explicit masks); masks with a few sets (``batch``, ``pool``) or
 none are faster in the torch backend's sequence-wide products, regularly strided sets (``rbd``) in its strided
@@ -21,7 +22,7 @@ from . import CACHED_SETS
 from .packed import PackedMask
 
 NAME = "native"
-SERVES = ("lstm_layer", "sequence")
+SERVES = ("primitives", "lstm_layer", "sequence")
 MIN_SETS = CACHED_SETS + 1  # a plan needs a mask with this many kept sets for the native layer to serve it
 ONLY_WHERE_FASTER = True  # decline the plans the torch backend runs faster (the tests turn it off)
 
@@ -49,6 +50,8 @@ def declines(op, device, dtype, plan=None):
         return "the native engine runs on the CPU"
     if dtype not in (torch.float32, torch.float64):
         return f"the native engine computes in float32 and float64, not {dtype}"
+    if op == "primitives":
+        return None
     if op == "sequence":  # the plan is the mask itself
         masks = (plan,)
     elif plan is None:
@@ -82,6 +85,56 @@ def _mask(mask, n, steps):
     return mask.keep, mask.values, mask.scale, list(mask.step_sets)
 
 
+# ---- primitives (see :mod:`onmt_structdrop.ops`): the products read the kept rows of ``wt`` in place ----------
+def _mult(mult, alpha):
+    """The multipliers as the extension takes them: ``(values or None, scale)``."""
+    return (mult * alpha, 1.0) if torch.is_tensor(mult) else (None, mult * alpha)
+
+
+def kept_rows(wt, keep):
+    """``wt`` itself (contiguous): the products below read its kept rows through ``keep``."""
+    return wt.contiguous()
+
+
+def kept_product(out, a, keep, mult, rows, alpha=1.0):
+    extension()[0].kept_step_product(a.contiguous(), keep, *_mult(mult, alpha), rows, out)
+    return out
+
+
+def kept_input_grad(da, dout, keep, mult, rows, alpha=1.0):
+    extension()[0].kept_step_input_grad(dout.contiguous(), keep, *_mult(mult, alpha), rows, da)
+    return da
+
+
+def add_kept_rows_grad(dwt, a, dout, keep, mult, alpha=1.0):
+    extension()[0].kept_step_weight_grad(a.contiguous(), keep, *_mult(mult, alpha), dout.contiguous(), dwt)
+    return dwt
+
+
+def kept_rows_grad(a, dout, keep, mult, alpha=1.0):
+    dwt = add_kept_rows_grad(a.new_zeros(a.shape[1], dout.shape[1]), a, dout, keep, mult, alpha)
+    return dwt.index_select(0, keep)
+
+
+def add_rows(dwt, keep, drows):
+    return dwt.index_add_(0, keep, drows)
+
+
+def cell_forward(gates, c_prev, act=None, c=None, tanh_c=None, h=None):
+    gates, c_prev = gates.contiguous(), c_prev.contiguous()
+    act = torch.empty_like(gates) if act is None else act
+    c, tanh_c, h = (torch.empty_like(c_prev) if x is None else x for x in (c, tanh_c, h))
+    extension()[0].cell_forward(gates, c_prev, act, c, tanh_c, h)
+    return act, c, tanh_c, h
+
+
+def cell_backward(act, c_prev, tanh_c, dh, dc, dgates=None):
+    dgates = torch.empty_like(act) if dgates is None else dgates
+    extension()[0].cell_backward(act, c_prev, tanh_c, dh.contiguous(), dc, dgates)
+    return dgates
+
+
+# ---- sequences and the layer ---------------------------------------------------------------------------------
 def sequence_product(a, wt, mask, bias=None):
     """See :mod:`onmt_structdrop.ops` (``saved``: the gathered kept inputs of every step)."""
     out, gathered = extension()[0].sequence_product(a, wt, _mask(mask, a.shape[2], a.shape[0]), bias)

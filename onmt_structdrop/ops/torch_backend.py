@@ -71,6 +71,11 @@ def kept_rows_grad(a, dout, keep, mult, alpha=1.0):
     return torch.addmm(dout.new_empty(a_k.shape[1], dout.shape[1]), a_k.t(), dout, beta=0, alpha=_alpha(mult, alpha))
 
 
+def add_kept_rows_grad(dwt, a, dout, keep, mult, alpha=1.0):
+    """``dwt[K] += alpha * (a[:, K] * mult)^T @ dout``."""
+    return add_rows(dwt, keep, kept_rows_grad(a, dout, keep, mult, alpha))
+
+
 def cell_forward(gates, c_prev, act=None, c=None, tanh_c=None, h=None):
     """One LSTM step from its pre-activations (gate order i, f, g, o; the cell state is never dropped):
     ``act = [sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)]`` (``act`` may be ``gates``: in place),
