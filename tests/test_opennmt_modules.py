@@ -263,6 +263,33 @@ def test_bad_options_fail_at_parse_time(line, message, tmp_path, capsys):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("where", ["yaml", "command line"])
+@pytest.mark.parametrize("name, hint", [
+    ("sd_recurent_dropout", "did you mean -sd_recurrent_dropout?"),
+    ("sd_mask_mod", "did you mean -sd_mask_mode?"),  # a prefix: argparse alone would take it for sd_mask_mode
+    ("sd_frobnicate", "the structured-dropout options are -sd_compact, "),
+])
+def test_unknown_or_abbreviated_plugin_options_are_refused(where, name, hint, tmp_path, capsys):
+    value = "0.3" if "dropout" in name else "time"
+    config = tmp_path / "run.yaml"
+    required = "src_vocab: vocab.src\ndata:\n  corpus_1:\n    path_src: a.src\n    path_tgt: a.tgt\n"
+    config.write_text(required + "encoder_type: sd_brnn\n" + (f"{name}: {value}\n" if where == "yaml" else ""))
+    args = ["-config", str(config)] + ([f"-{name}", value] if where == "command line" else [])
+    parser = ArgumentParser()
+    opts.train_opts(parser)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_known_args(args)  # what onmt_train calls
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"unknown option -{name}" in err and hint in err
+    config.write_text(required + "sd_seed: 3\n")  # the exact names still parse, each way
+    parser = ArgumentParser()
+    opts.train_opts(parser)
+    opt, _ = parser.parse_known_args(["-config", str(config), "-sd_mask_mode", "batch", "--sd_recurrent_dropout=0.2"])
+    assert opt.sd_seed == 3
+    assert opt.sd_mask_mode == "batch" and opt.sd_recurrent_dropout == [0.2]
+
+
 def test_settings_reject_mismatched_schedules_and_other_cells():
     with pytest.raises(ValueError, match="one value or one per dropout entry"):
         Settings(make_opt(dropout=0.3, recurrent=0.3, sd_recurrent_dropout=[0.1, 0.2, 0.3]))

@@ -6,6 +6,7 @@ The non-recurrent rate is OpenNMT's own ``dropout`` (with ``dropout_steps``); th
 from __future__ import annotations
 
 import argparse
+import difflib
 
 import torch
 
@@ -96,6 +97,27 @@ def add_opts(parser):
     group.add_argument("--sd_compact", "-sd_compact", type=_bool, default=DEFAULTS["sd_compact"],
                        help="Skip the dropped units' work (true) or multiply by the same masks (false, for "
                             "comparison).")
+    refuse_unknown_options(parser, sorted(DEFAULTS))
+
+
+def refuse_unknown_options(parser, names):
+    """Make ``parser`` refuse any ``-sd_*`` option (or YAML key, which configargparse turns into one) that is not
+    exactly one of ``names``. OpenNMT-py parses with ``parse_known_args``, which ignores unknown options, and
+    argparse takes a prefix of an option for the option: a misspelt ``-sd_recurent_dropout`` would silently train
+    without recurrent dropout, and ``sd_mask_mod`` would mean ``sd_mask_mode``. One line, close matches, exit 2."""
+    parse_optional = parser._parse_optional  # argparse's one entry for every option string it reads
+
+    def checked(arg_string):
+        name = arg_string.lstrip("-").split("=", 1)[0]
+        if arg_string.startswith("-") and name.startswith("sd_") and name not in names:
+            close = difflib.get_close_matches(name, names, n=2, cutoff=0.6)
+            hint = (f"did you mean {' or '.join('-' + c for c in close)}?" if close
+                    else f"the structured-dropout options are {', '.join('-' + n for n in names)}")
+            parser.exit(2, f"{parser.prog}: error: unknown option -{name} (on the command line or as a config key): "
+                           f"{hint}\n")
+        return parse_optional(arg_string)
+
+    parser._parse_optional = checked
 
 
 def _first(value):
