@@ -122,3 +122,25 @@ def test_a_checkpoint_that_runs_code_is_refused(trained, work):
                   check=False)
     assert result.returncode != 0 and "refusing to load evil.pt" in result.stderr
     assert not marker.exists()
+
+
+def test_the_vocabulary_round_trip_keeps_empty_and_whitespace_holding_tokens(tmp_path):
+    """onmt_build_vocab writes every token it counts, the empty one of repeated spaces and ones holding tabs or
+    Unicode spaces included; onmt_train must read back the same vocabulary (patches/.../05-vocab-round-trip)."""
+    from collections import Counter
+
+    from onmt.inputters.inputter import _read_vocab_file
+    lines = ["a  b c", "x\u00a0y  z", "p\tq  r", "s\u2003t u"] * 3
+    for name in ("train.src", "train.tgt"):
+        (tmp_path / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (tmp_path / "run.yaml").write_text(
+        "save_data: run/data\nsrc_vocab: vocab.src\ntgt_vocab: vocab.tgt\noverwrite: true\n"
+        "data:\n  corpus_1:\n    path_src: train.src\n    path_tgt: train.tgt\n"
+        "encoder_type: rnn\ndecoder_type: rnn\nlayers: 1\nhidden_size: 8\nword_vec_size: 8\n"
+        "batch_size: 4\ntrain_steps: 2\nreport_every: 1\nbucket_size: 64\nsave_model: run/model\n"
+        "save_checkpoint_steps: 100\n", encoding="utf-8")
+    onmt("build_vocab", "-config", "run.yaml", "-n_sample", "-1", cwd=tmp_path)
+    counted = Counter(token for line in lines for token in line.split(" "))
+    assert "" in counted and "x\u00a0y" in counted and "p\tq" in counted
+    assert sorted(_read_vocab_file(str(tmp_path / "vocab.src"), 1)) == sorted(counted)
+    onmt("train", "-config", "run.yaml", cwd=tmp_path)  # reads that vocabulary back and trains
