@@ -20,6 +20,13 @@ def _check_size(value, name, minimum=1):
     return value
 
 
+@torch.compiler.disable
+def _stock_lstm(*args):
+    """nn.LSTM's own kernel. torch.compile runs it as it is, as it does nn.LSTM (dynamo does not trace RNN
+    modules): traced, the CPU kernel (``mkldnn_rnn_layer``) fails to compile."""
+    return _VF.lstm(*args)
+
+
 class StructDropLSTM(nn.Module):
     r"""Multi-layer LSTM with structured dropout, interchangeable with :class:`torch.nn.LSTM`.
 
@@ -212,12 +219,12 @@ class StructDropLSTM(nn.Module):
         if no_dropout:  # nothing to skip: nn.LSTM's own kernel (cuDNN on GPU), identical results
             flat = [getattr(self, name) for name in self._flat_weights_names]
             if packed:
-                data, h_n, c_n = _VF.lstm(input.data, input.batch_sizes, (h0, c0), flat, self.bias,
-                                          self.num_layers, 0.0, self.training, self.bidirectional)
+                data, h_n, c_n = _stock_lstm(input.data, input.batch_sizes, (h0, c0), flat, self.bias,
+                                             self.num_layers, 0.0, self.training, self.bidirectional)
                 layer_input = None
             else:
-                layer_input, h_n, c_n = _VF.lstm(x, (h0, c0), flat, self.bias, self.num_layers, 0.0,
-                                                 self.training, self.bidirectional, False)
+                layer_input, h_n, c_n = _stock_lstm(x, (h0, c0), flat, self.bias, self.num_layers, 0.0,
+                                                    self.training, self.bidirectional, False)
         else:
             layer_input, h_n, c_n = self._run_layers(x, h0, c0, masks, batch_sizes, sorted_indices)
         if unsorted_indices is not None:

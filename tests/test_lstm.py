@@ -311,3 +311,22 @@ def test_explicit_masks_are_checked(bad, match):
     masks = {"input": [bad], "recurrent": [[None]]}
     with pytest.raises(ValueError, match=f"mask input\\[0\\] must hold {match}"):
         model(torch.randn(T, B, N_IN), masks=masks)
+
+
+@pytest.mark.parametrize("backend, training, p", [("aot_eager", False, 0.5), ("aot_eager", True, 0.0),
+                                                   ("aot_eager", True, 0.5), ("inductor", False, 0.0)])
+def test_torch_compile_gives_the_eager_results(backend, training, p):
+    """As nn.LSTM compiles: in eval() and without dropout (nn.LSTM's own kernel, which traced would not compile),
+    and in training with dropout (the same masks given to both)."""
+    torch.manual_seed(0)
+    model = StructDropLSTM(6, 5, num_layers=2, dropout=p, recurrent_dropout=p, bidirectional=True).train(training)
+    x = torch.randn(4, 3, 6, requires_grad=training)
+    masks = model.sample_masks(4, 3) if training and p else None
+    compiled = torch.compile(model, backend=backend)
+    (out, (h, c)), (want, (h_want, c_want)) = compiled(x, masks=masks), model(x, masks=masks)
+    for actual, expected in [(out, want), (h, h_want), (c, c_want)]:
+        torch.testing.assert_close(actual, expected)
+    if training:
+        grad, = torch.autograd.grad(out.sum(), x)
+        want_grad, = torch.autograd.grad(want.sum(), x)
+        torch.testing.assert_close(grad, want_grad)
