@@ -94,6 +94,15 @@ def test_other_models_train_and_translate(name, work):
     assert len(lines) == 200
 
 
+def test_the_demo_times_the_models_in_alternating_rounds(work):
+    configs = {"structdrop": write_config(work, "sd_ifrnn", 6), "baseline": write_config(work, "stock", 6)}
+    table = demo.alternating_speed(work, configs, rounds=2, steps=6, threads=1)
+    logs = sorted(p.name for p in (work / "runs" / "speed").glob("*.log"))
+    assert logs == ["structdrop_baseline_r1.log", "structdrop_baseline_r2.log", "structdrop_r1.log",
+                    "structdrop_r2.log"]
+    assert re.search(r"\| structdrop \| 2 \| \d+ \| \d\.\d\dx \|", table) and "median of 2" in table
+
+
 def test_evaluate_reports_bleu_and_speed(trained, work, monkeypatch):
     monkeypatch.chdir(work)  # recipes' paths are relative to where onmt_train ran
     result = evaluate.evaluate(work / "sd_ifrnn.yaml", beam=2)

@@ -6,6 +6,10 @@ structured dropout (``sd_brnn`` + ``sd_ifrnn``) and with the stock LSTM (``brnn`
 
 The sample (2,000 training sentences) is far too small for a useful model: the point is the pipeline and the
 speed ratio, not the BLEU score. ``recipes/multi30k_deen.yaml`` is the full-size run.
+
+The speed ratio comes from short training runs of the two models that alternate (A B A B, ``--speed-rounds`` of
+``--speed-steps`` steps, ``--threads`` threads each), so that a load that comes and goes on the machine hits
+both alike; the two long runs that give the BLEU scores run one after the other and are not compared for speed.
 """
 from __future__ import annotations
 
@@ -17,7 +21,7 @@ import sys
 from pathlib import Path
 
 from ..resources import data_path
-from . import nmt_evaluate as evaluate, nmt_prepare as prepare
+from . import nmt_evaluate as evaluate, nmt_prepare as prepare, nmt_speed
 
 SAMPLE = data_path("recipes/sample_multi30k_deen")
 MODELS = {
@@ -64,11 +68,27 @@ log_file: runs/{name}/train.log
     return config
 
 
-def onmt(command: str, *args, cwd: Path, quiet: bool = False):
+def onmt(command: str, *args, cwd: Path, quiet: bool = False, threads: int = None):
     """Run a stock OpenNMT-py command (the installed one, as ``python -m onmt.bin.<command>``)."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    env = dict(os.environ, PYTHONWARNINGS="ignore", **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     return subprocess.run([sys.executable, "-m", f"onmt.bin.{command}", *map(str, args)], cwd=cwd, env=env,
-                          check=True, stdout=subprocess.DEVNULL if quiet else None)
+                          check=True, stdout=subprocess.DEVNULL if quiet else None,
+                          stderr=subprocess.DEVNULL if quiet else None)
+
+
+def alternating_speed(work: Path, configs: dict, rounds: int, steps: int, threads: int) -> str:
+    """Train each model ``steps`` steps per round, alternating, and table their tokens/s per round (the
+    structured model's logs are ``structdrop_rN``, its twin's ``structdrop_baseline_rN``)."""
+    out, logs = work / "runs" / "speed", []
+    for rnd in range(1, rounds + 1):
+        for name, stem in (("structdrop", "structdrop"), ("baseline", "structdrop_baseline")):
+            print(f"speed round {rnd}/{rounds}: {name}, {steps} steps, {threads} thread(s)", flush=True)
+            log = out / f"{stem}_r{rnd}.log"
+            onmt("train", "-config", configs[name], "-train_steps", steps, "-valid_steps", 10 ** 9,
+                 "-save_checkpoint_steps", 10 ** 9, "-report_every", max(steps // 6, 1), "-save_model",
+                 out / stem / "model", "-log_file", log, cwd=work, quiet=True, threads=threads)
+            logs.append(log)
+    return nmt_speed.speed_table(logs)
 
 
 def main(argv=None):
@@ -77,7 +97,13 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--mode", default="time", help="sd_mask_mode of the structured model")
     parser.add_argument("--recurrent-dropout", type=float, default=0.0, help="sd_recurrent_dropout (on h(t-1))")
+    parser.add_argument("--speed-rounds", type=int, default=2, help="alternating rounds timed for the speed ratio")
+    parser.add_argument("--speed-steps", type=int, default=60, help="training steps of each model per round")
+    parser.add_argument("--threads", type=int, default=1, help="threads of each timed run (OMP_NUM_THREADS)")
     args = parser.parse_args(argv)
+    for name in ("steps", "speed_rounds", "speed_steps", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     work = args.out.resolve()
     work.mkdir(parents=True, exist_ok=True)
     print(f"preparing the sample from {SAMPLE} in {work / 'data'}", flush=True)
@@ -97,7 +123,11 @@ def main(argv=None):
         results = [evaluate.evaluate(configs[name], beam=5) for name in ("structdrop", "baseline")]
     finally:
         os.chdir(cwd)
-    table = evaluate.comparison_table(results)
+    speed = alternating_speed(work, configs, args.speed_rounds, args.speed_steps, args.threads)
+    table = (f"{evaluate.comparison_table(results, speed=False)}\n\nTraining speed (target tokens/s): "
+             f"{args.speed_rounds} alternating rounds of {args.speed_steps} steps per model, {args.threads} "
+             f"thread(s) each; the ratio is the structured model's to the stock one's in the same round.\n\n"
+             f"{speed}")
     print(table)
     (work / "results.md").write_text(table + "\n")
     (work / "results.json").write_text(json.dumps(results, indent=1))
