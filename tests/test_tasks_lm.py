@@ -103,7 +103,9 @@ def test_the_baseline_recipe_runs_the_user_alternative(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["-dropout", "1.0"], "dropout must be in [0, 1), got 1.0"),
     (["-bptt", "0"], "bptt must be >= 1, got 0"),
-    (["-lr", "-1"], "lr must be > 0, got -1.0"),
+    (["-lr", "-1"], "lr must be > 0 (and finite), got -1.0"),
+    (["-init_range", "inf"], "init_range must be > 0 (and finite), got inf"),
+    (["-device", "tpu"], "device must be cpu, cuda or cuda:N, got 'tpu'"),
     (["-mask_mode", "dense"], "invalid choice: 'dense'"),
 ])
 def test_bad_options_are_named(tmp_path, capsys, args, message):
@@ -141,3 +143,50 @@ def test_corpus_reading_and_batching(tmp_path):
     assert ids["train"].numel() == sum(len(line.split()) + 1 for line in lines)  # one <eos> per line
     b = batchify(torch.arange(11), 3)
     assert b.tolist() == [[0, 3, 6], [1, 4, 7], [2, 5, 8]]
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("this checkpoint ran code",))
+
+
+def _break_checkpoint(path, kind):
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif kind == "not a checkpoint":
+        path.write_bytes(bytes(range(256)) * 8)
+    elif kind == "another model's":
+        state = torch.load(path, weights_only=True)
+        torch.save({**state, "config": {"word_dim": "100"}}, path)
+    elif kind == "code-running":
+        torch.save({"model": RunsCode()}, path)
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("empty", "is empty"), ("truncated", "is truncated or not a torch checkpoint"),
+    ("not a checkpoint", "is truncated or not a torch checkpoint"), ("another model's", "another model"),
+    ("code-running", "could run code when loaded; refused"),
+])
+def test_a_bad_checkpoint_is_named_in_one_line(tmp_path, capsys, kind, message):
+    run_cli(tmp_path, "-epochs", "1")
+    capsys.readouterr()
+    _break_checkpoint(tmp_path / "run" / "last.pt", kind)
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(tmp_path, "-epochs", "2", "-resume", "true")
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err and "last.pt" in err
+    assert "this checkpoint ran code" not in capsys.readouterr().out
+
+
+def test_a_corpus_that_is_not_utf8_is_named_with_its_line(tmp_path, capsys):
+    data = write_ptb(tmp_path / "ptb")
+    (data / "ptb.valid.txt").write_bytes(" a b \n caf\xe9 b \n".encode("latin1"))
+    with pytest.raises(SystemExit) as exit_info:
+        lm.main(["-data", str(data), "-save_dir", str(tmp_path / "r"), *TINY])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "ptb.valid.txt:2: not UTF-8 (byte 0xe9 at column 5)" in err and "iconv" in err
+    with pytest.raises(ValueError, match="not UTF-8"):  # -debug true: the error itself, with its traceback
+        lm.main(["-data", str(data), "-save_dir", str(tmp_path / "r2"), "-debug", "true", *TINY])

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -15,6 +16,7 @@ import torch
 import yaml
 
 from ..masks import MASK_MODES, check_rate
+from .textfile import read_text
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ RUN_OPTIONS = [
     Option("threads", optional_int, None, "torch CPU threads (default: torch's choice)"),
     Option("device", str, "cpu", "cpu or cuda"),
     Option("resume", boolean, False, "continue the run in save_dir from its last.pt"),
+    Option("debug", boolean, False, "on an error, show the traceback as well as its one-line message"),
 ]
 
 
@@ -80,7 +83,7 @@ def read_recipe(path: Path, options) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"recipe not found: {path}")
     try:
-        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        values = yaml.safe_load(read_text(path)) or {}
     except yaml.YAMLError as err:
         raise ValueError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(values, dict):
@@ -133,23 +136,30 @@ def check_values(parser, args, at_least_one=(), positive=(), non_negative=(), ra
         if value is not None and value < 1:
             parser.error(f"{name} must be >= 1, got {value}")
     for name in positive:
-        if not getattr(args, name) > 0:
-            parser.error(f"{name} must be > 0, got {getattr(args, name)}")
+        if not 0 < getattr(args, name) < math.inf:
+            parser.error(f"{name} must be > 0 (and finite), got {getattr(args, name)}")
     for name in non_negative:
-        if getattr(args, name) < 0:
-            parser.error(f"{name} must be >= 0, got {getattr(args, name)}")
+        if not 0 <= getattr(args, name) < math.inf:
+            parser.error(f"{name} must be >= 0 (and finite), got {getattr(args, name)}")
     for name in rates:
         try:
             check_rate(getattr(args, name), name)
         except ValueError as err:
             parser.error(str(err))
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if device.type not in ("cpu", "cuda"):
+        parser.error(f"device must be cpu, cuda or cuda:N, got {args.device!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
         parser.error(f"device {args.device!r}: no CUDA device is available")
 
 
 def run_command(prog, description, options, run, argv=None, at_least_one=(), positive=(), non_negative=()):
     """A task's command line: recipe and options parsed and checked (the shared dropout and run options
-    included), then ``run(args)``. Missing or malformed data and an occupied save_dir exit with their message."""
+    included), then ``run(args)``. Missing or malformed data, a checkpoint that cannot be resumed and an occupied
+    save_dir exit with status 2 and their one-line message."""
     parser = build_parser(prog, description, options)
     args = parse_options(parser, options, argv)
     check_values(parser, args, at_least_one=(*at_least_one, "max_steps_per_epoch", "threads"),
@@ -157,5 +167,7 @@ def run_command(prog, description, options, run, argv=None, at_least_one=(), pos
                  rates=("dropout", "recurrent_dropout"))
     try:
         return run(args)
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError) as err:  # bad input: one line (-debug true adds the traceback)
+        if args.debug:
+            raise
         parser.exit(2, f"{parser.prog}: error: {err}\n")

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
+from .textfile import numbered_lines
+
 TAG = re.compile(r"^(O|[BI]-[^\s-][^\s]*)$")
 
 
@@ -31,28 +33,27 @@ def read_conll(path: Path, tag_column: int = -1) -> List[Sentence]:
             words.clear()
             tags.clear()
 
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            fields = line.split()
-            if not fields:
-                close()
-                continue
-            if fields[0] == "-DOCSTART-":  # only the first column: eng.testb writes "-DOCSTART- -X- -X- O"
-                close()
-                continue
-            if columns is None:
-                columns = len(fields)
-                if columns < 2:
-                    raise ValueError(f"{path}:{number}: expected a word and a tag, got {line.strip()!r}")
-            if len(fields) != columns:
-                raise ValueError(f"{path}:{number}: expected {columns} columns like the first token line, got "
-                                 f"{len(fields)}: {line.rstrip()!r}")
-            tag = fields[tag_column]
-            if not TAG.match(tag):
-                raise ValueError(f"{path}:{number}: {tag!r} is not an IOB tag (O, B-TYPE or I-TYPE): "
-                                 f"{line.rstrip()!r}")
-            words.append(fields[0])
-            tags.append(tag)
+    for number, line in numbered_lines(path):
+        fields = line.split()
+        if not fields:
+            close()
+            continue
+        if fields[0] == "-DOCSTART-":  # only the first column: eng.testb writes "-DOCSTART- -X- -X- O"
+            close()
+            continue
+        if columns is None:
+            columns = len(fields)
+            if columns < 2:
+                raise ValueError(f"{path}:{number}: expected a word and a tag, got {line.strip()!r}")
+        if len(fields) != columns:
+            raise ValueError(f"{path}:{number}: expected {columns} columns like the first token line, got "
+                             f"{len(fields)}: {line.rstrip()!r}")
+        tag = fields[tag_column]
+        if not TAG.match(tag):
+            raise ValueError(f"{path}:{number}: {tag!r} is not an IOB tag (O, B-TYPE or I-TYPE): "
+                             f"{line.rstrip()!r}")
+        words.append(fields[0])
+        tags.append(tag)
     close()
     if not sentences:
         raise ValueError(f"{path} holds no sentences")

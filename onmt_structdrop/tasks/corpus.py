@@ -7,6 +7,8 @@ from typing import Dict, List
 
 import torch
 
+from .textfile import numbered_lines
+
 EOS, UNK = "<eos>", "<unk>"
 SPLITS = ("train", "valid", "test")
 
@@ -24,10 +26,9 @@ def corpus_files(data: Path, prefix="ptb") -> Dict[str, Path]:
 
 def read_words(path: Path) -> List[str]:
     words = []
-    with Path(path).open(encoding="utf-8") as fh:
-        for line in fh:
-            words.extend(line.split())
-            words.append(EOS)
+    for _, line in numbered_lines(path):
+        words.extend(line.split())
+        words.append(EOS)
     if len(words) == words.count(EOS):
         raise ValueError(f"{path} is empty: no words")
     return words

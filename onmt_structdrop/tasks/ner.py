@@ -30,6 +30,7 @@ from ..linear import StructuredDropoutLinear
 from . import training
 from .config import DROPOUT_OPTIONS, RUN_OPTIONS, Option, boolean, compacts_output, run_command
 from .conll import iob1_to_iob2, read_conll
+from .textfile import numbered_lines
 
 PAD, UNK = "<pad>", "<unk>"
 OPTIONS = [
@@ -226,16 +227,15 @@ def load_pretrained(embedding, index, path, log):
     if not path.is_file():
         raise FileNotFoundError(f"pretrained_embeddings not found: {path}")
     found = 0
-    with path.open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            fields = line.rstrip().split(" ")
-            if len(fields) != embedding.embedding_dim + 1:
-                raise ValueError(f"{path}:{number}: expected a word and {embedding.embedding_dim} numbers "
-                                 f"(word_dim), got {len(fields) - 1}")
-            i = index.ids.get(fields[0])
-            if i is not None and i > 1:
-                embedding.weight.data[i] = torch.tensor([float(v) for v in fields[1:]])
-                found += 1
+    for number, line in numbered_lines(path):
+        fields = line.rstrip().split(" ")
+        if len(fields) != embedding.embedding_dim + 1:
+            raise ValueError(f"{path}:{number}: expected a word and {embedding.embedding_dim} numbers "
+                             f"(word_dim), got {len(fields) - 1}")
+        i = index.ids.get(fields[0])
+        if i is not None and i > 1:
+            embedding.weight.data[i] = torch.tensor([float(v) for v in fields[1:]])
+            found += 1
     log.info("pretrained embeddings: %d of %d words found in %s", found, len(index) - 2, path)
 
 

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import random
+import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -82,11 +84,29 @@ def save_checkpoint(save_dir: Path, **state):
     tmp.replace(save_dir / CHECKPOINT)
 
 
-def load_checkpoint(path: Path):
-    """A checkpoint of this package: tensors, numbers, strings and RNG states only, loaded without pickle code."""
+def load_checkpoint(path: Path, keys=("model", "optimizer", "rng", "config", "history", "epoch")):
+    """A checkpoint of this package: tensors, numbers, strings and RNG states only, loaded without pickle code.
+    Anything else is a ValueError that says what the file is: empty, truncated or not a checkpoint, holding
+    objects that would run code, or a checkpoint of something else."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    if path.stat().st_size == 0:
+        raise ValueError(f"checkpoint {path} is empty (a run killed while writing it?): delete it to start afresh")
+    if not zipfile.is_zipfile(path):  # what torch.save writes; a cut-off one lacks its closing directory
+        raise ValueError(f"checkpoint {path} is truncated or not a torch checkpoint at all (torch.save writes a zip "
+                         f"archive): delete it to start afresh")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise ValueError(f"checkpoint {path} holds objects other than tensors and plain values, which could run "
+                         f"code when loaded; refused ({str(err).splitlines()[0]})") from None
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile) as err:
+        raise ValueError(f"checkpoint {path} is truncated or not a torch checkpoint at all "
+                         f"({str(err).splitlines()[0]})") from None
+    missing = [k for k in keys if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path} is not a checkpoint of this command (it lacks {', '.join(missing)})")
+    return state
 
 
 def resume_or_start(args, model, opt, model_keys, data, log):
@@ -102,6 +122,9 @@ def resume_or_start(args, model, opt, model_keys, data, log):
         raise FileExistsError(f"{args.save_dir} already holds a run ({checkpoint}): pass -resume true to continue "
                               f"it, or choose another save_dir")
     state = load_checkpoint(checkpoint)
+    other = [k for k in model_keys if k not in state["config"]]
+    if other:
+        raise ValueError(f"cannot resume {checkpoint}: it is a checkpoint of another model (no {', '.join(other)})")
     changed = [k for k in model_keys if state["config"][k] != str(getattr(args, k))]
     if changed or any(state[k] != v for k, v in data.items()):
         what = ", ".join(f"{k} {state['config'][k]} -> {getattr(args, k)}" for k in changed) or "the training data"
