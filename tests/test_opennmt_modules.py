@@ -290,13 +290,32 @@ def test_unknown_or_abbreviated_plugin_options_are_refused(where, name, hint, tm
     assert opt.sd_mask_mode == "batch" and opt.sd_recurrent_dropout == [0.2]
 
 
+@pytest.mark.parametrize("lines, message", [
+    ("decoder_type: sd_rnn\ncopy_attn: true\n", "sd_rnn, like OpenNMT's rnn decoder without input feed, supports "
+                                                "neither copy_attn nor coverage_attn; use sd_ifrnn"),
+    ("decoder_type: sd_ifrnn\ncontext_gate: both\n", "sd_ifrnn does not support context_gate"),
+    ("rnn_type: GRU\n", "rnn_type must be LSTM, got 'GRU'"),
+    ("dropout: [0.3]\nsd_recurrent_dropout: [0.1, 0.2, 0.3]\n", "needs one value or one per dropout entry (1)"),
+])
+def test_bad_combinations_stop_onmt_train_at_start_up_in_one_line(lines, message, tmp_path, capsys):
+    config = tmp_path / "bad.yaml"
+    config.write_text("src_vocab: v.src\ndata:\n  corpus_1:\n    path_src: a\n    path_tgt: b\n"
+                      "encoder_type: sd_brnn\n" + lines)
+    parser = ArgumentParser()
+    opts.train_opts(parser)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_known_args(["-config", str(config)])  # what onmt_train calls
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err
+
+
 def test_settings_reject_mismatched_schedules_and_other_cells():
     with pytest.raises(ValueError, match="one value or one per dropout entry"):
         Settings(make_opt(dropout=0.3, recurrent=0.3, sd_recurrent_dropout=[0.1, 0.2, 0.3]))
     with pytest.raises(ValueError, match="rnn_type must be LSTM"):
         Settings(make_opt(rnn_type="GRU"))
     with pytest.raises(ValueError, match="does not support context_gate"):
-        StructDropInputFeedDecoder.from_opt(make_opt(context_gate="both"), embeddings())
+        StructDropInputFeedDecoder.from_opt(make_opt(context_gate="both", decoder_type="sd_ifrnn"), embeddings())
 
 
 def test_unknown_encoder_type_lists_the_available_ones():

@@ -132,9 +132,6 @@ class StructDropStdRNNDecoder(_StructDropDecoder, StdRNNDecoder):
 
     @classmethod
     def from_opt(cls, opt, embeddings):
-        if opt.copy_attn or opt.coverage_attn:
-            raise ValueError("sd_rnn, like OpenNMT's rnn decoder without input feed, supports neither copy_attn "
-                             "nor coverage_attn; use sd_ifrnn")
         return cls(opt.brnn, opt.dec_layers, opt.dec_hid_size, Settings(opt), opt.global_attention,
                    opt.global_attention_function, opt.context_gate, embeddings)
 
@@ -169,8 +166,6 @@ class StructDropInputFeedDecoder(_StructDropDecoder, InputFeedRNNDecoder):
 
     @classmethod
     def from_opt(cls, opt, embeddings):
-        if opt.context_gate is not None:
-            raise ValueError("sd_ifrnn does not support context_gate (the stock ifrnn decoder does)")
         return cls(opt.brnn, opt.dec_layers, opt.dec_hid_size, Settings(opt), opt.global_attention,
                    opt.global_attention_function, opt.coverage_attn, opt.copy_attn, embeddings,
                    opt.reuse_copy_attn, opt.copy_attn_type)

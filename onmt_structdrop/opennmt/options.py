@@ -98,6 +98,7 @@ def add_opts(parser):
                        help="Skip the dropped units' work (true) or multiply by the same masks (false, for "
                             "comparison).")
     refuse_unknown_options(parser, sorted(DEFAULTS))
+    check_when_parsed(parser)
 
 
 def refuse_unknown_options(parser, names):
@@ -118,6 +119,27 @@ def refuse_unknown_options(parser, names):
         return parse_optional(arg_string)
 
     parser._parse_optional = checked
+
+
+ENCODERS, DECODERS = ("sd_rnn", "sd_brnn"), ("sd_rnn", "sd_ifrnn")
+
+
+def check_when_parsed(parser):
+    """Run :func:`check` on what ``parser`` parses for a model with the plugin's encoder or decoder, so that a
+    bad combination stops ``onmt_train`` at start-up with one line (exit 2) instead of a traceback from deep in
+    the model builder."""
+    parse_known_args = parser.parse_known_args
+
+    def checked(*args, **kwargs):
+        opt, rest = parse_known_args(*args, **kwargs)
+        if getattr(opt, "encoder_type", None) in ENCODERS or getattr(opt, "decoder_type", None) in DECODERS:
+            try:
+                check(opt)
+            except ValueError as err:
+                parser.exit(2, f"{parser.prog}: error: {err}\n")
+        return opt, rest
+
+    parser.parse_known_args = checked
 
 
 def _first(value):
@@ -143,6 +165,12 @@ def check(opt):
     if getattr(opt, "rnn_type", "LSTM") != "LSTM":
         raise ValueError(f"structured dropout encoders and decoders are LSTMs; rnn_type must be LSTM, "
                          f"got {opt.rnn_type!r}")
+    decoder = getattr(opt, "decoder_type", None)
+    if decoder == "sd_rnn" and (getattr(opt, "copy_attn", False) or getattr(opt, "coverage_attn", False)):
+        raise ValueError("sd_rnn, like OpenNMT's rnn decoder without input feed, supports neither copy_attn nor "
+                         "coverage_attn; use sd_ifrnn")
+    if decoder == "sd_ifrnn" and getattr(opt, "context_gate", None) is not None:
+        raise ValueError("sd_ifrnn does not support context_gate (the stock ifrnn decoder does)")
 
 
 class Settings:
