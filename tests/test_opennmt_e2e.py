@@ -153,3 +153,17 @@ def test_the_vocabulary_round_trip_keeps_empty_and_whitespace_holding_tokens(tmp
     assert "" in counted and "x\u00a0y" in counted and "p\tq" in counted
     assert sorted(_read_vocab_file(str(tmp_path / "vocab.src"), 1)) == sorted(counted)
     onmt("train", "-config", "run.yaml", cwd=tmp_path)  # reads that vocabulary back and trains
+
+
+def test_prepare_names_a_line_that_is_not_utf8(tmp_path, capsys):
+    source = tmp_path / "src"
+    source.mkdir()
+    for path in SAMPLE.iterdir():
+        (source / path.name).write_bytes(path.read_bytes())
+    lines = (source / "train.de").read_bytes().split(b"\n")
+    lines[4] += b" caf\xe9"
+    (source / "train.de").write_bytes(b"\n".join(lines))
+    with pytest.raises(SystemExit) as exit_info:
+        prepare.main(["multi30k_deen", "--source", str(source), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "train.de:5: not UTF-8 (byte 0xe9" in err

@@ -87,6 +87,8 @@ def test_prepare_downloads_from_a_url(tmp_path):
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / "eng.testa").unlink(), "eng.testa not found"),
     (lambda d: (d / "eng.testb").write_text("EU NNP I-NP I-ORG\nx\n"), "eng.testb:2: expected 4 columns"),
+    (lambda d: (d / "eng.testb").write_bytes(b"EU NNP I-NP I-ORG\nCaf\xe9 NNP I-NP I-ORG\n"),
+     "eng.testb:2: not UTF-8 (byte 0xe9 at column 4)"),
 ])
 def test_prepare_refuses_missing_or_malformed_files(tmp_path, capsys, damage, message):
     source = write_conll(tmp_path / "src")["eng.train"].parent

@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from ..masks import MASK_MODES, check_rate
-from .textfile import read_text
+from ..textfile import read_text
 
 
 @dataclass(frozen=True)

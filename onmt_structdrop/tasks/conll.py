@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
-from .textfile import numbered_lines
+from ..textfile import numbered_lines
 
 TAG = re.compile(r"^(O|[BI]-[^\s-][^\s]*)$")
 

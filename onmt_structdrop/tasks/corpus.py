@@ -7,7 +7,7 @@ from typing import Dict, List
 
 import torch
 
-from .textfile import numbered_lines
+from ..textfile import numbered_lines
 
 EOS, UNK = "<eos>", "<unk>"
 SPLITS = ("train", "valid", "test")

@@ -30,7 +30,7 @@ from ..linear import StructuredDropoutLinear
 from . import training
 from .config import DROPOUT_OPTIONS, RUN_OPTIONS, Option, boolean, compacts_output, run_command
 from .conll import iob1_to_iob2, read_conll
-from .textfile import numbered_lines
+from ..textfile import numbered_lines
 
 PAD, UNK = "<pad>", "<unk>"
 OPTIONS = [

@@ -12,7 +12,6 @@ translations), ``prepare.json`` (what was done).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import sys
 import urllib.request
@@ -21,6 +20,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from tqdm import tqdm
+
+from ..textfile import NotUTF8, read_text
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,7 @@ def normalise(line: str, lowercase: bool) -> str:
 
 
 def read_lines(path: Path) -> List[str]:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8", newline="\n") as f:
-        return f.read().split("\n")[:-1] if path.stat().st_size else []
+    return read_text(path).split("\n")[:-1] if path.stat().st_size else []
 
 
 def find_file(directory: Path, stem: str, lang: str) -> Path:
@@ -166,8 +165,8 @@ def main(argv=None):
     try:
         info = prepare(args.corpus, args.out, None if args.download else args.source, args.max_train,
                        args.bpe_merges)
-    except DataError as err:
-        parser.error(str(err))
+    except (DataError, NotUTF8) as err:  # one line, exit 2
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(json.dumps(info))
 
 
