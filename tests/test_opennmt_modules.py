@@ -296,6 +296,8 @@ def test_unknown_or_abbreviated_plugin_options_are_refused(where, name, hint, tm
     ("decoder_type: sd_ifrnn\ncontext_gate: both\n", "sd_ifrnn does not support context_gate"),
     ("rnn_type: GRU\n", "rnn_type must be LSTM, got 'GRU'"),
     ("dropout: [0.3]\nsd_recurrent_dropout: [0.1, 0.2, 0.3]\n", "needs one value or one per dropout entry (1)"),
+    ("dropout: [1.5]\n", "dropout must be in [0, 1), got 1.5"),
+    ("decoder_type: sd_lstm\n", "unknown decoder_type 'sd_lstm'; the structured-dropout ones are sd_rnn, sd_ifrnn"),
 ])
 def test_bad_combinations_stop_onmt_train_at_start_up_in_one_line(lines, message, tmp_path, capsys):
     config = tmp_path / "bad.yaml"
@@ -322,3 +324,8 @@ def test_unknown_encoder_type_lists_the_available_ones():
     from onmt.model_builder import build_encoder
     with pytest.raises(ValueError, match=r"unknown encoder_type 'sd_lstm'; available: .*sd_brnn, sd_rnn"):
         build_encoder(make_opt(encoder_type="sd_lstm", model_type="text"), embeddings())
+
+
+def test_a_missing_data_file_is_named():
+    with pytest.raises(OSError, match="corpus_1/path_src file not found: 'nowhere.src'"):
+        ArgumentParser._validate_file("nowhere.src", "corpus_1/path_src")

@@ -132,11 +132,15 @@ def check_when_parsed(parser):
 
     def checked(*args, **kwargs):
         opt, rest = parse_known_args(*args, **kwargs)
-        if getattr(opt, "encoder_type", None) in ENCODERS or getattr(opt, "decoder_type", None) in DECODERS:
-            try:
+        encoder, decoder = getattr(opt, "encoder_type", None), getattr(opt, "decoder_type", None)
+        try:
+            for kind, name, known in (("encoder_type", encoder, ENCODERS), ("decoder_type", decoder, DECODERS)):
+                if isinstance(name, str) and name.startswith("sd_") and name not in known:
+                    raise ValueError(f"unknown {kind} {name!r}; the structured-dropout ones are {', '.join(known)}")
+            if encoder in ENCODERS or decoder in DECODERS:
                 check(opt)
-            except ValueError as err:
-                parser.exit(2, f"{parser.prog}: error: {err}\n")
+        except ValueError as err:
+            parser.exit(2, f"{parser.prog}: error: {err}\n")
         return opt, rest
 
     parser.parse_known_args = checked
