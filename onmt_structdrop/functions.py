@@ -13,6 +13,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 from . import ops
+from .accounting import tally
 from .ops import CACHED_SETS, PackedMask
 
 
@@ -59,6 +60,10 @@ class SequenceLinearFunction(torch.autograd.Function):
 
 def sequence_linear(x, weight, bias, mask):
     """``F.linear`` of ``x`` ``[T, B, n]`` with ``mask`` applied per step (compacted when it is packed)."""
+    if tally.active:
+        T, B, n = x.shape
+        tally.product(T * B, n, weight.shape[0], mask, T)
+        tally.backend("torch" if mask is None else ops.select("sequence", x, mask).NAME)
     if mask is None:
         return F.linear(x, weight, bias)
     return SequenceLinearFunction.apply(x.contiguous(), weight, bias, mask)
@@ -146,6 +151,11 @@ class StepProduct:
 
     def __call__(self, x, t):
         mask = self.mask
+        if tally.active:
+            packed = isinstance(mask, PackedMask)
+            tally.product(x.shape[0], x.shape[1], self.weight.shape[0],
+                          fraction=mask.sizes[mask.step_sets[t]] / x.shape[1] if packed else 1.0)
+            tally.backend(self._backend.NAME if packed else "torch")
         if mask is None or (self.scaled and not isinstance(mask, PackedMask)):
             return F.linear(x, self.weight)
         if not isinstance(mask, PackedMask):  # the masked-dense path

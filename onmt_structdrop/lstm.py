@@ -9,6 +9,7 @@ from torch import _VF, nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 from . import ops
+from .accounting import tally
 from .functions import LSTMLayerFunction
 from .masks import (DEFAULT_POOL_SIZE, PatternOptions, StructuredMask, auto_pool_size, check_mode, check_pool_size,
                     check_rate, pool_assignment, sample_mask)
@@ -76,6 +77,7 @@ class StructDropLSTM(nn.Module):
             raise TypeError(f"pattern must be a PatternOptions, got {type(pattern).__name__}")
         self.pattern = pattern
         self.last_masks = None
+        self.site = "lstm"  # how training reports name this LSTM's dropout sites (onmt_structdrop.accounting)
         self.proj_size = 0  # read by code written for nn.LSTM
 
         factory = {"device": device, "dtype": dtype}
@@ -216,7 +218,14 @@ class StructDropLSTM(nn.Module):
                                "recurrent": [[self._public(m, x.dtype) for m in r] for r in masks["recurrent"]]}
         # with no rows there is nothing to drop, and nn.LSTM's kernel returns the empty results
         no_dropout = B == 0 or all(m is None for m in masks["input"] + [m for r in masks["recurrent"] for m in r])
+        if tally.active:
+            self._count_sites(masks, T)
         if no_dropout:  # nothing to skip: nn.LSTM's own kernel (cuDNN on GPU), identical results
+            if tally.active:
+                rows = sum(batch_sizes) if packed else T * B
+                for layer in range(self.num_layers):
+                    for _ in range(self.num_directions):
+                        self._count(layer, ops.LayerPlan(None, None, None, False), T, rows, "nn.LSTM")
             flat = [getattr(self, name) for name in self._flat_weights_names]
             if packed:
                 data, h_n, c_n = _stock_lstm(input.data, input.batch_sizes, (h0, c0), flat, self.bias,
@@ -241,6 +250,15 @@ class StructDropLSTM(nn.Module):
             output = output.transpose(0, 1)
         return output, (h_n, c_n)
 
+    def _count_sites(self, masks, T):
+        """The keep rate of each dropout site of one forward, for the training report."""
+        for layer, mask in enumerate(masks["input"]):
+            n = self.input_size if layer == 0 else self.hidden_size * self.num_directions
+            tally.site(f"{self.site} {'input' if layer == 0 else 'between layers'}", mask, n, T)
+        for per_direction in masks["recurrent"]:
+            for mask in per_direction:
+                tally.site(f"{self.site} recurrent", mask, self.hidden_size, T)
+
     def _run_layers(self, x, h0, c0, masks, batch_sizes, sorted_indices):
         """The compacted computation: one autograd Function per layer and direction."""
         internal = lambda m: ops.prepare(m, x.device, x.dtype, self.compact, sorted_indices)  # noqa: E731
@@ -252,12 +270,22 @@ class StructDropLSTM(nn.Module):
             for d in range(self.num_directions):
                 k = layer * self.num_directions + d
                 plan = ops.LayerPlan(in_mask, internal(masks["recurrent"][layer][d]), batch_sizes, reverse=d == 1)
+                if tally.active:
+                    self._count(layer, plan, x.shape[0], sum(batch_sizes) if batch_sizes else x.shape[0] * x.shape[1],
+                                ops.select("lstm_layer", x, plan).NAME)
                 y, h, c = LSTMLayerFunction.apply(layer_input, h0[k], c0[k], *self._weights(layer, d), plan)
                 outputs.append(y)
                 h_n.append(h)
                 c_n.append(c)
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
         return layer_input, torch.stack(h_n), torch.stack(c_n)
+
+    def _count(self, layer, plan, T, rows, backend):
+        """One layer and direction's products for the training report (:mod:`onmt_structdrop.accounting`)."""
+        n, H = self.input_size if layer == 0 else self.hidden_size * self.num_directions, self.hidden_size
+        tally.product(rows, n, 4 * H, plan.input_mask, T)
+        tally.product(rows, H, 4 * H, plan.recurrent_mask, T)
+        tally.backend(backend)
 
     def _initial_state(self, hx, B, x, unbatched, sorted_indices):
         shape = (self.num_layers * self.num_directions, B, self.hidden_size)

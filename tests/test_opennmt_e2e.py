@@ -71,6 +71,19 @@ def test_checkpoint_keeps_the_plugins_parameters_and_options(trained):
     assert set(checkpoint["generator"]) == {"weight", "bias"}
 
 
+def test_the_training_log_reports_what_structured_dropout_did(trained, work):
+    reports = re.findall(r"Structured dropout: ([\d.]+)% of LSTM and generator multiply-adds skipped; keep rate: "
+                         r"(.*); backend calls: (.*)", (work / "runs" / "sd_ifrnn" / "train.log").read_text())
+    assert len(reports) == 3  # every report_every (2) of 6 steps
+    for skipped, keep, backends in reports:
+        rates = dict(item.rsplit(" ", 1) for item in keep.split(", "))
+        assert {"encoder input", "encoder recurrent", "decoder embedding", "decoder output",
+                "decoder recurrent"} <= set(rates)
+        # pool mode keeps round(0.7 n) units of each set (dropout 0.3), recurrent dropout 0.25
+        assert 0.6 < float(rates["encoder input"]) < 0.8 and 0.7 < float(rates["decoder recurrent"]) < 0.8
+        assert 5 < float(skipped) < 40 and re.fullmatch(r"(\w+ \d+)(, \w+ \d+)*", backends)
+
+
 def test_translate_with_beam_search_replace_unk_and_attention(trained, work):
     # attention reaches beam search batch first: -replace_unk, -attn_debug and the coverage penalty read it
     lines = translate(work, trained, "-replace_unk", "-coverage_penalty", "wu", "-beta", "0.2", "-attn_debug")
@@ -90,6 +103,8 @@ def test_train_from_resumes(trained, work):
 def test_other_models_train_and_translate(name, work):
     write_config(work, name, 4)
     onmt("train", "-config", f"{name}.yaml", cwd=work)
+    reported = "Structured dropout:" in (work / "runs" / name / "train.log").read_text()
+    assert reported == (name != "stock")  # the stock model trains without the plugin's report
     lines = translate(work, work / "runs" / name / "model_step_4.pt", "-replace_unk")
     assert len(lines) == 200
 

@@ -329,3 +329,34 @@ def test_unknown_encoder_type_lists_the_available_ones():
 def test_a_missing_data_file_is_named():
     with pytest.raises(OSError, match="corpus_1/path_src file not found: 'nowhere.src'"):
         ArgumentParser._validate_file("nowhere.src", "corpus_1/path_src")
+
+
+def test_the_dropout_report_logs_a_line_and_tensorboard_scalars():
+    from onmt_structdrop import StructDropLSTM
+    from onmt_structdrop.accounting import tally
+    from onmt_structdrop.opennmt.report import report
+
+    class Writer:
+        def __init__(self):
+            self.scalars = {}
+
+        def add_scalar(self, tag, value, step):
+            self.scalars[tag] = (value, step)
+
+    tally.take()
+    lines, writer = [], Writer()
+    report(5, lambda *args: lines.append(args[0] % args[1:]), writer)
+    assert lines == [] and writer.scalars == {}  # nothing counted: no line
+    enabled, tally.enabled = tally.enabled, True
+    try:
+        model = StructDropLSTM(8, 6, dropout=0.5, input_dropout=0.5, mask_mode="time")
+        model.site = "encoder"
+        model(torch.randn(4, 3, 8))[0].sum().backward()
+    finally:
+        tally.enabled = enabled
+    report(10, lambda *args: lines.append(args[0] % args[1:]), writer)
+    # 4 of 8 inputs kept: the input product (8 x 24) halves, the recurrent one (6 x 24) is whole
+    assert lines[0].startswith("Structured dropout: 28.6% of LSTM and generator multiply-adds skipped; keep rate: "
+                               "encoder input 0.500, encoder recurrent 1.000; backend calls: ")
+    assert writer.scalars["structdrop/skipped_share"] == (pytest.approx(2 / 7), 10)
+    assert writer.scalars["structdrop/keep_rate/encoder_input"] == (0.5, 10)

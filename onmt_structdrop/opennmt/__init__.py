@@ -24,7 +24,9 @@ def register():
     soon as it is complete.
     """
     import onmt.plugins
+    from onmt.utils.report_manager import register_training_report
 
-    from . import decoders, encoders, options  # noqa: F401
+    from . import decoders, encoders, options, report
 
     onmt.plugins.register_opts(options.add_opts)
+    register_training_report(report.report)

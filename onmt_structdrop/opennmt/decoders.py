@@ -17,6 +17,7 @@ from onmt.decoders.decoder import InputFeedRNNDecoder, StdRNNDecoder
 from torch import nn
 from torch.nn import functional as F
 
+from ..accounting import tally
 from ..functions import StepProduct, lstm_cell, sequence_linear
 from ..lstm import StructDropLSTM
 from ..ops import PackedMask
@@ -74,8 +75,12 @@ class StructDropGenerator(nn.Linear):
         # logits costs more than the skipped work (measured on CPU): the dense product, exact since the dropped
         # units are zeros, is faster there.
         if found is None or found[0].num_sets > 1:
+            if tally.active:
+                tally.product(x.shape[0], self.in_features, self.out_features)
+                tally.backend("torch")
             return F.linear(x, self.weight, self.bias)
         mask, B, T = found  # one kept set: one product over every row, on the kept units only
+        # (sequence_linear counts it for the training report)
         return sequence_linear(x.view(1, B * T, -1), self.weight, self.bias, mask.one_step().unscaled())[0]
 
 
@@ -90,6 +95,8 @@ class StructuredOutputDropout(nn.Module):
     def forward(self, x):
         mask = self.settings.sample(self.p, x.shape[2], x.shape[1], x.shape[0], self.generator, x.device,
                                     x.dtype) if self.training else None
+        if tally.active:
+            tally.site("decoder output", mask, x.shape[2], x.shape[1])
         self.last_mask = mask
         return apply_mask(x, mask)
 
@@ -128,6 +135,7 @@ class StructDropStdRNNDecoder(_StructDropDecoder, StdRNNDecoder):
         self.rnn = StructDropLSTM(embeddings.embedding_size, hidden_size, num_layers, batch_first=True,
                                   input_dropout=settings.dropout, generator=mask_generator(settings.seed, 2),
                                   **settings.lstm_kwargs())
+        self.rnn.site = "decoder"
         self.dropout = StructuredOutputDropout(settings.dropout, settings, self.masks)
 
     @classmethod
@@ -184,6 +192,10 @@ class StructDropInputFeedDecoder(_StructDropDecoder, InputFeedRNNDecoder):
         between = [sample(s.dropout, H) for _ in range(L - 1)]
         recurrent = [sample(s.recurrent_dropout, H) for _ in range(L)]
         out_mask = self._out_mask = sample(s.dropout, H)
+        if tally.active:
+            for site, mask, n in [("decoder embedding", emb_mask, E), ("decoder output", out_mask, H)] + [
+                    ("decoder between layers", m, H) for m in between] + [("decoder recurrent", m, H) for m in recurrent]:
+                tally.site(site, mask, n, T)
         as_dense = lambda m: dense(m, emb.dtype)  # noqa: E731
         self.last_masks = {"embedding": as_dense(emb_mask), "between": [as_dense(m) for m in between],
                            "recurrent": [as_dense(m) for m in recurrent], "output": as_dense(out_mask)}

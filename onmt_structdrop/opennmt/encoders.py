@@ -45,6 +45,7 @@ class StructDropRNNEncoder(RNNEncoder):
         self.rnn = StructDropLSTM(embeddings.embedding_size, hidden_size // dirs, num_layers, batch_first=True,
                                   bidirectional=self.bidirectional, input_dropout=settings.dropout,
                                   generator=mask_generator(settings.seed, 0), **settings.lstm_kwargs())
+        self.rnn.site = "encoder"
         self.no_pack_padded_seq = False
 
     @classmethod

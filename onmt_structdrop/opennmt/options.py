@@ -11,6 +11,7 @@ import difflib
 import torch
 
 from .. import ops
+from ..accounting import tally
 from ..masks import MASK_MODES, PatternOptions, check_rate, sample_mask
 
 DEFAULTS = {"sd_recurrent_dropout": [0.0], "sd_mask_mode": "time", "sd_pool_size": 0, "sd_seed": -1,
@@ -185,6 +186,7 @@ class Settings:
             from . import require_patched_onmt
             require_patched_onmt()
         check(opt)
+        tally.enabled = True  # a structured model is built: count what it skips for the training report
         get = lambda name: getattr(opt, name, DEFAULTS[name])  # noqa: E731
         self.dropout = float(_first(opt.dropout))
         self.recurrent_schedule = [float(r) for r in get("sd_recurrent_dropout")]
