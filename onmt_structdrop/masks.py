@@ -129,9 +129,16 @@ def sample_batch(p, n, steps, generator=None):
     return StructuredMask(n, steps, [keep], [torch.arange(steps)], scale=n / k)
 
 
+MAX_AUTO_POOL = 1024  # ceil(1 / p) grows without bound as p -> 0; a batch never uses more sets than steps
+
+
 def auto_pool_size(p):
-    """The smallest pool in which no unit is in every set nor in none (for ``k / n`` close to ``1 - p``)."""
-    return max(2, math.ceil(1.0 / min(p, 1.0 - p) - 1e-9))
+    """The smallest pool in which no unit is in every set nor in none (for ``k / n`` close to ``1 - p``), at most
+    ``MAX_AUTO_POOL`` sets."""
+    smaller = min(p, 1.0 - p)
+    if smaller * MAX_AUTO_POOL <= 1.0:
+        return MAX_AUTO_POOL
+    return max(2, math.ceil(1.0 / smaller - 1e-9))
 
 
 def check_pool_size(size):
@@ -150,11 +157,11 @@ def sample_pool(p, n, steps, generator=None, size=DEFAULT_POOL_SIZE, assignment=
     k = kept_count(p, n)
     perm = torch.randperm(n, generator=generator)
     perm2 = perm.repeat(2)
-    starts = [(j * n) // size for j in range(size)]
     choice = assignment if assignment is not None else pool_assignment(steps, size, generator)
     if len(choice) != steps or not all(0 <= c < size for c in choice):
         raise ValueError(f"a pool assignment needs {steps} set indices in [0, {size}), got {choice!r}")
     used = sorted(set(choice))
+    starts = {u: (u * n) // size for u in used}  # set u is the window of k units from its start
     group_steps = [torch.tensor([t for t, c in enumerate(choice) if c == u]) for u in used]
     return StructuredMask(n, steps, [perm2[starts[u]:starts[u] + k] for u in used], group_steps, scale=n / k,
                           perm=perm, offsets=[starts[u] for u in used])

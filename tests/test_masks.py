@@ -112,3 +112,10 @@ def test_mask_from_dense_round_trips():
 def test_bad_mask_arguments(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+def test_a_tiny_rate_gets_a_bounded_pool():
+    from onmt_structdrop.masks import MAX_AUTO_POOL, auto_pool_size
+    assert auto_pool_size(5e-324) == auto_pool_size(1e-6) == MAX_AUTO_POOL and auto_pool_size(0.001) == 1000
+    mask = sample_mask("pool", 1e-300, 10, 6)  # once a list of 1e300 window starts
+    assert mask.steps == 6 and all(len(k) == 10 for k in mask.keep)
