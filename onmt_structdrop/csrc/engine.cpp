@@ -393,22 +393,20 @@ std::vector<Tensor> sequence_forward(const Tensor& a, const Tensor& wt, const Ma
   const T *akp = ak.data_ptr<T>(), *wp = wt.data_ptr<T>(), *ip = init.data_ptr<T>();
   T* op = out.data_ptr<T>();
   for_each_column_block(N, [&](int64_t c0, int64_t c1) {
-    // the block's columns of every weight row, packed (n x wp, zero beyond the last column): the steps' kept
-    // rows are then read from one compact block instead of scattered rows of a wide matrix, and the last,
-    // narrower block still runs in whole vectors, into a local tile that is then copied out
+    // the block's columns of every weight row, packed into per-thread scratch (n x wpad, aligned to whole cache
+    // lines): the steps' kept rows are then read from one compact block instead of scattered rows of a wide
+    // matrix; the last, narrower block runs in whole vectors too, into a local tile that is then copied out
     const int64_t w = c1 - c0, wpad = (w + L - 1) / L * L;
-    // (per-thread scratch: aligned to whole cache lines, so no vector load of a row straddles two)
-    const int64_t ldp = wpad;
-    Tensor block = scratch(9, {n + 1 + (w < wpad ? B : 0), ldp}, a.options(), w < wpad);
-    T *packed = block.data_ptr<T>(), *row = packed + n * ldp, *tile = row + ldp;
-    for (int64_t i = 0; i < n; ++i) std::copy_n(wp + i * N + c0, w, packed + i * ldp);
+    const bool narrow = w < wpad;
+    Tensor block = scratch(9, {n + 1 + (narrow ? B : 0), wpad}, a.options(), narrow);
+    T *packed = block.data_ptr<T>(), *row = packed + n * wpad, *tile = row + wpad;
+    for (int64_t i = 0; i < n; ++i) std::copy_n(wp + i * N + c0, w, packed + i * wpad);
     std::copy_n(ip + c0, w, row);
     for (int64_t t = 0; t < T_; ++t) {
-      T* c = w < wpad ? tile : op + t * B * N + c0;
-      K.kept_nn(B, mask.k, akp + t * B * mask.k, mask.k, mask.units(t), packed, ldp, c, w < wpad ? ldp : N, 0,
-                wpad, row);
-      if (w < wpad)
-        for (int64_t m = 0; m < B; ++m) std::copy_n(tile + m * ldp, w, op + (t * B + m) * N + c0);
+      K.kept_nn(B, mask.k, akp + t * B * mask.k, mask.k, mask.units(t), packed, wpad,
+                narrow ? tile : op + t * B * N + c0, narrow ? wpad : N, 0, wpad, row);
+      if (narrow)
+        for (int64_t m = 0; m < B; ++m) std::copy_n(tile + m * wpad, w, op + (t * B + m) * N + c0);
     }
   });
   return {out, ak};

@@ -4,9 +4,9 @@ built from ``onmt_structdrop/csrc`` by the package's set-up).
 The time loops of a layer run in C++ with no Python per step; the products read the kept rows of a weight in
 place through the index list (AVX-512, AVX2+FMA or portable kernels, chosen at run time; ``ONMT_STRUCTDROP_ISA``
 asks for a lesser one); the cell's pointwise forward and backward are one pass per step, fused with the
-recurrent product of the same gate columns. It serves the primitives (for step loops such as the input-feed decoder), the layer and the masked products of a
-whole sequence (the
-output layer) in float32 and float64 on the CPU with packed masks, when one of them has a fresh kept set for many
+recurrent product of the same gate columns. It serves the primitives (the step loops of the input-feed decoder)
+in float32 and float64 on the CPU, and the layer and the masked products of a whole sequence (the output layer)
+in float32 and float64 on the CPU with packed masks, when one of them has a fresh kept set for many
 steps and sets of about the same size (``time``, explicit masks); masks with a few sets (``batch``, ``pool``) or
 none are faster in the torch backend's sequence-wide products, regularly strided sets (``rbd``) in its strided
 views, sets of uneven sizes (``tbd``) in its gathers, and dense masks take its masked-dense path.
@@ -112,6 +112,7 @@ def add_kept_rows_grad(dwt, a, dout, keep, mult, alpha=1.0):
 
 
 def kept_rows_grad(a, dout, keep, mult, alpha=1.0):
+    # (the step loops use add_kept_rows_grad, which writes into the kept rows in place; this form is the contract's)
     dwt = add_kept_rows_grad(a.new_zeros(a.shape[1], dout.shape[1]), a, dout, keep, mult, alpha)
     return dwt.index_select(0, keep)
 
