@@ -39,7 +39,15 @@ fi
 pip install -q -r requirements/opennmt.txt -r requirements/tasks.txt -r requirements/dev.txt
 pip install -q --no-deps "$ONMT_SPEC"
 pip install -q --no-deps --no-build-isolation -e .
-"$VENV/bin/onmt-structdrop-patch" apply
+if ! "$VENV/bin/onmt-structdrop-patch" apply; then
+    # files patched by another version of the patch set: start again from the released package
+    echo "setup: reinstalling $ONMT_SPEC, then patching it again"
+    onmt_dir=$("$VENV/bin/python" -c "import importlib.util as u; print(u.find_spec('onmt').submodule_search_locations[0])")
+    pip uninstall -q -y OpenNMT-py
+    rm -rf "$onmt_dir"
+    pip install -q --no-deps "$ONMT_SPEC"
+    "$VENV/bin/onmt-structdrop-patch" apply
+fi
 "$VENV/bin/python" - <<'PY'
 import onmt, torch
 import onmt_structdrop
