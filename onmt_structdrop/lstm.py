@@ -225,7 +225,7 @@ class StructDropLSTM(nn.Module):
                 rows = sum(batch_sizes) if packed else T * B
                 for layer in range(self.num_layers):
                     for _ in range(self.num_directions):
-                        self._count(layer, ops.LayerPlan(None, None, None, False), T, rows, "nn.LSTM")
+                        self._count(layer, None, None, T, rows, "nn.LSTM")
             flat = [getattr(self, name) for name in self._flat_weights_names]
             if packed:
                 data, h_n, c_n = _stock_lstm(input.data, input.batch_sizes, (h0, c0), flat, self.bias,
@@ -271,7 +271,8 @@ class StructDropLSTM(nn.Module):
                 k = layer * self.num_directions + d
                 plan = ops.LayerPlan(in_mask, internal(masks["recurrent"][layer][d]), batch_sizes, reverse=d == 1)
                 if tally.active:
-                    self._count(layer, plan, x.shape[0], sum(batch_sizes) if batch_sizes else x.shape[0] * x.shape[1],
+                    self._count(layer, plan.input_mask, plan.recurrent_mask, x.shape[0],
+                                sum(batch_sizes) if batch_sizes else x.shape[0] * x.shape[1],
                                 ops.select("lstm_layer", x, plan).NAME)
                 y, h, c = LSTMLayerFunction.apply(layer_input, h0[k], c0[k], *self._weights(layer, d), plan)
                 outputs.append(y)
@@ -280,11 +281,11 @@ class StructDropLSTM(nn.Module):
             layer_input = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=2)
         return layer_input, torch.stack(h_n), torch.stack(c_n)
 
-    def _count(self, layer, plan, T, rows, backend):
+    def _count(self, layer, input_mask, recurrent_mask, T, rows, backend):
         """One layer and direction's products for the training report (:mod:`onmt_structdrop.accounting`)."""
         n, H = self.input_size if layer == 0 else self.hidden_size * self.num_directions, self.hidden_size
-        tally.product(rows, n, 4 * H, plan.input_mask, T)
-        tally.product(rows, H, 4 * H, plan.recurrent_mask, T)
+        tally.product(rows, n, 4 * H, input_mask, T)
+        tally.product(rows, H, 4 * H, recurrent_mask, T)
         tally.backend(backend)
 
     def _initial_state(self, hx, B, x, unbatched, sorted_indices):

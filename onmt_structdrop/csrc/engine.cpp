@@ -431,17 +431,23 @@ std::vector<Tensor> sequence_backward(const Tensor& ak, const Tensor& wt, const 
 
 // ---- the kept products on their own (benchmarks, tests) -------------------------------------------------------
 // The kept products on their own, on tensors: a (the gathered, scaled [M, k] block), keep [k], wt [n, N].
-// every operand a contiguous 2-D tensor of wt's dtype, of the given size (-1: any), keep 1-D int64 within wt's rows
+// Every operand a contiguous 2-D tensor of the first one's dtype, of the given size (-1: any):
+void check_tensors(std::initializer_list<std::tuple<const Tensor*, int64_t, int64_t>> operands) {
+  const auto dtype = std::get<0>(*operands.begin())->scalar_type();
+  for (const auto& [t, rows, cols] : operands)
+    TORCH_CHECK(t->dim() == 2 && t->is_contiguous() && t->scalar_type() == dtype && (rows < 0 || t->size(0) == rows) &&
+                    (cols < 0 || t->size(1) == cols),
+                "the native operations take contiguous 2-D tensors of one dtype and matching sizes; got ", t->sizes(),
+                " for one of them");
+}
+
+// and keep 1-D int64 within wt's rows (wt first among the operands)
 void check_operands(const Tensor& keep, const Tensor& wt,
                     std::initializer_list<std::tuple<const Tensor*, int64_t, int64_t>> operands) {
   TORCH_CHECK(keep.dim() == 1 && keep.is_contiguous() && keep.scalar_type() == at::kLong, "keep must be 1-D int64");
   TORCH_CHECK(keep.numel() == 0 || (keep.min().item<int64_t>() >= 0 && keep.max().item<int64_t>() < wt.size(0)),
               "keep holds a unit outside [0, ", wt.size(0), ")");
-  for (const auto& [t, rows, cols] : operands)
-    TORCH_CHECK(t->dim() == 2 && t->is_contiguous() && t->scalar_type() == wt.scalar_type() &&
-                    (rows < 0 || t->size(0) == rows) && (cols < 0 || t->size(1) == cols),
-                "the kept products take contiguous 2-D tensors of one dtype and matching sizes; got ", t->sizes(),
-                " for one of them");
+  check_tensors(operands);
 }
 
 void kept_product(const Tensor& a, const Tensor& keep, const Tensor& wt, Tensor& out) {
@@ -559,15 +565,6 @@ void step_cell_backward(const Tensor& act, const Tensor& c_prev, const Tensor& t
   });
 }
 
-// step operands: contiguous 2-D CPU tensors of one dtype with the given sizes (-1: any)
-void check_step(std::initializer_list<std::tuple<const Tensor*, int64_t, int64_t>> operands) {
-  const auto dtype = std::get<0>(*operands.begin())->scalar_type();
-  for (const auto& [t, rows, cols] : operands)
-    TORCH_CHECK(t->dim() == 2 && t->is_contiguous() && t->scalar_type() == dtype && (rows < 0 || t->size(0) == rows) &&
-                    (cols < 0 || t->size(1) == cols),
-                "the step primitives take contiguous 2-D tensors of one dtype and matching sizes; got ", t->sizes());
-}
-
 // ---- the bindings: dtype dispatch ------------------------------------------------------------------------
 using MaskArgs = std::tuple<Tensor, c10::optional<Tensor>, double, std::vector<int64_t>>;
 
@@ -653,7 +650,7 @@ void kept_step_weight_grad(const Tensor& a, const Tensor& keep, const c10::optio
 
 void cell_forward(const Tensor& gates, const Tensor& c_prev, Tensor& act, Tensor& c, Tensor& tanh_c, Tensor& h) {
   const int64_t M = c_prev.size(0), H = c_prev.size(1);
-  check_step({{&gates, M, 4 * H}, {&c_prev, M, H}, {&act, M, 4 * H}, {&c, M, H}, {&tanh_c, M, H}, {&h, M, H}});
+  check_tensors({{&gates, M, 4 * H}, {&c_prev, M, H}, {&act, M, 4 * H}, {&c, M, H}, {&tanh_c, M, H}, {&h, M, H}});
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "cell_forward",
                              [&] { step_cell_forward<scalar_t>(gates, c_prev, act, c, tanh_c, h); });
 }
@@ -661,7 +658,7 @@ void cell_forward(const Tensor& gates, const Tensor& c_prev, Tensor& act, Tensor
 void cell_backward(const Tensor& act, const Tensor& c_prev, const Tensor& tanh_c, const Tensor& dh, Tensor& dc,
                    Tensor& dgates) {
   const int64_t M = c_prev.size(0), H = c_prev.size(1);
-  check_step({{&act, M, 4 * H}, {&c_prev, M, H}, {&tanh_c, M, H}, {&dh, M, H}, {&dc, M, H}, {&dgates, M, 4 * H}});
+  check_tensors({{&act, M, 4 * H}, {&c_prev, M, H}, {&tanh_c, M, H}, {&dh, M, H}, {&dc, M, H}, {&dgates, M, 4 * H}});
   AT_DISPATCH_FLOATING_TYPES(act.scalar_type(), "cell_backward",
                              [&] { step_cell_backward<scalar_t>(act, c_prev, tanh_c, dh, dc, dgates); });
 }

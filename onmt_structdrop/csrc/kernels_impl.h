@@ -305,7 +305,45 @@ template <typename T> inline V<T> tanh(V<T> x) {
   }
 }
 
-template <typename T> inline T sigmoid1(T x) { return T(1) / (T(1) + std::exp(-x)); }
+// The cell's math written once for W = V<T> (L units at a time) and W = T (one unit: the units left over when a
+// chunk is cut short by the hidden size); these pick the vector or the scalar form.
+template <typename T, typename W> inline W ld(const T* p) {
+  if constexpr (std::is_same_v<W, T>) return *p;
+  else return load(p);
+}
+template <typename T, typename W> inline void st(T* p, W x) {
+  if constexpr (std::is_same_v<W, T>) *p = x;
+  else store(p, x);
+}
+template <typename T, typename W> inline W sig(W x) {
+  if constexpr (std::is_same_v<W, T>) return T(1) / (T(1) + std::exp(-x));
+  else return sigmoid<T>(x);
+}
+template <typename T, typename W> inline W th(W x) {
+  if constexpr (std::is_same_v<W, T>) return std::tanh(x);
+  else return tanh<T>(x);
+}
+
+template <typename T, typename W>
+inline void cell_forward_at(const T* g, T* a, int64_t gs, const T* c_prev, T* c, T* tanh_c, T* h) {
+  const W i = sig<T, W>(ld<T, W>(g)), f = sig<T, W>(ld<T, W>(g + gs)), z = th<T, W>(ld<T, W>(g + 2 * gs)),
+          out = sig<T, W>(ld<T, W>(g + 3 * gs));
+  st(a, i), st(a + gs, f), st(a + 2 * gs, z), st(a + 3 * gs, out);
+  const W cn = f * ld<T, W>(c_prev) + i * z, tc = th<T, W>(cn);
+  st(c, cn), st(tanh_c, tc), st(h, out * tc);
+}
+
+template <typename T, typename W>
+inline void cell_backward_at(const T* g, int64_t gs, const T* c_prev, const T* tanh_c, const T* dh, T* dc, T* d) {
+  const W i = ld<T, W>(g), f = ld<T, W>(g + gs), z = ld<T, W>(g + 2 * gs), out = ld<T, W>(g + 3 * gs);
+  const W tc = ld<T, W>(tanh_c), dhv = ld<T, W>(dh);
+  const W dcn = ld<T, W>(dc) + dhv * out * (T(1) - tc * tc);
+  st(d, dcn * z * i * (T(1) - i));
+  st(d + gs, dcn * ld<T, W>(c_prev) * f * (T(1) - f));
+  st(d + 2 * gs, dcn * i * (T(1) - z * z));
+  st(d + 3 * gs, dhv * tc * out * (T(1) - out));
+  st(dc, dcn * f);
+}
 
 template <typename T>
 void cell_forward(int M, int units, const T* gates, T* act, int64_t ldg, int64_t gs, const T* c_prev, T* c,
@@ -313,25 +351,12 @@ void cell_forward(int M, int units, const T* gates, T* act, int64_t ldg, int64_t
   constexpr int L = Vec<T>::L;
   for (int m = 0; m < M; ++m) {
     int s = 0;
-    for (; s + L <= units; s += L) {
-      const T* g = gates + m * ldg + s;
-      T* a = act + m * ldg + s;
-      const int64_t o = m * lds + s;
-      const V<T> i = sigmoid<T>(load(g)), f = sigmoid<T>(load(g + gs)), z = tanh<T>(load(g + 2 * gs)),
-                 out = sigmoid<T>(load(g + 3 * gs));
-      store(a, i), store(a + gs, f), store(a + 2 * gs, z), store(a + 3 * gs, out);
-      const V<T> cn = f * load(c_prev + o) + i * z, tc = tanh<T>(cn);
-      store(c + o, cn), store(tanh_c + o, tc), store(h + o, out * tc);
-    }
-    for (; s < units; ++s) {  // fewer than L units left (a chunk cut short by the hidden size)
-      const T* g = gates + m * ldg + s;
-      T* a = act + m * ldg + s;
-      const int64_t o = m * lds + s;
-      const T i = sigmoid1(g[0]), f = sigmoid1(g[gs]), z = std::tanh(g[2 * gs]), out = sigmoid1(g[3 * gs]);
-      a[0] = i, a[gs] = f, a[2 * gs] = z, a[3 * gs] = out;
-      const T cn = f * c_prev[o] + i * z, tc = std::tanh(cn);
-      c[o] = cn, tanh_c[o] = tc, h[o] = out * tc;
-    }
+    for (; s + L <= units; s += L)
+      cell_forward_at<T, V<T>>(gates + m * ldg + s, act + m * ldg + s, gs, c_prev + m * lds + s, c + m * lds + s,
+                               tanh_c + m * lds + s, h + m * lds + s);
+    for (; s < units; ++s)
+      cell_forward_at<T, T>(gates + m * ldg + s, act + m * ldg + s, gs, c_prev + m * lds + s, c + m * lds + s,
+                            tanh_c + m * lds + s, h + m * lds + s);
   }
 }
 
@@ -339,34 +364,14 @@ template <typename T>
 void cell_backward(int M, int units, const T* act, int64_t ldg, int64_t gs, const T* c_prev, const T* tanh_c,
                    const T* dh, T* dc, int64_t lds, T* dgates) {
   constexpr int L = Vec<T>::L;
-  const V<T> one = splat(T(1));
   for (int m = 0; m < M; ++m) {
     int s = 0;
-    for (; s + L <= units; s += L) {
-      const T* g = act + m * ldg + s;
-      T* d = dgates + m * ldg + s;
-      const int64_t o = m * lds + s;
-      const V<T> i = load(g), f = load(g + gs), z = load(g + 2 * gs), out = load(g + 3 * gs);
-      const V<T> tc = load(tanh_c + o), dhv = load(dh + o);
-      const V<T> dcn = load(dc + o) + dhv * out * (one - tc * tc);
-      store(d, dcn * z * i * (one - i));
-      store(d + gs, dcn * load(c_prev + o) * f * (one - f));
-      store(d + 2 * gs, dcn * i * (one - z * z));
-      store(d + 3 * gs, dhv * tc * out * (one - out));
-      store(dc + o, dcn * f);
-    }
-    for (; s < units; ++s) {
-      const T* g = act + m * ldg + s;
-      T* d = dgates + m * ldg + s;
-      const int64_t o = m * lds + s;
-      const T i = g[0], f = g[gs], z = g[2 * gs], out = g[3 * gs], tc = tanh_c[o], dhv = dh[o];
-      const T dcn = dc[o] + dhv * out * (1 - tc * tc);
-      d[0] = dcn * z * i * (1 - i);
-      d[gs] = dcn * c_prev[o] * f * (1 - f);
-      d[2 * gs] = dcn * i * (1 - z * z);
-      d[3 * gs] = dhv * tc * out * (1 - out);
-      dc[o] = dcn * f;
-    }
+    for (; s + L <= units; s += L)
+      cell_backward_at<T, V<T>>(act + m * ldg + s, gs, c_prev + m * lds + s, tanh_c + m * lds + s,
+                                dh + m * lds + s, dc + m * lds + s, dgates + m * ldg + s);
+    for (; s < units; ++s)
+      cell_backward_at<T, T>(act + m * ldg + s, gs, c_prev + m * lds + s, tanh_c + m * lds + s, dh + m * lds + s,
+                             dc + m * lds + s, dgates + m * ldg + s);
   }
 }
 
