@@ -1,6 +1,7 @@
-"""End to end with the stock OpenNMT-py commands on a tiny real sample (Multi30k): prepare, onmt_build_vocab,
-onmt_train (structured and stock), onmt_translate with beam search and -replace_unk, -train_from, checkpoint
-contents, evaluation, and the refusal of a checkpoint that would run code."""
+"""End to end with the stock OpenNMT-py commands on a tiny real sample (Multi30k): prepare (a joint SentencePiece
+model), onmt_build_vocab, onmt_train (structured and stock) and onmt_translate through OpenNMT-py's sentencepiece
+transform, beam search and -replace_unk, -train_from, checkpoint contents, sacreBLEU on the detokenised output,
+and the refusal of a checkpoint that would run code."""
 import os
 import re
 import subprocess
@@ -16,6 +17,8 @@ from onmt.models.model_saver import safe_load  # noqa: E402
 from onmt_structdrop.tools import nmt_demo as demo, nmt_evaluate as evaluate, nmt_prepare as prepare  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "recipes" / "sample_multi30k_deen"
+SUBWORDS = ("-transforms", "sentencepiece", "-src_subword_model", "data/spm.model", "-tgt_subword_model",
+            "data/spm.model")
 MODELS = {
     "sd_ifrnn": "encoder_type: sd_brnn\ndecoder_type: sd_ifrnn\nbridge: true\nsd_recurrent_dropout: [0.25]\n"
                 "sd_mask_mode: pool\nsd_seed: 3\n",
@@ -41,7 +44,7 @@ def write_config(work, name, steps):
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     work = tmp_path_factory.mktemp("e2e")
-    prepare.prepare("multi30k_deen", work / "data", source=SAMPLE, max_train=400, bpe_merges=300)
+    prepare.prepare("multi30k_deen", work / "data", source=SAMPLE, max_train=400, vocab_size=500)
     write_config(work, "sd_ifrnn", 6)
     onmt("build_vocab", "-config", "sd_ifrnn.yaml", "-n_sample", "-1", cwd=work)
     return work
@@ -57,8 +60,10 @@ def trained(work):
 def translate(work, model, *extra):
     out = work / f"pred_{model.stem}.txt"
     onmt("translate", "-model", model, "-src", "data/test.src", "-output", out, "-beam_size", "5",
-         "-max_length", "20", *extra, cwd=work)
-    return out.read_text().splitlines()
+         "-max_length", "20", *SUBWORDS, *extra, cwd=work)
+    lines = out.read_text().splitlines()
+    assert not any("\u2581" in line for line in lines)  # the transform detokenised its pieces
+    return lines
 
 
 def test_checkpoint_keeps_the_plugins_parameters_and_options(trained):
@@ -124,6 +129,14 @@ def test_evaluate_reports_bleu_and_speed(trained, work, monkeypatch):
     assert 0.0 <= result["bleu"] <= 100.0 and result["src_tok_s"] > 0 and "nrefs:1" in result["bleu_signature"]
     assert (Path(result["checkpoint"]).parent / "eval.json").is_file()
     assert (Path(result["checkpoint"]).parent / "test.pred").read_text().count("\n") == 200
+    assert not (Path(result["checkpoint"]).parent / "test.pred.tok").exists()  # no tokenised detour
+
+
+def test_the_training_data_is_plain_text_and_the_vocabulary_holds_pieces(work):
+    first = (work / "data" / "train.src").read_text(encoding="utf-8").splitlines()[0]
+    assert "\u2581" not in first and first == first.lower() and " ".join(first.split()) == first
+    pieces = [line.split("\t")[0] for line in (work / "runs" / "vocab.src").read_text().splitlines()]
+    assert sum(p.startswith("\u2581") for p in pieces) > len(pieces) // 3  # onmt_build_vocab ran the transform
 
 
 class _RunsCode:
@@ -182,3 +195,19 @@ def test_prepare_names_a_line_that_is_not_utf8(tmp_path, capsys):
         prepare.main(["multi30k_deen", "--source", str(source), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "train.de:5: not UTF-8 (byte 0xe9" in err
+
+
+def test_compare_trains_a_config_and_its_stock_twin_in_one_command(work, monkeypatch, capsys):
+    from onmt_structdrop.tools import nmt_compare
+    monkeypatch.chdir(work)
+    write_config(work, "sd_rnn", 4)
+    nmt_compare.main(["sd_rnn.yaml", "--beam", "1"])
+    twin = work / "runs" / "sd_rnn" / "stock" / "sd_rnn_stock.yaml"
+    lines = twin.read_text().splitlines()
+    assert "encoder_type: rnn" in lines and not any(line.startswith("sd_") for line in lines)
+    assert (work / "runs" / "sd_rnn" / "stock" / "model_step_4.pt").is_file()
+    table = (work / "runs" / "sd_rnn" / "comparison.md").read_text()
+    assert table in capsys.readouterr().out
+    rows = table.splitlines()[2:]
+    assert re.match(r"\| sd_rnn \| sd_rnn / sd_rnn \| 4 \| [\d.]+ \| [-+][\d.]+ \|", rows[0])
+    assert re.match(r"\| sd_rnn_stock \| rnn / rnn \| 4 \| [\d.]+ \| \+0\.00 \|", rows[1])  # the twin is the base

@@ -30,3 +30,21 @@ def test_recipe_and_baseline_differ_only_where_they_should(name):
     opt = parse(RECIPES / f"{name}.yaml")
     assert opt.sd_mask_mode == sd["sd_mask_mode"] and opt.sd_recurrent_dropout == sd["sd_recurrent_dropout"]
     parse(RECIPES / f"{name}_baseline.yaml")
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_the_shipped_baseline_is_the_recipes_stock_twin(name):
+    from onmt_structdrop.tools.nmt_compare import OUTPUT_PATHS, stock_twin
+    sd, base = (yaml.safe_load((RECIPES / f"{n}.yaml").read_text()) for n in (name, f"{name}_baseline"))
+    twin = stock_twin(sd)
+    assert {k: v for k, v in twin.items() if k not in OUTPUT_PATHS} == {
+        k: v for k, v in base.items() if k not in OUTPUT_PATHS}
+    assert twin["save_model"] == str(Path(sd["save_model"]).parent / "stock" / "model")
+
+
+def test_a_config_without_structured_types_has_no_twin():
+    from onmt_structdrop.tools.nmt_compare import stock_twin
+    with pytest.raises(ValueError, match="neither encoder_type \\(brnn\\) nor decoder_type \\(rnn\\)"):
+        stock_twin({"encoder_type": "brnn", "decoder_type": "rnn"})
+    twin = stock_twin({"encoder_type": "sd_rnn", "decoder_type": "sd_rnn", "sd_seed": 3, "dropout": [0.3]})
+    assert twin == {"encoder_type": "rnn", "decoder_type": "rnn", "input_feed": 0, "dropout": [0.3]}

@@ -1,4 +1,5 @@
-"""End-to-end translation demo on the embedded Multi30k sample: prepare, ``onmt_build_vocab``, ``onmt_train`` with
+"""End-to-end translation demo on the embedded Multi30k sample: prepare (a joint SentencePiece model, applied by
+OpenNMT-py's ``sentencepiece`` transform), ``onmt_build_vocab``, ``onmt_train`` with
 structured dropout (``sd_brnn`` + ``sd_ifrnn``) and with the stock LSTM (``brnn`` + input-feed ``rnn``), then
 ``onmt_translate`` and sacreBLEU, side by side. A few minutes on two CPU cores.
 
@@ -45,6 +46,9 @@ data:
   valid:
     path_src: data/valid.src
     path_tgt: data/valid.tgt
+transforms: [sentencepiece]
+src_subword_model: data/spm.model
+tgt_subword_model: data/spm.model
 bucket_size: 4000
 num_workers: 0
 {model}layers: 2
@@ -107,7 +111,7 @@ def main(argv=None):
     work = args.out.resolve()
     work.mkdir(parents=True, exist_ok=True)
     print(f"preparing the sample from {SAMPLE} in {work / 'data'}", flush=True)
-    prepare.prepare("multi30k_deen", work / "data", source=SAMPLE, bpe_merges=2000)
+    prepare.prepare("multi30k_deen", work / "data", source=SAMPLE, vocab_size=2000)
     configs = {}
     for name, template in MODELS.items():
         model = template.format(recurrent=args.recurrent_dropout, mode=args.mode)

@@ -64,35 +64,58 @@ def training_log(path: Path, skip_first: int = 1) -> dict:
             "valid_ppl": valid, "steps": steps[-1]}
 
 
-def translate_and_score(recipe: dict, checkpoint: Path, out_dir: Path, beam: int = 5) -> dict:
+SUBWORD_TRANSFORMS = ("sentencepiece", "onmt_tokenize", "bpe")
+_SUBWORD_OPTIONS = ("src_subword_", "tgt_subword_", "src_onmttok_", "tgt_onmttok_")
+
+
+def subword_options(recipe: dict) -> list:
+    """``onmt_translate`` options that apply the recipe's subword transforms (and only those: a length filter
+    must not drop test sentences), so that it reads plain text and writes detokenised text; [] without them."""
+    transforms = [t for t in recipe.get("transforms") or [] if t in SUBWORD_TRANSFORMS]
+    if not transforms:
+        return []
+    args = ["-transforms", *transforms]
+    for key, value in recipe.items():
+        if key.startswith(_SUBWORD_OPTIONS):
+            args += [f"-{key}", json.dumps(value) if isinstance(value, dict) else str(value)]
+    return args
+
+
+def translate_and_score(recipe: dict, checkpoint: Path, out_dir: Path, beam: int = 5, src: Path = None,
+                        ref: Path = None) -> dict:
+    """Translate ``src`` (default: the test set beside the training data) and score it against ``ref`` with
+    sacreBLEU: detokenised by the recipe's transforms, or by nmt_prepare's tokenizer for pre-tokenised data."""
     import sacrebleu
     data_dir = Path(recipe["data"]["corpus_1"]["path_src"]).parent
-    src, ref = data_dir / "test.src", data_dir / "test.ref"
-    for path in (src, ref, data_dir / "tokenizer.json"):
+    src, ref = src or data_dir / "test.src", ref or data_dir / "test.ref"
+    transforms = subword_options(recipe)
+    for path in (src, ref) + (() if transforms else (data_dir / "tokenizer.json",)):
         if not path.is_file():
             raise SystemExit(f"{path} not found: run python -m onmt_structdrop.tools.nmt_prepare first")
-    pred_tok = out_dir / "test.pred.tok"
+    pred = out_dir / ("test.pred" if transforms else "test.pred.tok")
     subprocess.run([sys.executable, "-m", "onmt.bin.translate", "-model", str(checkpoint), "-src", str(src),
-                    "-output", str(pred_tok), "-beam_size", str(beam), "-batch_size", "32", "-max_length", "200"],
-                   check=True)
-    tokenizer = make_tokenizer(data_dir)
-    hyps = [tokenizer.detokenize(line.split()) for line in pred_tok.read_text(encoding="utf-8").splitlines()]
+                    "-output", str(pred), "-beam_size", str(beam), "-batch_size", "32", "-max_length", "200",
+                    *transforms], check=True)
+    hyps = pred.read_text(encoding="utf-8").splitlines()
+    if not transforms:
+        tokenizer = make_tokenizer(data_dir)
+        hyps = [tokenizer.detokenize(line.split()) for line in hyps]
+        (out_dir / "test.pred").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
     refs = ref.read_text(encoding="utf-8").splitlines()
     if len(hyps) != len(refs):
-        raise SystemExit(f"{pred_tok} has {len(hyps)} lines for {len(refs)} references")
-    (out_dir / "test.pred").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
+        raise SystemExit(f"{pred} has {len(hyps)} lines for {len(refs)} references in {ref}")
     metric = sacrebleu.BLEU()
     score = metric.corpus_score(hyps, [refs])
     return {"bleu": round(score.score, 2), "bleu_signature": str(metric.get_signature()), "bleu_detail": str(score)}
 
 
-def evaluate(config: Path, beam: int = 5, log: Path = None) -> dict:
+def evaluate(config: Path, beam: int = 5, log: Path = None, src: Path = None, ref: Path = None) -> dict:
     recipe = read_recipe(config)
     checkpoint = last_checkpoint(recipe["save_model"])
     out_dir = checkpoint.parent
     result = {"recipe": str(config), "checkpoint": str(checkpoint),
               "encoder_type": recipe.get("encoder_type"), "decoder_type": recipe.get("decoder_type"),
-              **training_log(log or Path(recipe["log_file"])), **translate_and_score(recipe, checkpoint, out_dir, beam)}
+              **training_log(log or Path(recipe["log_file"])), **translate_and_score(recipe, checkpoint, out_dir, beam, src, ref)}
     (out_dir / "eval.json").write_text(json.dumps(result, indent=1))
     return result
 

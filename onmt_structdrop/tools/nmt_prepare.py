@@ -1,27 +1,40 @@
 """Prepare a translation corpus for the recipes: read it from a local directory or download it, normalise it,
-tokenise it and learn a joint BPE (pyonmttok, OpenNMT's tokenizer), and write what ``onmt_build_vocab``,
-``onmt_train`` and ``onmt_translate`` read.
+train a joint SentencePiece model, and write what ``onmt_build_vocab``, ``onmt_train`` and ``onmt_translate``
+read through OpenNMT-py's own ``sentencepiece`` transform.
 
     python -m onmt_structdrop.tools.nmt_prepare multi30k_deen --source ../shared/data/multi30k_deen --out data/multi30k_deen
-    python -m onmt_structdrop.tools.nmt_prepare iwslt15_envi --download --out data/iwslt15_envi
+    python -m onmt_structdrop.tools.nmt_prepare iwslt14_deen --source de-en.tgz --out data/iwslt_deen
+    python -m onmt_structdrop.tools.nmt_prepare iwslt15_envi --download --out data/iwslt_envi
 
-Output in ``--out``: ``{train,valid,test}.{src,tgt}`` (tokenised, BPE), ``test.ref`` (the test references,
-normalised but not tokenised, for sacreBLEU), ``bpe.model`` and ``tokenizer.json`` (to detokenise
-translations), ``prepare.json`` (what was done).
+Output in ``--out``: ``{train,valid,test}.{src,tgt}`` (normalised text, one sentence per line), ``spm.model``
+(the joint SentencePiece model the recipes' ``src_subword_model`` and ``tgt_subword_model`` name) with its
+``spm.vocab``, ``test.ref`` (the test references sacreBLEU scores against), ``prepare.json`` (what was done, and
+the checks of the corpus files against their published line counts and digests). ``--subword bpe`` writes
+pre-tokenised BPE text instead (pyonmttok: ``bpe.model``, ``tokenizer.json``), for configs without transforms.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
 from ..textfile import NotUTF8, read_text
+from . import iwslt14
+
+
+@dataclass(frozen=True)
+class Expected:
+    """A corpus file as published: its lines and, where known, its SHA-256 or git blob id."""
+    lines: int
+    sha256: Optional[str] = None
+    git_blob: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -29,25 +42,47 @@ class Corpus:
     src: str
     tgt: str
     files: Dict[str, str]  # split -> file stem; the file is f"{stem}.{lang}" (maybe .gz)
-    url: Optional[str]  # download location of f"{stem}.{lang}{suffix}", or None
+    url: Optional[str]  # download location of f"{stem}.{lang}{suffix}" (or of the archive), or None
     suffix: str
     lowercase: bool
     pretokenized: bool  # already tokenised (Moses): split on spaces only
+    vocab_size: int  # joint SentencePiece vocabulary
     bpe_merges: int
-    note: str = ""
+    archive: bool = False  # the release archive, split by iwslt14.split
+    expected: Dict[str, Expected] = field(default_factory=dict)  # file name -> as published
 
+
+# Line counts and digests of the published files (../shared/data/*/SOURCE.md).
+FAIRSEQ_IWSLT14 = {
+    "train.de": Expected(160239, git_blob="30660ed508af1be868cfd3f09a0bd7d71b4517c6"),
+    "train.en": Expected(160239, git_blob="3b48a76e28ede930fd5e177dce14686147a10ee3"),
+    "valid.de": Expected(7283, "3f051579c9d8c7281a6ea8c72ad4ae09dbaa9bb24dfd41166f2c3a3df7cd940a"),
+    "valid.en": Expected(7283, "e6d7317a9772cd1ed970910c611e9e7dada1f34439269b44a9d801334bff948d"),
+    "test.de": Expected(6750, "e718c783e33160b7d72af8f733756a466e0d0c016eff8ab624c1b0d1d01cbbdf"),
+    "test.en": Expected(6750, "4b127beb9050511a3e6209cd837ff36f623a3a423666b32aba6e208b7330cf4c"),
+}
+STANFORD_IWSLT15 = {
+    "train.en": Expected(133317, git_blob="15ead8ee3fb979c06b314594e1d2602d4308c1e5"),
+    "train.vi": Expected(133317, git_blob="985cf3b6bb7aeda61cc06f439e3a7e0327470661"),
+    "tst2012.en": Expected(1553, "b8fbcd0d4199d41276421d1f7228298df67dd9e2c5c134c2ee8cdf3ec27801e2"),
+    "tst2012.vi": Expected(1553, "01004078b3f36b0c46e81b65fc6851230b3c823405c76d1d82ef3b786b512ff0"),
+    "tst2013.en": Expected(1268, "3860ce60bc5b85d96cc2d3d580cf1bc9d62440e939c1b964676d3607c4e8f1df"),
+    "tst2013.vi": Expected(1268, "29af16842808da2812b8fd4d47fc05d082ba870e60ab7755090ad04b380994cd"),
+}
 
 CORPORA = {
     "multi30k_deen": Corpus("de", "en", {"train": "train", "valid": "val", "test": "test_2016_flickr"},
                             "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw", ".gz",
-                            lowercase=True, pretokenized=False, bpe_merges=8000),
+                            lowercase=True, pretokenized=False, vocab_size=8000, bpe_merges=8000),
     "iwslt15_envi": Corpus("en", "vi", {"train": "train", "valid": "tst2012", "test": "tst2013"},
                            "https://nlp.stanford.edu/projects/nmt/data/iwslt15.en-vi", "",
-                           lowercase=False, pretokenized=True, bpe_merges=10000),
-    "iwslt14_deen": Corpus("de", "en", {"train": "train", "valid": "valid", "test": "test"}, None, "",
-                           lowercase=True, pretokenized=True, bpe_merges=10000,
-                           note="the fairseq split (examples/translation/prepare-iwslt14.sh, its tmp/ output: "
-                                "train/valid/test.{de,en}, tokenised and lowercased)"),
+                           lowercase=False, pretokenized=True, vocab_size=10000, bpe_merges=10000,
+                           expected=STANFORD_IWSLT15),
+    # WIT3's own address (wit3.fbk.eu/archive/2014-01/texts/de/en/de-en.tgz) is gone; fairseq keeps a copy
+    "iwslt14_deen": Corpus("de", "en", {"train": "train", "valid": "valid", "test": "test"},
+                           "http://dl.fbaipublicfiles.com/fairseq/data/iwslt14/de-en.tgz", "",
+                           lowercase=True, pretokenized=True, vocab_size=10000, bpe_merges=10000,
+                           archive=True, expected=FAIRSEQ_IWSLT14),
 }
 
 
@@ -72,18 +107,67 @@ def find_file(directory: Path, stem: str, lang: str) -> Path:
     raise DataError(f"missing {stem}.{lang} (or {stem}.{lang}.gz) in {directory}")
 
 
-def download(corpus: Corpus, name: str, directory: Path) -> Path:
-    if corpus.url is None:
-        raise DataError(f"{name} cannot be downloaded directly: prepare {corpus.note} and pass --source DIR")
+def fetch(url: str, target: Path) -> Path:
+    if not target.exists():
+        print(f"downloading {url}", file=sys.stderr)
+        partial = target.with_name(target.name + ".part")
+        try:
+            urllib.request.urlretrieve(url, partial)
+        except OSError as err:
+            raise DataError(f"cannot download {url} ({err}); fetch it yourself and pass --source") from None
+        partial.rename(target)
+    return target
+
+
+def download(corpus: Corpus, directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
-    for split, stem in corpus.files.items():
+    if corpus.archive:
+        return fetch(corpus.url, directory / Path(corpus.url).name)
+    for stem in corpus.files.values():
         for lang in (corpus.src, corpus.tgt):
-            target = directory / f"{stem}.{lang}{corpus.suffix}"
-            if not target.exists():
-                url = f"{corpus.url}/{target.name}"
-                print(f"downloading {url}", file=sys.stderr)
-                urllib.request.urlretrieve(url, target)
+            name = f"{stem}.{lang}{corpus.suffix}"
+            fetch(f"{corpus.url}/{name}", directory / name)
     return directory
+
+
+def split_from_archive(source: Path, out: Path) -> Path:
+    """The fairseq split of IWSLT'14 (see :mod:`.iwslt14`) in ``out/fairseq_split``, made once from ``source``;
+    a ``source`` that already holds that split (fairseq's ``tmp/`` output) is used as it is."""
+    if source.is_dir() and all((source / name).is_file() for name in FAIRSEQ_IWSLT14):
+        return source
+    split_dir = out / "fairseq_split"
+    if all((split_dir / name).is_file() for name in FAIRSEQ_IWSLT14):
+        return split_dir
+    try:
+        members = iwslt14.read_members(source)
+        iwslt14.write_split(iwslt14.split(members), split_dir)
+    except iwslt14.ArchiveError as err:
+        raise DataError(str(err)) from None
+    return split_dir
+
+
+def git_blob_id(data: bytes) -> str:
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def check_files(directory: Path, expected: Dict[str, Expected]) -> Dict[str, str]:
+    """Each published file in ``directory`` against its line count and digest: ``{name: verdict}``."""
+    verdicts = {}
+    for name, want in expected.items():
+        path = directory / name
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        lines = data.count(b"\n")
+        if lines != want.lines:
+            verdicts[name] = f"DIFFERS: {lines} lines, published {want.lines}"
+        elif want.sha256 and hashlib.sha256(data).hexdigest() != want.sha256:
+            verdicts[name] = f"DIFFERS: {lines} lines as published, but another SHA-256"
+        elif want.git_blob and git_blob_id(data) != want.git_blob:
+            verdicts[name] = f"DIFFERS: {lines} lines as published, but another git blob id"
+        else:
+            verdicts[name] = f"matches: {lines} lines, " + ("SHA-256" if want.sha256 else "git blob id")
+    return verdicts
 
 
 def read_split(corpus: Corpus, directory: Path, split: str) -> Tuple[List[str], List[str]]:
@@ -100,7 +184,8 @@ def read_split(corpus: Corpus, directory: Path, split: str) -> Tuple[List[str], 
                         f"{len(sides[1])}: the sides must be parallel")
     for i, (s, t) in enumerate(zip(*sides), start=1):
         if not s or not t:
-            raise DataError(f"{stem}: line {i} is empty on the {corpus.src if not s else corpus.tgt} side")
+            raise DataError(f"{directory / stem}.{corpus.src if not s else corpus.tgt}:{i}: empty line; "
+                            f"remove the pair from both sides")
     return sides[0], sides[1]
 
 
@@ -116,37 +201,73 @@ def make_tokenizer(out: Path):
     return pyonmttok.Tokenizer(**config)
 
 
+def train_sentencepiece(lines: List[str], out: Path, vocab_size: int) -> dict:
+    """A joint unigram SentencePiece model of ``lines`` in ``out/spm.model`` (and ``spm.vocab``). No
+    normalisation rule: the text is normalised here already, so decoding gives back exactly what was encoded."""
+    import sentencepiece as spm
+    settings = {"model_type": "unigram", "vocab_size": vocab_size, "character_coverage": 1.0,
+                "normalization_rule_name": "identity", "hard_vocab_limit": False,  # a small corpus gets fewer
+                "input_sentence_size": 2_000_000, "shuffle_input_sentence": True}
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(out / "spm"), minloglevel=2,
+                                   num_threads=4, **settings)
+    pieces = spm.SentencePieceProcessor(model_file=str(out / "spm.model")).get_piece_size()
+    return {"model": str((out / "spm.model").resolve()), "pieces": pieces, **settings}
+
+
+def write_lines(path: Path, lines, desc: str):
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        for line in tqdm(lines, desc=desc, unit=" lines", leave=False):
+            f.write(line + "\n")
+
+
 def prepare(name: str, out: Path, source: Optional[Path] = None, max_train: Optional[int] = None,
+            subword: str = "sentencepiece", vocab_size: Optional[int] = None,
             bpe_merges: Optional[int] = None) -> dict:
-    import pyonmttok
     corpus = CORPORA[name]
-    directory = source if source is not None else download(corpus, name, out / "raw")
+    if subword not in ("sentencepiece", "bpe"):
+        raise DataError(f"unknown subword {subword!r}: use sentencepiece or bpe")
+    out.mkdir(parents=True, exist_ok=True)
+    source = source if source is not None else download(corpus, out / "raw")
+    if not source.exists():
+        raise DataError(f"source {source} does not exist")
+    directory = split_from_archive(source, out) if corpus.archive else source
     if not directory.is_dir():
-        raise DataError(f"source directory {directory} does not exist")
+        raise DataError(f"source {directory} is not a directory")
+    checks = check_files(directory, corpus.expected)
+    for file_name, verdict in checks.items():
+        print(f"{file_name}: {verdict}", file=sys.stderr)
     splits = {split: read_split(corpus, directory, split) for split in corpus.files}
     if max_train:
         splits["train"] = tuple(side[:max_train] for side in splits["train"])
-    out.mkdir(parents=True, exist_ok=True)
 
-    args = tokenizer_args(corpus)
-    merges = bpe_merges or corpus.bpe_merges
-    learner = pyonmttok.BPELearner(tokenizer=pyonmttok.Tokenizer(**args), symbols=merges)
-    for side in splits["train"]:
-        for line in side:
-            learner.ingest(line)
-    tokenizer = learner.learn(str(out / "bpe.model"))
-    (out / "tokenizer.json").write_text(json.dumps({**args, "bpe_model_path": str((out / "bpe.model").resolve())},
-                                                   indent=1))
+    info = {"corpus": name, "source": str(source), "lowercase": corpus.lowercase, "subword": subword,
+            "checks": checks}
+    if subword == "sentencepiece":
+        info["sentencepiece"] = train_sentencepiece([*splits["train"][0], *splits["train"][1]], out,
+                                                    vocab_size or corpus.vocab_size)
+        encode = None
+    else:
+        import pyonmttok
+        args = tokenizer_args(corpus)
+        merges = bpe_merges or corpus.bpe_merges
+        learner = pyonmttok.BPELearner(tokenizer=pyonmttok.Tokenizer(**args), symbols=merges)
+        for side in splits["train"]:
+            for line in side:
+                learner.ingest(line)
+        tokenizer = learner.learn(str(out / "bpe.model"))
+        (out / "tokenizer.json").write_text(json.dumps(
+            {**args, "bpe_model_path": str((out / "bpe.model").resolve())}, indent=1))
+        info.update(tokenizer=args, bpe_merges=merges)
+
+        def encode(line):
+            return " ".join(tokenizer.tokenize(line)[0])
     counts = {}
     for split, (src, tgt) in splits.items():
         for ext, side in (("src", src), ("tgt", tgt)):
-            with open(out / f"{split}.{ext}", "w", encoding="utf-8") as f:
-                for line in tqdm(side, desc=f"{split}.{ext}", unit=" lines", leave=False):
-                    f.write(" ".join(tokenizer.tokenize(line)[0]) + "\n")
+            write_lines(out / f"{split}.{ext}", side if encode is None else map(encode, side), f"{split}.{ext}")
         counts[split] = len(src)
-    (out / "test.ref").write_text("".join(line + "\n" for line in splits["test"][1]), encoding="utf-8")
-    info = {"corpus": name, "source": str(directory), "pairs": counts, "lowercase": corpus.lowercase,
-            "tokenizer": args, "bpe_merges": merges}
+    write_lines(out / "test.ref", splits["test"][1], "test.ref")
+    info["pairs"] = counts
     (out / "prepare.json").write_text(json.dumps(info, indent=1))
     return info
 
@@ -156,15 +277,25 @@ def main(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("corpus", choices=sorted(CORPORA))
     where = parser.add_mutually_exclusive_group(required=True)
-    where.add_argument("--source", type=Path, help="directory holding the corpus files")
+    where.add_argument("--source", type=Path, help="directory holding the corpus files (iwslt14_deen: the "
+                                                   "de-en.tgz archive, its folder, or fairseq's split)")
     where.add_argument("--download", action="store_true", help="download from the canonical source")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--max-train", type=int, default=None, help="keep only the first N training pairs")
+    parser.add_argument("--subword", choices=("sentencepiece", "bpe"), default="sentencepiece",
+                        help="sentencepiece (default): plain text and spm.model for OpenNMT-py's transform; "
+                             "bpe: pre-tokenised BPE text (pyonmttok)")
+    parser.add_argument("--vocab-size", type=int, default=None,
+                        help="SentencePiece vocabulary (default: the corpus's, see CORPORA)")
     parser.add_argument("--bpe-merges", type=int, default=None)
     args = parser.parse_args(argv)
+    for option in ("max_train", "vocab_size", "bpe_merges"):
+        value = getattr(args, option)
+        if value is not None and value < 1:
+            parser.error(f"--{option.replace('_', '-')} must be >= 1, got {value}")
     try:
         info = prepare(args.corpus, args.out, None if args.download else args.source, args.max_train,
-                       args.bpe_merges)
+                       args.subword, args.vocab_size, args.bpe_merges)
     except (DataError, NotUTF8) as err:  # one line, exit 2
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(json.dumps(info))

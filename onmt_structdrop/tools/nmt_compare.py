@@ -1,0 +1,96 @@
+"""Compare an OpenNMT-py config that uses structured dropout with its stock twin, in one command: write the twin
+(the same config with the stock LSTM: ``brnn``/``rnn`` for ``sd_brnn``/``sd_rnn``, input-feed ``rnn`` for
+``sd_ifrnn``, no ``sd_*`` options, its outputs in a ``stock/`` folder beside the config's), build the vocabulary
+if the config's is missing, train both, translate the test set with each and score it with sacreBLEU.
+
+    python -m onmt_structdrop.tools.nmt_compare my_config.yaml --test-src data/test.de --test-ref data/test.en
+
+The table gives each model's test BLEU and training tokens/s. The two models train one after the other, so a
+load that comes and goes on the machine can skew their speed ratio; ``scripts/nmt_speed.sh`` times them in
+alternating rounds instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+from pathlib import Path
+
+import yaml
+
+from . import nmt_evaluate as evaluate
+from .nmt_demo import onmt
+
+STOCK_TYPES = {"sd_brnn": ("brnn", None), "sd_rnn": ("rnn", 0), "sd_ifrnn": ("rnn", 1)}  # type, input_feed
+OUTPUT_PATHS = ("save_model", "log_file", "save_data", "tensorboard_log_dir")
+
+
+def stock_twin(config: dict) -> dict:
+    """The stock OpenNMT-py twin of a structured-dropout config (see the module's docstring)."""
+    if config.get("encoder_type") not in STOCK_TYPES and config.get("decoder_type") not in STOCK_TYPES:
+        raise ValueError(f"neither encoder_type ({config.get('encoder_type')}) nor decoder_type "
+                         f"({config.get('decoder_type')}) is a structured-dropout one ({', '.join(STOCK_TYPES)}): "
+                         f"there is no twin to compare with")
+    twin = {key: value for key, value in config.items() if not key.startswith("sd_")}
+    for key in ("encoder_type", "decoder_type"):
+        kind, input_feed = STOCK_TYPES.get(config.get(key), (config.get(key), None))
+        twin[key] = kind
+        if key == "decoder_type" and input_feed is not None:
+            twin["input_feed"] = input_feed
+    for key in OUTPUT_PATHS:
+        if key in twin:
+            path = Path(twin[key])
+            twin[key] = str(path.parent / "stock" / path.name)
+    return twin
+
+
+def write_twin(config_path: Path) -> Path:
+    config = yaml.safe_load(config_path.read_text())
+    if "save_model" not in config:
+        raise ValueError(f"{config_path} has no save_model: set one so that the two models' checkpoints differ")
+    twin = stock_twin(config)
+    path = Path(twin["save_model"]).parent / f"{config_path.stem}_stock.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"# The stock twin of {config_path} (python -m onmt_structdrop.tools.nmt_compare)\n"
+                    + yaml.safe_dump(twin, sort_keys=False))
+    return path
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", type=Path, help="an onmt_train config with sd_* encoder or decoder types")
+    parser.add_argument("--test-src", type=Path, default=None,
+                        help="source side of the test set (default: test.src beside the training data)")
+    parser.add_argument("--test-ref", type=Path, default=None,
+                        help="its references (default: test.ref beside the training data)")
+    parser.add_argument("--beam", type=int, default=5)
+    args = parser.parse_args(argv)
+    if not args.config.is_file():
+        parser.error(f"config {args.config} not found")
+    try:
+        twin = write_twin(args.config)
+    except (ValueError, yaml.YAMLError) as err:
+        parser.exit(2, f"{parser.prog}: error: {err}\n")
+    print(f"stock twin: {twin}", flush=True)
+    config = yaml.safe_load(args.config.read_text())
+    try:
+        if not Path(config.get("src_vocab", "")).is_file():
+            onmt("build_vocab", "-config", args.config, "-n_sample", "-1", cwd=Path.cwd())
+        for path in (args.config, twin):
+            print(f"training {path}", flush=True)
+            onmt("train", "-config", path, cwd=Path.cwd())
+    except subprocess.CalledProcessError as err:
+        parser.exit(1, f"{parser.prog}: error: {err.cmd[2].replace('onmt.bin.', 'onmt_')} failed (exit {err.returncode}); "
+                       f"its messages are above\n")
+    results = [evaluate.evaluate(path, args.beam, src=args.test_src, ref=args.test_ref) for path in (args.config, twin)]
+    table = evaluate.comparison_table(results)
+    print(table)
+    out = Path(config["save_model"]).parent / "comparison"
+    out.with_suffix(".md").write_text(table + "\n")
+    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    print(f"written to {out}.md and {out}.json")
+
+
+if __name__ == "__main__":
+    main()
