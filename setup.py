@@ -22,7 +22,10 @@ def native_engine():
     """The C++ engine (onmt_structdrop/csrc) as an extension module built through torch's cpp_extension, and the
     build command that builds it. Without torch at build time (pip's build isolation) or a compiler, the package
     installs without it and the torch backend serves (onmt_structdrop/ops/native_backend.py says why at run
-    time)."""
+    time). ONMT_STRUCTDROP_NATIVE=0 skips it (a GPU machine that only needs the CUDA engine)."""
+    if os.environ.get("ONMT_STRUCTDROP_NATIVE", "1") == "0":
+        print("onmt-structdrop: ONMT_STRUCTDROP_NATIVE=0, so the native CPU engine is not built")
+        return [], {}
     try:
         from torch.utils.cpp_extension import BuildExtension, CppExtension
     except ImportError:

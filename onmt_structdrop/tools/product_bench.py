@@ -1,11 +1,13 @@
-"""The three kept products of the native engine against the dense product of the same shape:
+"""The three kept products of each backend against the dense product of the same shape:
 ``python -m onmt_structdrop.tools.product_bench --help``.
 
 For ``a`` (M x n) and a weight ``wt`` (n x N) with k = (1 - p) n kept units: the forward product
 ``a[:, K] @ wt[K]``, the input gradient ``dout @ wt[K]^T`` and the weight gradient into the kept rows
-``a[:, K]^T @ dout``, each timed against the dense torch product (MKL on CPU) of the full shape. The ideal is
-(1 - p) of the dense time; "of ideal" is the ideal time over the measured one (1.0: the whole saving is reached).
-Variants run round-robin in one process; medians.
+``a[:, K]^T @ dout``, each timed against the dense torch product of the full shape (MKL on CPU, cuBLAS on GPU).
+The ideal is (1 - p) of the dense time; "of ideal" is the ideal time over the measured one (1.0: the whole
+saving is reached). The native engine's products are its sequence kernels (the input compacted once per
+sequence); the other backends' are the seam's step primitives, the preparation of the kept weight rows
+(a gather, for the torch backend) included. Variants run round-robin in one process; medians.
 """
 from __future__ import annotations
 
@@ -14,23 +16,39 @@ import json
 
 import torch
 
+from .. import ops
 from ..masks import check_rate, kept_count
 from ..ops import native_backend
 from .bench import device_name, time_callables
 
+PRODUCTS = ("forward", "input gradient", "weight gradient")
 
-def products(M, n, N, p, generator):
+
+def products(M, n, N, p, generator, backend="native", device=torch.device("cpu")):
     """``{name: (dense callable, kept callable)}`` for one shape and rate."""
-    ext = native_backend.extension()[0]
     k = kept_count(p, n)
-    keep = torch.randperm(n, generator=generator)[:k].contiguous()
-    a, wt = torch.randn(M, n, generator=generator), torch.randn(n, N, generator=generator)
-    dout = torch.randn(M, N, generator=generator)
-    a_k = a[:, keep].contiguous()
-    out, da, dwt = torch.zeros(M, N), torch.empty(M, k), torch.zeros(n, N)
-    return {"forward": (lambda: torch.mm(a, wt), lambda: ext.kept_product(a_k, keep, wt, out)),
-            "input gradient": (lambda: torch.mm(dout, wt.t()), lambda: ext.kept_input_grad(dout, keep, wt, da)),
-            "weight gradient": (lambda: torch.mm(a.t(), dout), lambda: ext.kept_weight_grad(a_k, keep, dout, dwt))}
+    keep = torch.randperm(n, generator=generator)[:k].contiguous().to(device)
+    a, wt = (torch.randn(*shape, generator=generator).to(device) for shape in ((M, n), (n, N)))
+    dout = torch.randn(M, N, generator=generator).to(device)
+    out, dwt = torch.zeros(M, N, device=device), torch.zeros(n, N, device=device)
+    dense = (lambda: torch.mm(a, wt), lambda: torch.mm(dout, wt.t()), lambda: torch.mm(a.t(), dout))
+    if backend == "native":
+        ext = native_backend.extension()[0]
+        a_k, da_k = a[:, keep].contiguous(), torch.empty(M, k)
+        kept = (lambda: ext.kept_product(a_k, keep, wt, out), lambda: ext.kept_input_grad(dout, keep, wt, da_k),
+                lambda: ext.kept_weight_grad(a_k, keep, dout, dwt))
+    else:
+        b, da = ops.get(backend), torch.empty(M, n, device=device)
+        kept = (lambda: b.kept_product(out, a, keep, 1.0, b.kept_rows(wt, keep)),
+                lambda: b.kept_input_grad(da, dout, keep, 1.0, b.kept_rows(wt, keep)),
+                lambda: b.add_kept_rows_grad(dwt, a, dout, keep, 1.0))
+    return dict(zip(PRODUCTS, zip(dense, kept)))
+
+
+def serving(backends, device):
+    """Those of ``backends`` that are available and serve float32 step products on ``device``."""
+    return [name for name in backends if ops.availability(name)[0]
+            and ops.get(name).declines("primitives", device, torch.float32) is None]
 
 
 def main(argv=None):
@@ -41,37 +59,49 @@ def main(argv=None):
     parser.add_argument("--rates", type=float, nargs="+", default=[0.3, 0.5])
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--backends", nargs="+", choices=ops.BACKENDS, default=None,
+                        help="default: native on CPU, every backend that serves on a GPU")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     for rate in args.rates:
         check_rate(rate, "--rates")
-    ext, why = native_backend.extension()
-    if ext is None:
-        parser.error(why)
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda, but torch sees no CUDA device")
+    backends = serving(args.backends or (["native"] if device.type == "cpu" else list(ops.BACKENDS)), device)
+    if not backends:
+        parser.error(f"none of {', '.join(args.backends or ['native'])} serves float32 products on {device} "
+                     f"(python -m onmt_structdrop.tools.bench --help lists why a backend is unavailable)")
     if args.threads:
         torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
-    print(f"device: {device_name(torch.device('cpu'))}; kernels: {ext.isa()}; torch {torch.__version__}; "
-          f"median of {args.repeats}")
-    print(f"{'product':<16} {'M':>4} {'n -> N':>11} {'p':>4}  {'dense ms':>8}  {'kept ms':>8}  {'of ideal':>8}")
+    kernels = native_backend.extension()[0].isa() if "native" in backends else None
+    print(f"device: {device_name(device)}; backends: {', '.join(backends)}"
+          f"{f' (native kernels: {kernels})' if kernels else ''}; torch {torch.__version__}; median of {args.repeats}")
+    print(f"{'product':<16} {'backend':<7} {'M':>4} {'n -> N':>11} {'p':>4}  {'dense ms':>8}  {'kept ms':>8}  "
+          f"{'of ideal':>8}")
     rows = []
     for M in args.rows:
         for p in args.rates:
-            runs = products(M, args.inputs, args.outputs, p, generator)
-            timed = time_callables({f"{name} {which}": fn for name, pair in runs.items()
-                                    for which, fn in zip(("dense", "kept"), pair)}, args.repeats, 3,
-                                   torch.device("cpu"))[0]
-            for name in runs:
-                dense, kept = timed[f"{name} dense"], timed[f"{name} kept"]
-                k = kept_count(p, args.inputs)
-                row = {"product": name, "M": M, "n": args.inputs, "N": args.outputs, "p": p, "k": k,
-                       "dense_ms": dense * 1e3, "kept_ms": kept * 1e3, "of_ideal": k / args.inputs * dense / kept}
-                rows.append(row)
-                print(f"{name:<16} {M:>4} {args.inputs:>4} -> {args.outputs:<4} {p:>4}  {row['dense_ms']:>8.3f}  "
-                      f"{row['kept_ms']:>8.3f}  {row['of_ideal']:>7.2f}x")
+            runs = {backend: products(M, args.inputs, args.outputs, p, generator, backend, device)
+                    for backend in backends}
+            timed = time_callables({f"{name} {backend} {which}": fn for backend, pairs in runs.items()
+                                    for name, pair in pairs.items() for which, fn in zip(("dense", "kept"), pair)},
+                                   args.repeats, 3, device)[0]
+            for backend in backends:
+                for name in PRODUCTS:
+                    dense, kept = timed[f"{name} {backend} dense"], timed[f"{name} {backend} kept"]
+                    k = kept_count(p, args.inputs)
+                    row = {"product": name, "backend": backend, "M": M, "n": args.inputs, "N": args.outputs,
+                           "p": p, "k": k, "dense_ms": dense * 1e3, "kept_ms": kept * 1e3,
+                           "of_ideal": k / args.inputs * dense / kept}
+                    rows.append(row)
+                    print(f"{name:<16} {backend:<7} {M:>4} {args.inputs:>4} -> {args.outputs:<4} {p:>4}  "
+                          f"{row['dense_ms']:>8.3f}  {row['kept_ms']:>8.3f}  {row['of_ideal']:>7.2f}x")
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"device": device_name(torch.device("cpu")), "kernels": ext.isa(), "torch": torch.__version__,
+            json.dump({"device": device_name(device), "kernels": kernels, "torch": torch.__version__,
                        "results": rows}, fh, indent=2)
     return rows
 

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The GPU check, in one call on a lent GPU machine (which reaches no package index): set-up from the wheels
+# that scripts/gpu_wheels.sh downloaded into .whl/ (carried beside the working tree), the GPU tests, the layer
+# benchmark (cuDNN nn.LSTM + dropout, dense masks, each mask mode and backend, fp32 and bf16), the kept products
+# against cuBLAS, and the OpenNMT-py training step at p = 0.1-0.5. Each part has its own time limit and a failing
+# part does not stop the others. Writes OUT/summary.md (versions, each part's exit status and printed tables;
+# printed last), OUT/log.txt (everything else) and each benchmark's JSON.
+#
+#   scripts/gpu_check.sh [OUT]           OUT: default $OUT, else runs/gpu_check
+#   DEVICE=cpu scripts/gpu_check.sh      rehearses it here, at small sizes (every part but the GPU's own runs)
+#
+# Env: PY (python3), WHEELS (.whl), SITE (where the wheels and this package are installed, /tmp/onmt_structdrop_site).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-${OUT:-runs/gpu_check}}
+DEVICE=${DEVICE:-cuda}
+PY=${PY:-python3}
+WHEELS=${WHEELS:-.whl}
+SITE=${SITE:-/tmp/onmt_structdrop_site}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+LOG=$OUT/log.txt
+SUMMARY=$OUT/summary.md
+: > "$LOG"
+export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
+export PYTHONPATH="$PWD:$SITE:$SITE/standins${PYTHONPATH:+:$PYTHONPATH}"
+parts=()
+
+part() {  # part NAME SECONDS COMMAND...: its stdout goes to the summary, its stderr to the log
+    local name=$1 limit=$2 start=$SECONDS rc
+    shift 2
+    echo "== $name" | tee -a "$LOG" >&2
+    timeout "$limit" bash -c '"$@"' part "$@" > "$OUT/part.txt" 2>> "$LOG"  # bash -c: a function too
+    rc=$?
+    parts+=("| $name | $rc$([[ $rc == 124 ]] && echo ' (time limit)') | $((SECONDS - start)) s |")
+    { echo; echo "## $name"; echo; echo '```'; cat "$OUT/part.txt"; echo '```'; } >> "$OUT/tables.md"
+    rm -f "$OUT/part.txt"
+    return "$rc"
+}
+
+set_up() {
+    if ! "$PY" -c "import onmt" 2>/dev/null; then
+        [[ -d $WHEELS ]] || { echo "no $WHEELS folder: run scripts/gpu_wheels.sh where pip works, and carry it"; return 1; }
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" --find-links "$WHEELS" \
+            OpenNMT-py configargparse pyonmttok rapidfuzz pyahocorasick || return 1
+    fi
+    # OpenNMT-py imports spacy and fasttext with every transform module; the check runs neither transform
+    mkdir -p "$SITE/standins"
+    for module in spacy fasttext; do
+        "$PY" -c "import $module" 2>/dev/null ||
+            echo "\"\"\"A stand-in for $module, which the transform that needs it imports; nothing here uses it.\"\"\"" \
+                > "$SITE/standins/$module.py"
+    done
+    # the package's metadata (its onmt.plugins entry point); the code itself is read from the working tree
+    ONMT_STRUCTDROP_NATIVE=0 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile \
+        --target "$SITE" --upgrade . || return 1
+    "$PY" -m onmt_structdrop.tools.patch_onmt apply
+}
+
+versions() {
+    "$PY" - "$DEVICE" <<'PY'
+import subprocess, sys
+import torch
+import onmt
+device = sys.argv[1]
+rows = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (rehearsal)",
+        "torch": torch.__version__, "CUDA (torch)": torch.version.cuda, "cuDNN": torch.backends.cudnn.version(),
+        "OpenNMT-py": onmt.__version__}
+try:
+    rows["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                    capture_output=True, text=True, timeout=30).stdout.strip() or "n/a"
+except OSError:
+    rows["driver"] = "n/a (no nvidia-smi)"
+try:
+    import cupy
+    rows["CuPy"] = f"{cupy.__version__} (CUDA runtime {cupy.cuda.runtime.runtimeGetVersion()})"
+except Exception as err:  # not installed, or no GPU
+    rows["CuPy"] = f"n/a ({type(err).__name__}: {err})"
+print("| what | version |\n|---|---|")
+for key, value in rows.items():
+    print(f"| {key} | {value} |")
+PY
+}
+
+export DEVICE PY WHEELS SITE
+export -f set_up versions
+if [[ $DEVICE == cuda ]]; then
+    LAYER=(--layers 2 --hidden 1024 --batch 64 --seq 50 --repeats 20)
+    PRODUCTS=(--rows 64 3200 --inputs 1024 --outputs 4096 --repeats 50)
+    NMT=(--rates 0.1 0.2 0.3 0.4 0.5)
+else  # a rehearsal: every part, small
+    LAYER=(--layers 2 --hidden 64 --batch 8 --seq 10 --repeats 2 --warmup 1)
+    PRODUCTS=(--rows 16 --inputs 64 --outputs 256 --repeats 2)
+    NMT=(--rates 0.3 --hidden 32 --word-vec-size 32 --batch 8 --src-len 8 --tgt-len 8 --repeats 2 --warmup 1)
+fi
+rm -f "$OUT/tables.md"
+part "set-up" 150 set_up
+part "versions" 60 versions
+part "GPU tests" 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_cuda_sources.py
+for dtype in float32 bfloat16; do
+    part "layer, $dtype" 90 "$PY" -m onmt_structdrop.tools.bench --device "$DEVICE" "${LAYER[@]}" --dropout 0.5 \
+        --recurrent-dropout 0.5 --dtype "$dtype" --json "$OUT/layer_$dtype.json"
+done
+part "kept products" 60 "$PY" -m onmt_structdrop.tools.product_bench --device "$DEVICE" "${PRODUCTS[@]}" \
+    --rates 0.3 0.5 --json "$OUT/products.json"
+part "OpenNMT-py step" 150 "$PY" -m onmt_structdrop.tools.nmt_bench --device "$DEVICE" "${NMT[@]}" \
+    --json "$OUT/nmt_step.json"
+
+{
+    echo "# GPU check ($DEVICE), $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "| part | exit | time |"
+    echo "|---|---|---|"
+    printf '%s\n' "${parts[@]}"
+    cat "$OUT/tables.md"
+} > "$SUMMARY"
+rm -f "$OUT/tables.md"
+cat "$SUMMARY"
