@@ -1,17 +1,20 @@
 // Compacted products of structured dropout, fp32, row-major, reading the kept rows of the weight in place.
 //
-// `keep` lists the k kept units (indices into the n_units rows of `wt`, the transposed weight, n_units x n_out).
-//   gather_k_matmul:       out[m, o] = beta * out[m, o] + alpha * sum_j a[m, keep[j]] * wt[keep[j], o]
-//   scatter_k_matmul_t:    da[m, keep[j]] = alpha * sum_o dout[m, o] * wt[keep[j], o]   (other columns untouched)
-//   accumulate_k_weight:   dwt[keep[j], o] += alpha * sum_m a[m, keep[j]] * dout[m, o]
+// `keep` lists the k kept units (indices into the n_units rows of `wt`, the transposed weight, n_units x n_out);
+// `mult` (k values, or null for all ones) multiplies each kept unit.
+//   gather_k_matmul:       out[m, o] = beta * out[m, o] + alpha * sum_j a[m, keep[j]] * mult[j] * wt[keep[j], o]
+//   scatter_k_matmul_t:    da[m, keep[j]] = alpha * mult[j] * sum_o dout[m, o] * wt[keep[j], o]
+//                          (other columns untouched)
+//   accumulate_k_weight:   dwt[keep[j], o] += alpha * mult[j] * sum_m a[m, keep[j]] * dout[m, o]
 // Tiles of TILE x TILE outputs per block; the reduction runs over TILE-wide slices staged in shared memory.
 // Launch: block (TILE, TILE); grid (ceil(cols / TILE), ceil(rows / TILE)).
 
 #define TILE 16
 
 extern "C" __global__ void gather_k_matmul(const float* __restrict__ a, const float* __restrict__ wt,
-                                           const long long* __restrict__ keep, float* __restrict__ out,
-                                           int M, int n_units, int n_out, int k, float alpha, float beta) {
+                                           const long long* __restrict__ keep, const float* __restrict__ mult,
+                                           float* __restrict__ out, int M, int n_units, int n_out, int k,
+                                           float alpha, float beta) {
     __shared__ float sa[TILE][TILE];
     __shared__ float sw[TILE][TILE];
     const int row = blockIdx.y * TILE + threadIdx.y;  // m
@@ -19,7 +22,8 @@ extern "C" __global__ void gather_k_matmul(const float* __restrict__ a, const fl
     float acc = 0.f;
     for (int j0 = 0; j0 < k; j0 += TILE) {
         const int ja = j0 + threadIdx.x, jw = j0 + threadIdx.y;
-        sa[threadIdx.y][threadIdx.x] = (row < M && ja < k) ? a[(long long)row * n_units + keep[ja]] : 0.f;
+        sa[threadIdx.y][threadIdx.x] =
+            (row < M && ja < k) ? a[(long long)row * n_units + keep[ja]] * (mult ? mult[ja] : 1.f) : 0.f;
         sw[threadIdx.y][threadIdx.x] = (jw < k && col < n_out) ? wt[keep[jw] * n_out + col] : 0.f;
         __syncthreads();
 #pragma unroll
@@ -33,8 +37,9 @@ extern "C" __global__ void gather_k_matmul(const float* __restrict__ a, const fl
 }
 
 extern "C" __global__ void scatter_k_matmul_t(const float* __restrict__ dout, const float* __restrict__ wt,
-                                              const long long* __restrict__ keep, float* __restrict__ da,
-                                              int M, int n_units, int n_out, int k, float alpha) {
+                                              const long long* __restrict__ keep, const float* __restrict__ mult,
+                                              float* __restrict__ da, int M, int n_units, int n_out, int k,
+                                              float alpha) {
     __shared__ float sd[TILE][TILE];
     __shared__ float sw[TILE][TILE];
     const int row = blockIdx.y * TILE + threadIdx.y;  // m
@@ -50,12 +55,13 @@ extern "C" __global__ void scatter_k_matmul_t(const float* __restrict__ dout, co
         for (int o = 0; o < TILE; ++o) acc += sd[threadIdx.y][o] * sw[o][threadIdx.x];
         __syncthreads();
     }
-    if (row < M && col < k) da[(long long)row * n_units + keep[col]] = alpha * acc;
+    if (row < M && col < k) da[(long long)row * n_units + keep[col]] = alpha * (mult ? mult[col] : 1.f) * acc;
 }
 
 extern "C" __global__ void accumulate_k_weight(const float* __restrict__ a, const float* __restrict__ dout,
-                                               const long long* __restrict__ keep, float* __restrict__ dwt,
-                                               int M, int n_units, int n_out, int k, float alpha) {
+                                               const long long* __restrict__ keep, const float* __restrict__ mult,
+                                               float* __restrict__ dwt, int M, int n_units, int n_out, int k,
+                                               float alpha) {
     __shared__ float sa[TILE][TILE];
     __shared__ float sd[TILE][TILE];
     const int row = blockIdx.y * TILE + threadIdx.y;  // j: the row-th kept unit
@@ -71,5 +77,5 @@ extern "C" __global__ void accumulate_k_weight(const float* __restrict__ a, cons
         for (int m = 0; m < TILE; ++m) acc += sa[threadIdx.y][m] * sd[m][threadIdx.x];
         __syncthreads();
     }
-    if (row < k && col < n_out) dwt[keep[row] * n_out + col] += alpha * acc;
+    if (row < k && col < n_out) dwt[keep[row] * n_out + col] += alpha * (mult ? mult[row] : 1.f) * acc;
 }

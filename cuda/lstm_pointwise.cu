@@ -1,7 +1,8 @@
 // The LSTM cell's pointwise work for one step, fused (gate order i, f, g, o; the cell state is never dropped).
 //   lstm_pointwise_forward:  act = [sigmoid(i), sigmoid(f), tanh(g), sigmoid(o)] of `gates` (B x 4H, in place),
 //                            c = f * c_prev + i * g,  tanh_c = tanh(c),  h = o * tanh_c
-//   lstm_pointwise_backward: from dh, dc (either may be null) to dgates (B x 4H) and dc_prev
+//   lstm_pointwise_backward: from dh, dc (either may be null) to dgates (B x 4H) and dc_prev (which may be dc:
+//                            each thread reads its element of dc before it writes that of dc_prev)
 // One thread per (row, unit); launch with at least B * H threads.
 
 extern "C" __global__ void lstm_pointwise_forward(float* __restrict__ gates, const float* __restrict__ c_prev,
@@ -23,8 +24,8 @@ extern "C" __global__ void lstm_pointwise_forward(float* __restrict__ gates, con
 
 extern "C" __global__ void lstm_pointwise_backward(const float* __restrict__ act, const float* __restrict__ c_prev,
                                                    const float* __restrict__ tanh_c, const float* __restrict__ dh,
-                                                   const float* __restrict__ dc, float* __restrict__ dgates,
-                                                   float* __restrict__ dc_prev, int B, int H) {
+                                                   const float* dc, float* __restrict__ dgates, float* dc_prev,
+                                                   int B, int H) {
     const long long idx = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (long long)B * H) return;
     const long long b = idx / H, u = idx % H;

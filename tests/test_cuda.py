@@ -39,10 +39,9 @@ def _cupy_or_skip():
 
 
 def _launch(name, function, grid, block, args):
-    cupy = _cupy_or_skip()
-    from onmt_structdrop.ops import cupy_backend as cuda_kernels
-    with cupy.cuda.ExternalStream(torch.cuda.current_stream().cuda_stream):
-        cuda_kernels.kernel(name, function)(grid, block, args)
+    _cupy_or_skip()
+    from onmt_structdrop.ops import cupy_backend
+    cupy_backend.launch(name, function, grid, block, torch.device("cuda", torch.cuda.current_device()), *args)
     torch.cuda.synchronize()
 
 
@@ -58,18 +57,24 @@ def test_compact_matmul_kernels_match_torch(M, n, n_out, k):
     tile = 16
     out = torch.zeros(M, n_out, device="cuda")
     _launch("compact_matmul", "gather_k_matmul", ((n_out + tile - 1) // tile, (M + tile - 1) // tile), (tile, tile),
-            (a, wt, keep, out, np.int32(M), np.int32(n), np.int32(n_out), np.int32(k), np.float32(1.5),
+            (a, wt, keep, None, out, np.int32(M), np.int32(n), np.int32(n_out), np.int32(k), np.float32(1.5),
              np.float32(0.0)))
     torch.testing.assert_close(out, 1.5 * a[:, keep] @ wt[keep], rtol=1e-5, atol=1e-4)
+    mult = torch.rand(k, device="cuda")
+    _launch("compact_matmul", "gather_k_matmul", ((n_out + tile - 1) // tile, (M + tile - 1) // tile), (tile, tile),
+            (a, wt, keep, mult, out, np.int32(M), np.int32(n), np.int32(n_out), np.int32(k), np.float32(1.0),
+             np.float32(1.0)))
+    torch.testing.assert_close(out, 1.5 * a[:, keep] @ wt[keep] + (a[:, keep] * mult) @ wt[keep], rtol=1e-5,
+                               atol=1e-4)
     da = torch.zeros(M, n, device="cuda")
     _launch("compact_matmul", "scatter_k_matmul_t", ((k + tile - 1) // tile, (M + tile - 1) // tile), (tile, tile),
-            (dout, wt, keep, da, np.int32(M), np.int32(n), np.int32(n_out), np.int32(k), np.float32(1.0)))
+            (dout, wt, keep, None, da, np.int32(M), np.int32(n), np.int32(n_out), np.int32(k), np.float32(1.0)))
     ref = torch.zeros(M, n, device="cuda")
     ref[:, keep] = dout @ wt[keep].t()
     torch.testing.assert_close(da, ref, rtol=1e-5, atol=1e-4)
     dwt = torch.ones(n, n_out, device="cuda")
     _launch("compact_matmul", "accumulate_k_weight", ((n_out + tile - 1) // tile, (k + tile - 1) // tile),
-            (tile, tile), (a, dout, keep, dwt, np.int32(M), np.int32(n), np.int32(n_out), np.int32(k),
+            (tile, tile), (a, dout, keep, None, dwt, np.int32(M), np.int32(n), np.int32(n_out), np.int32(k),
                            np.float32(1.0)))
     ref = torch.ones(n, n_out, device="cuda")
     ref[keep] += a[:, keep].t() @ dout
@@ -98,3 +103,97 @@ def test_lstm_pointwise_kernels_match_the_cpu_function():
             (act, cp, tc, dh.cuda(), dc.cuda(), dgates, dc_prev, np.int32(B), np.int32(H)))
     torch.testing.assert_close(dgates.cpu(), G.grad, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(dc_prev.cpu(), C.grad, rtol=1e-5, atol=1e-6)
+
+
+# ---- the cupy backend's primitives (ONMT_STRUCTDROP_CUPY=trial) against float64 math --------------------------
+def _trial(monkeypatch):
+    _cupy_or_skip()
+    from onmt_structdrop import ops
+    monkeypatch.setenv("ONMT_STRUCTDROP_CUPY", "trial")
+    monkeypatch.setenv(ops.ENV, "cupy")
+    ops.availability.cache_clear()
+    backend = ops.select("primitives", torch.zeros(1, device="cuda"))
+    assert backend.NAME == "cupy"
+    return backend
+
+
+F32 = dict(rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["time", "pool", "batch", "rbd", "explicit", "k=1", "k=n"])
+@pytest.mark.parametrize("M, n, n_out", [(1, 5, 3), (37, 50, 29), (64, 130, 77)])
+def test_cupy_primitives_match_float64_math(mode, M, n, n_out, monkeypatch):
+    from onmt_structdrop import ops
+    from onmt_structdrop.masks import mask_from_dense, sample_mask
+    be = _trial(monkeypatch)
+    g = torch.Generator().manual_seed(M + n)
+    if mode == "explicit":  # uneven values, one step keeping nothing
+        dense = torch.rand(4, n, generator=g, dtype=torch.float64) * (torch.rand(4, n, generator=g) > 0.4)
+        dense[1] = 0
+        mask = mask_from_dense(dense)
+    else:
+        p = {"k=1": 1 - 1 / n + 1e-6, "k=n": 0.0}.get(mode, 0.4)
+        mask = sample_mask(mode if "=" not in mode else "time", p, n, 4, generator=g, batch=M, pool_size=2)
+    mask = ops.pack(mask, torch.device("cuda"), torch.float32)
+    dense = mask.dense(torch.float64)
+    wt64 = torch.randn(n, n_out, generator=g, dtype=torch.float64)
+    wt = wt64.float().cuda()
+    for t in range(mask.steps):
+        keep, mult = mask.kept(mask.step_sets[t])
+        rows = be.kept_rows(wt, keep)
+        a64, dout64, out64 = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((M, n), (M, n_out), (M, n_out)))
+        a, dout = a64.float().cuda(), dout64.float().cuda()
+        m = dense[t].cpu()
+        out = be.kept_product(out64.float().cuda(), a, keep, mult, rows, 0.5)
+        torch.testing.assert_close(out.cpu().double(), out64 + 0.5 * (a64 * m) @ wt64, **F32)
+        da = be.kept_input_grad(torch.full((M, n), float("nan"), device="cuda"), dout, keep, mult, rows)
+        torch.testing.assert_close(da.cpu().double(), (dout64 @ wt64.t()) * m, **F32)  # dropped columns: zero
+        dwt = be.add_kept_rows_grad(torch.ones(n, n_out, device="cuda"), a, dout, keep, mult, 0.5)
+        torch.testing.assert_close(dwt.cpu().double(), 1 + 0.5 * (a64 * m).t() @ dout64, **F32)
+
+
+@pytest.mark.parametrize("B, H", [(1, 1), (5, 37), (64, 256)])
+def test_cupy_cell_matches_float64_autograd(B, H, monkeypatch):
+    from onmt_structdrop.functions import LSTMCellFunction
+    be = _trial(monkeypatch)
+    g = torch.Generator().manual_seed(B * H)
+    gates, c_prev, dh, dc = (torch.randn(*s, generator=g, dtype=torch.float64)
+                             for s in ((B, 4 * H), (B, H), (B, H), (B, H)))
+    G, C = gates.clone().requires_grad_(), c_prev.clone().requires_grad_()
+    i, f, gg, o = G.chunk(4, 1)
+    c_ref = f.sigmoid() * C + i.sigmoid() * gg.tanh()
+    h_ref = o.sigmoid() * c_ref.tanh()
+    (h_ref * dh + c_ref * dc).sum().backward()
+    G2, C2 = gates.float().cuda().requires_grad_(), c_prev.float().cuda().requires_grad_()
+    h, c = LSTMCellFunction.apply(G2, C2)
+    (h * dh.float().cuda() + c * dc.float().cuda()).sum().backward()
+    for actual, expected in [(h, h_ref), (c, c_ref), (G2.grad, G.grad), (C2.grad, C.grad)]:
+        torch.testing.assert_close(actual.cpu().double(), expected.detach(), rtol=1e-5, atol=1e-6)
+    in_place = gates.float().cuda()
+    act, *_ = be.cell_forward(in_place, c_prev.float().cuda(), act=in_place)
+    assert act is in_place
+
+
+def test_cupy_step_products_train_the_input_feed_decoder_as_torch_does(monkeypatch):
+    """The decoder's step products and cell on the cupy kernels give the torch backend's outputs and gradients."""
+    from onmt_structdrop.functions import StepProduct
+    from onmt_structdrop.masks import sample_mask
+    from onmt_structdrop import ops
+    g = torch.Generator().manual_seed(5)
+    mask = ops.pack(sample_mask("time", 0.3, 40, 6, generator=g), torch.device("cuda"), torch.float32)
+    weight = torch.randn(24, 40, generator=g).cuda().requires_grad_()
+    xs = [torch.randn(8, 40, generator=g).cuda().requires_grad_() for _ in range(6)]
+    results = {}
+    for name in ("torch", "cupy"):
+        if name == "cupy":
+            _trial(monkeypatch)
+        else:
+            monkeypatch.setenv(ops.ENV, "torch")
+        for t in [weight, *xs]:
+            t.grad = None
+        product = StepProduct(weight, mask)
+        loss = sum((product(x, t).tanh() * (t + 1)).sum() for t, x in enumerate(xs))
+        loss.backward()
+        results[name] = [loss.detach(), weight.grad.clone(), *(x.grad.clone() for x in xs)]
+    for actual, expected in zip(results["cupy"], results["torch"]):
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)

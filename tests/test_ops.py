@@ -1,11 +1,13 @@
 """The seam's test matrix: every available backend x mask mode x dtype x shape against the float64 reference.
 
 Each backend is put first with ``ONMT_STRUCTDROP_BACKEND``; a backend that is not available here, or that
-declines the case, is skipped with its reason. float64 is checked tightly; float32 against the float64
+declines the case, is skipped with its reason. Without a GPU the cupy backend runs on CPU tensors with its kernels
+computed in torch (cuda_emulator.py), so that its own code is checked everywhere. float64 is checked tightly; float32 against the float64
 reference, within a bound set by the torch backend's own float32 error on the same case.
 """
 import itertools
 
+import cuda_emulator
 import pytest
 import torch
 
@@ -20,6 +22,8 @@ CPU = torch.device("cpu")
 
 def use(backend, monkeypatch, op, tensor, plan=None):
     """Put ``backend`` first, or skip saying why it cannot serve ``op`` here."""
+    if backend == "cupy" and tensor.device.type == "cpu":
+        cuda_emulator.emulate(monkeypatch)
     ok, reason = ops.availability(backend)
     if not ok:
         pytest.skip(f"{backend} backend not available: {reason}")

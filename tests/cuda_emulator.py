@@ -1,0 +1,70 @@
+"""What each kernel of ``cuda/`` computes (their header comments), in torch, with the argument order of their
+signatures: stands in for ``cupy_backend.launch`` where there is no GPU, so that the cupy backend's own code
+(argument order, grids, multipliers, in-place outputs) runs through the seam's tests everywhere; the kernels
+themselves are checked against torch on a GPU (test_cuda.py)."""
+import functools
+
+import torch
+
+from onmt_structdrop import ops
+from onmt_structdrop.ops import cupy_backend
+
+
+def _covers(grid, block, rows, cols):
+    assert grid[0] * block[0] >= cols and grid[1] * block[1] >= rows, (grid, block, rows, cols)
+
+
+def _scaled(a, keep, mult):
+    a_k = a[:, keep]
+    return a_k * mult if mult is not None else a_k
+
+
+def launch(module_name, function, grid, block, device, *args):
+    assert all(a.device == device for a in args if torch.is_tensor(a))
+    if function == "gather_k_matmul":
+        a, wt, keep, mult, out, M, n, n_out, k, alpha, beta = args
+        _covers(grid, block, M, n_out)
+        assert a.shape == (M, n) and wt.shape == (n, n_out) and keep.shape == (k,) and out.is_contiguous()
+        out.copy_((out * float(beta) if beta != 0 else 0) + float(alpha) * _scaled(a, keep, mult) @ wt[keep])
+    elif function == "scatter_k_matmul_t":
+        dout, wt, keep, mult, da, M, n, n_out, k, alpha = args
+        _covers(grid, block, M, k)
+        assert dout.shape == (M, n_out) and da.shape == (M, n) and da.is_contiguous()
+        da_k = float(alpha) * (dout @ wt[keep].t())
+        da[:, keep] = da_k * mult if mult is not None else da_k
+    elif function == "accumulate_k_weight":
+        a, dout, keep, mult, dwt, M, n, n_out, k, alpha = args
+        _covers(grid, block, k, n_out)
+        assert dwt.shape == (n, n_out) and dwt.is_contiguous()
+        dwt[keep] += float(alpha) * _scaled(a, keep, mult).t() @ dout
+    elif function == "lstm_pointwise_forward":
+        gates, c_prev, c, tanh_c, h, B, H = args
+        assert grid[0] * block[0] >= B * H and gates.shape == (B, 4 * H) and gates.is_contiguous()
+        i, f, g, o = gates.chunk(4, 1)
+        gates.copy_(torch.cat([i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()], 1))
+        i, f, g, o = gates.chunk(4, 1)
+        c.copy_(f * c_prev + i * g)
+        tanh_c.copy_(c.tanh())
+        h.copy_(o * tanh_c)
+    elif function == "lstm_pointwise_backward":
+        act, c_prev, tanh_c, dh, dc, dgates, dc_prev, B, H = args
+        assert grid[0] * block[0] >= B * H and dgates.is_contiguous()
+        i, f, g, o = act.chunk(4, 1)
+        dh = dh if dh is not None else torch.zeros_like(c_prev)
+        dc_total = (dc if dc is not None else 0) + dh * o * (1 - tanh_c * tanh_c)
+        dgates.copy_(torch.cat([dc_total * g * i * (1 - i), dc_total * c_prev * f * (1 - f),
+                                dc_total * i * (1 - g * g), dh * tanh_c * o * (1 - o)], 1))
+        dc_prev.copy_(dc_total * f)
+    else:
+        raise AssertionError(f"no kernel {function} in {module_name}")
+    assert function in cupy_backend.KERNELS[module_name]
+
+
+def emulate(monkeypatch):
+    """Let the cupy backend serve CPU tensors, its launches computed by :func:`launch` (for the test that asks:
+    ``monkeypatch`` undoes it, a fresh availability cache included)."""
+    monkeypatch.setattr(ops, "availability", functools.lru_cache(maxsize=None)(ops.availability.__wrapped__))
+    monkeypatch.setattr(cupy_backend, "available", lambda: (True, ""))
+    monkeypatch.setattr(cupy_backend, "declines", lambda op, device, dtype, plan=None: (
+        None if op == "primitives" else "only the step primitives run on its kernels so far"))
+    monkeypatch.setattr(cupy_backend, "launch", launch)
