@@ -58,6 +58,17 @@ def native_engine():
 
 EXTENSIONS, BUILD_EXT = native_engine()
 
+
+def cupy_for_torch():
+    """The CuPy wheel for the CUDA of the torch seen at build time (cupy-cuda12x when none is seen: pip's build
+    isolation hides torch; the extras cuda12 and cuda13 name one outright)."""
+    try:
+        import torch
+        major = (torch.version.cuda or "12").split(".")[0]
+    except ImportError:
+        major = "12"
+    return f"cupy-cuda{major}x"
+
 setup(
     name="onmt-structdrop",
     version="0.1.0",
@@ -71,8 +82,8 @@ setup(
     python_requires=">=3.9",
     # OpenNMT-py 3.5.1 pins torch<2.3; it is installed separately without its dependencies (scripts/setup_env.sh).
     install_requires=["torch>=2.4", "numpy", "tqdm", "pyyaml"],
-    extras_require={"cuda": ["cupy-cuda12x"], "plot": ["matplotlib"], "test": ["pytest>=7"],
-                    "tasks": ["pytorch-crf", "seqeval"]},
+    extras_require={"cuda": [cupy_for_torch()], "cuda12": ["cupy-cuda12x"], "cuda13": ["cupy-cuda13x"],
+                    "plot": ["matplotlib"], "test": ["pytest>=7"], "tasks": ["pytorch-crf", "seqeval"]},
     entry_points={
         "console_scripts": ["onmt-structdrop-bench=onmt_structdrop.tools.bench:cli",
                             "onmt-structdrop-patch=onmt_structdrop.tools.patch_onmt:main",
