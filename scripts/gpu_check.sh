@@ -40,7 +40,10 @@ part() {  # part NAME SECONDS COMMAND...: its stdout goes to the summary, its st
 
 set_up() {
     if ! "$PY" -c "import onmt" 2>/dev/null; then
-        [[ -d $WHEELS ]] || { echo "no $WHEELS folder: run scripts/gpu_wheels.sh where pip works, and carry it"; return 1; }
+        if [[ ! -d $WHEELS ]]; then
+            echo "no $WHEELS folder: run scripts/gpu_wheels.sh where pip works, and carry it"
+            return 1
+        fi
         "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" --find-links "$WHEELS" \
             OpenNMT-py configargparse pyonmttok rapidfuzz pyahocorasick || return 1
     fi
@@ -48,7 +51,7 @@ set_up() {
     mkdir -p "$SITE/standins"
     for module in spacy fasttext; do
         "$PY" -c "import $module" 2>/dev/null ||
-            echo "\"\"\"A stand-in for $module, which the transform that needs it imports; nothing here uses it.\"\"\"" \
+            echo "\"\"\"A stand-in for $module: the transform that needs it imports it; nothing here runs it.\"\"\"" \
                 > "$SITE/standins/$module.py"
     done
     # the package's metadata (its onmt.plugins entry point); the code itself is read from the working tree

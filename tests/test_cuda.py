@@ -141,7 +141,8 @@ def test_cupy_primitives_match_float64_math(mode, M, n, n_out, monkeypatch):
     for t in range(mask.steps):
         keep, mult = mask.kept(mask.step_sets[t])
         rows = be.kept_rows(wt, keep)
-        a64, dout64, out64 = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((M, n), (M, n_out), (M, n_out)))
+        a64, dout64, out64 = (torch.randn(*s, generator=g, dtype=torch.float64)
+                              for s in ((M, n), (M, n_out), (M, n_out)))
         a, dout = a64.float().cuda(), dout64.float().cuda()
         m = dense[t].cpu()
         out = be.kept_product(out64.float().cuda(), a, keep, mult, rows, 0.5)

@@ -1,9 +1,10 @@
 """The seam's test matrix: every available backend x mask mode x dtype x shape against the float64 reference.
 
 Each backend is put first with ``ONMT_STRUCTDROP_BACKEND``; a backend that is not available here, or that
-declines the case, is skipped with its reason. Without a GPU the cupy backend runs on CPU tensors with its kernels
-computed in torch (cuda_emulator.py), so that its own code is checked everywhere. float64 is checked tightly; float32 against the float64
-reference, within a bound set by the torch backend's own float32 error on the same case.
+declines the case, is skipped with its reason. Without a GPU the cupy backend runs on CPU tensors with its
+kernels computed in torch (cuda_emulator.py), so that its own code is checked everywhere. float64 is checked
+tightly; float32 against the float64 reference, within a bound set by the torch backend's own float32 error on
+the same case.
 """
 import itertools
 

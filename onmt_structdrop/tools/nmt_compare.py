@@ -81,8 +81,8 @@ def main(argv=None):
             print(f"training {path}", flush=True)
             onmt("train", "-config", path, cwd=Path.cwd())
     except subprocess.CalledProcessError as err:
-        parser.exit(1, f"{parser.prog}: error: {err.cmd[2].replace('onmt.bin.', 'onmt_')} failed (exit {err.returncode}); "
-                       f"its messages are above\n")
+        command = err.cmd[2].replace("onmt.bin.", "onmt_")
+        parser.exit(1, f"{parser.prog}: error: {command} failed (exit {err.returncode}); its messages are above\n")
     results = [evaluate.evaluate(path, args.beam, src=args.test_src, ref=args.test_ref) for path in (args.config, twin)]
     table = evaluate.comparison_table(results)
     print(table)

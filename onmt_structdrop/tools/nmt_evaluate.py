@@ -115,7 +115,8 @@ def evaluate(config: Path, beam: int = 5, log: Path = None, src: Path = None, re
     out_dir = checkpoint.parent
     result = {"recipe": str(config), "checkpoint": str(checkpoint),
               "encoder_type": recipe.get("encoder_type"), "decoder_type": recipe.get("decoder_type"),
-              **training_log(log or Path(recipe["log_file"])), **translate_and_score(recipe, checkpoint, out_dir, beam, src, ref)}
+              **training_log(log or Path(recipe["log_file"])),
+              **translate_and_score(recipe, checkpoint, out_dir, beam, src, ref)}
     (out_dir / "eval.json").write_text(json.dumps(result, indent=1))
     return result
 

@@ -1,0 +1,29 @@
+"""scripts/gpu_check.sh rehearsed on the CPU (DEVICE=cpu, small sizes): every part runs and exits 0, and the
+summary and each part's JSON are written where a lent GPU's call would fetch them from."""
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("onmt")
+ROOT = Path(__file__).resolve().parents[1]
+PARTS = ["set-up", "versions", "GPU tests", "layer, float32", "layer, bfloat16", "kept products", "OpenNMT-py step",
+         "OpenNMT-py step, cupy step products"]
+
+
+def test_the_gpu_check_rehearses_on_the_cpu(tmp_path):
+    env = dict(os.environ, DEVICE="cpu", PY=sys.executable, SITE=str(tmp_path / "site"))
+    result = subprocess.run(["bash", "scripts/gpu_check.sh", str(tmp_path / "out")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    assert result.stdout.strip().endswith(summary.strip().splitlines()[-1])  # printed last
+    statuses = re.findall(r"^\| (.+?) \| (\d+)[^|]* \| \d+ s \|$", summary, re.M)
+    assert statuses == [(part, "0") for part in PARTS], summary[:2000]
+    assert "| OpenNMT-py | 3.5.1 |" in summary and "ideal" in summary
+    files = {p.name for p in (tmp_path / "out").iterdir()}
+    assert files == {"summary.md", "log.txt", "layer_float32.json", "layer_bfloat16.json", "products.json",
+                     "nmt_step.json", "nmt_step_cupy.json"}  # at most 8 files come back from a lent machine
