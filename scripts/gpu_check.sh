@@ -102,11 +102,12 @@ rm -f "$OUT/tables.md"
 part "set-up" 150 set_up
 part "versions" 60 versions
 part "GPU tests" 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_cuda_sources.py
+# the cupy backend's kernels serve only when asked (ONMT_STRUCTDROP_CUPY=trial) until these runs have checked them;
+# its rows are labelled [cupy] beside the torch backend's
 for dtype in float32 bfloat16; do
-    part "layer, $dtype" 90 "$PY" -m onmt_structdrop.tools.bench --device "$DEVICE" "${LAYER[@]}" --dropout 0.5 \
-        --recurrent-dropout 0.5 --dtype "$dtype" --json "$OUT/layer_$dtype.json"
+    part "layer, $dtype" 90 env ONMT_STRUCTDROP_CUPY=trial "$PY" -m onmt_structdrop.tools.bench --device "$DEVICE" \
+        "${LAYER[@]}" --dropout 0.5 --recurrent-dropout 0.5 --dtype "$dtype" --json "$OUT/layer_$dtype.json"
 done
-# the cupy backend's kernels serve only when asked (ONMT_STRUCTDROP_CUPY=trial) until these runs have checked them
 part "kept products" 60 env ONMT_STRUCTDROP_CUPY=trial "$PY" -m onmt_structdrop.tools.product_bench \
     --device "$DEVICE" "${PRODUCTS[@]}" --rates 0.3 0.5 --json "$OUT/products.json"
 part "OpenNMT-py step" 150 "$PY" -m onmt_structdrop.tools.nmt_bench --device "$DEVICE" ${NMT[@]+"${NMT[@]}"} \

@@ -26,6 +26,24 @@ def launch(module_name, function, grid, block, device, *args):
         _covers(grid, block, M, n_out)
         assert a.shape == (M, n) and wt.shape == (n, n_out) and keep.shape == (k,) and out.is_contiguous()
         out.copy_((out * float(beta) if beta != 0 else 0) + float(alpha) * _scaled(a, keep, mult) @ wt[keep])
+    elif function == "gather_k_matmul_steps":
+        a, wt, keep, values, step_set, bias, out, M, n, n_out, k, alpha = args
+        T = a.shape[0]
+        assert grid[2] == T and a.shape == (T, M, n) and keep.shape[1] == k and out.is_contiguous()
+        _covers(grid, block, M, n_out)
+        for t in range(T):
+            s = int(step_set[t])
+            mult = values[s] if values is not None else None
+            out[t] = (bias if bias is not None else 0) + float(alpha) * _scaled(a[t], keep[s], mult) @ wt[keep[s]]
+    elif function == "scatter_k_matmul_t_steps":
+        dout, wt, keep, values, step_set, da, M, n, n_out, k, alpha = args
+        T = dout.shape[0]
+        assert grid[2] == T and dout.shape == (T, M, n_out) and da.shape == (T, M, n) and da.is_contiguous()
+        _covers(grid, block, M, k)
+        for t in range(T):
+            s = int(step_set[t])
+            da_k = float(alpha) * (dout[t] @ wt[keep[s]].t())
+            da[t][:, keep[s]] = da_k * values[s] if values is not None else da_k
     elif function == "scatter_k_matmul_t":
         dout, wt, keep, mult, da, M, n, n_out, k, alpha = args
         _covers(grid, block, M, k)
@@ -65,6 +83,6 @@ def emulate(monkeypatch):
     ``monkeypatch`` undoes it, a fresh availability cache included)."""
     monkeypatch.setattr(ops, "availability", functools.lru_cache(maxsize=None)(ops.availability.__wrapped__))
     monkeypatch.setattr(cupy_backend, "available", lambda: (True, ""))
-    monkeypatch.setattr(cupy_backend, "declines", lambda op, device, dtype, plan=None: (
-        None if op == "primitives" else "only the step primitives run on its kernels so far"))
+    monkeypatch.setattr(cupy_backend, "declines", lambda op, device, dtype, plan=None: cupy_backend.plan_declines(
+        op, plan))
     monkeypatch.setattr(cupy_backend, "launch", launch)

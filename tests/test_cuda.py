@@ -198,3 +198,36 @@ def test_cupy_step_products_train_the_input_feed_decoder_as_torch_does(monkeypat
         results[name] = [loss.detach(), weight.grad.clone(), *(x.grad.clone() for x in xs)]
     for actual, expected in zip(results["cupy"], results["torch"]):
         torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["time", "pool", "batch", "rbd", "tbd"])
+def test_cupy_layer_matches_the_float64_reference(mode, monkeypatch):
+    """StructDropLSTM on the cupy kernels (float32, two layers, both directions) against the CPU float64 reference
+    with the same masks, gradients included; the kernels served the layer (not the torch backend)."""
+    from onmt_structdrop.ops import cupy_backend
+    _trial(monkeypatch)
+    served = []
+    monkeypatch.setattr(cupy_backend, "lstm_layer_forward", _recording(cupy_backend.lstm_layer_forward, served))
+    torch.manual_seed(1)
+    model = StructDropLSTM(24, 40, 2, dropout=0.4, recurrent_dropout=0.3, input_dropout=0.2, bidirectional=True,
+                           mask_mode=mode).cuda()
+    x = torch.randn(9, 5, 24, device="cuda", requires_grad=True)
+    y, (h, c) = model(x)
+    (y.sin().sum() + h.sum() + c.cos().sum()).backward()
+    assert len(served) == 4  # two layers, two directions
+    params = {k: v.detach().double().cpu().requires_grad_() for k, v in model.named_parameters()}
+    masks = {"input": [m if m is None else m.cpu() for m in model.last_masks["input"]],
+             "recurrent": [[m if m is None else m.cpu() for m in r] for r in model.last_masks["recurrent"]]}
+    x_ref = x.detach().double().cpu().requires_grad_()
+    y_ref, (h_ref, c_ref) = reference_lstm(params, x_ref, masks, num_layers=2, bidirectional=True)
+    (y_ref.sin().sum() + h_ref.sum() + c_ref.cos().sum()).backward()
+    for a, e in [(y, y_ref), (h, h_ref), (c, c_ref), (x.grad, x_ref.grad)] + [
+            (p.grad, params[k].grad) for k, p in model.named_parameters()]:
+        torch.testing.assert_close(a.double().cpu(), e, rtol=1e-4, atol=1e-4)
+
+
+def _recording(function, calls):
+    def recorded(*args):
+        calls.append(function.__name__)
+        return function(*args)
+    return recorded

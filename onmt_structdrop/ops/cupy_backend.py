@@ -2,24 +2,31 @@
 the package), compiled at run time by CuPy (``RawModule``, cached) and launched on torch's current stream, on
 torch tensors without copies (their device pointers are the kernels' arguments).
 
-What it serves: the seam's step primitives (kept products that read the weight's kept rows in place, the fused
-cell) on float32 CUDA tensors; sequences and whole layers go to the ``torch`` backend. The kernels have not yet
-been checked on a GPU against the reference (``tests/test_cuda.py``, run by ``scripts/gpu_check.sh``), so until
-they have, the backend serves only when ``ONMT_STRUCTDROP_CUPY=trial`` asks for it and declines otherwise. A
-missing CuPy or GPU is one log line (the backend is then unavailable). CI compiles every source with nvcc
-(``tests/test_cuda_sources.py``).
+What it serves, on float32 CUDA tensors: the seam's step primitives (kept products that read the weight's kept
+rows in place, the fused cell); sequence products with a packed mask (all steps' input products in one launch,
+each step with its own kept set); and whole layers of padded sequences with packed or no masks (the input
+products in one launch, then per step one recurrent kept product and one cell launch; the backward likewise).
+Dense masks and packed sequences go to the ``torch`` backend. The kernels have not yet been checked on a GPU
+against the reference (``tests/test_cuda.py``, run by ``scripts/gpu_check.sh``), so until they have, the
+backend serves only when ``ONMT_STRUCTDROP_CUPY=trial`` asks for it and declines otherwise. A missing CuPy or GPU
+is one log line (the backend is then unavailable). CI compiles every source with nvcc
+(``tests/test_cuda_sources.py``) and runs this module's code with the kernels computed in torch
+(``tests/cuda_emulator.py``).
 """
 from __future__ import annotations
 
 import functools
 import os
 
+import torch
+
 from ..resources import data_path
 
 NAME = "cupy"
 TRIAL_ENV = "ONMT_STRUCTDROP_CUPY"
 KERNELS = {
-    "compact_matmul": ("gather_k_matmul", "scatter_k_matmul_t", "accumulate_k_weight"),
+    "compact_matmul": ("gather_k_matmul", "gather_k_matmul_steps", "scatter_k_matmul_t", "scatter_k_matmul_t_steps",
+                       "accumulate_k_weight"),
     "lstm_pointwise": ("lstm_pointwise_forward", "lstm_pointwise_backward"),
 }
 TILE = 16  # compact_matmul.cu's tile: blocks of TILE x TILE threads
@@ -43,22 +50,34 @@ def _cupy():
 def available():
     if _cupy() is None:
         return False, "CuPy is not installed (pip install .[cuda])"
-    import torch
     if not torch.cuda.is_available():
         return False, "no CUDA device"
     return True, ""
 
 
 def declines(op, device, dtype, plan=None):
-    import torch
     if device.type != "cuda":
         return f"tensors on {device}"
     if os.environ.get(TRIAL_ENV, "") != "trial":
         return f"its kernels have not been checked on a GPU yet ({TRIAL_ENV}=trial tries them)"
-    if op != "primitives":
-        return "only the step primitives run on its kernels so far"
     if dtype != torch.float32:
         return f"its kernels are float32 only, not {dtype}"
+    return plan_declines(op, plan)
+
+
+def plan_declines(op, plan):
+    """Why the kernels cannot compute ``op`` with ``plan``, whatever the device and dtype (None: they can)."""
+    from .packed import PackedMask
+    if op == "primitives":
+        return None
+    if op == "sequence":
+        return None if isinstance(plan, PackedMask) else "without a packed mask it is one torch product"
+    if plan is None:
+        return None
+    if plan.batch_sizes is not None:
+        return "packed sequences run on the torch backend so far"
+    if any(m is not None and not isinstance(m, PackedMask) for m in (plan.input_mask, plan.recurrent_mask)):
+        return "dense masks take the torch backend's masked-dense path"
     return None
 
 
@@ -90,7 +109,6 @@ def launch(module_name, function, grid, block, device, *args):
     is passed as its device pointer, None as a null pointer, a Python int as an ``int`` and a float as a
     ``float`` (the kernels' parameter types)."""
     import numpy as np
-    import torch
     cupy = _cupy()
     values = tuple(a.data_ptr() if torch.is_tensor(a) else np.int32(a) if isinstance(a, int)
                    else np.float32(a) if isinstance(a, float) else a for a in args)
@@ -105,7 +123,6 @@ def _blocks(n):
 
 def _mult(mult, alpha, like):
     """``(per-unit multipliers or None, scalar)`` as the kernels take them."""
-    import torch
     if torch.is_tensor(mult):
         return mult.to(device=like.device, dtype=like.dtype).contiguous(), float(alpha)
     return None, float(alpha * mult)
@@ -177,7 +194,6 @@ def kept_rows_grad(a, dout, keep, mult, alpha=1.0):
 
 def cell_forward(gates, c_prev, act=None, c=None, tanh_c=None, h=None):
     """As the torch backend's (gate order i, f, g, o), in one kernel; ``act`` may be ``gates``."""
-    import torch
     if not _written_in_place(act, c, tanh_c, h):
         return _torch().cell_forward(gates, c_prev, act, c, tanh_c, h)
     act = gates.clone(memory_format=torch.contiguous_format) if act is None else (
@@ -195,7 +211,6 @@ def cell_forward(gates, c_prev, act=None, c=None, tanh_c=None, h=None):
 
 def cell_backward(act, c_prev, tanh_c, dh, dc, dgates=None):
     """As the torch backend's: returns ``dgates``; ``dc`` becomes the gradient of ``c_prev`` (in place)."""
-    import torch
     if not _written_in_place(dc, dgates) or not act.is_contiguous():
         return _torch().cell_backward(act, c_prev, tanh_c, dh, dc, dgates)
     dgates = torch.empty_like(act) if dgates is None else dgates
@@ -205,3 +220,129 @@ def cell_backward(act, c_prev, tanh_c, dh, dc, dgates=None):
                (CELL_BLOCK,), act.device, act, c_prev.contiguous(), tanh_c.contiguous(), dh.contiguous(), dc,
                dgates, dc, *_sizes(B, H))
     return dgates
+
+
+# ---- sequences and the layer ---------------------------------------------------------------------------------
+def _steps_product(out, a, wt, mask, bias):
+    """``out[t] = mask_t(a[t]) @ wt + bias`` for every step in one launch (``out`` ``[T, B, n_out]``)."""
+    T, B, n = a.shape
+    n_out = wt.shape[1]
+    if T and B:
+        launch("compact_matmul", "gather_k_matmul_steps", (_blocks(n_out), _blocks(B), T), (TILE, TILE), a.device,
+               a.contiguous(), wt, mask.keep, mask.values, mask.step_set, bias, out, *_sizes(B, n, n_out, mask.width),
+               float(mask.scale))
+    return out
+
+
+def _steps_input_grad(dout, wt, mask, n):
+    """``da[t] = mask_t(dout[t] @ wt^T)`` for every step in one launch; the dropped columns are zero."""
+    T, B, n_out = dout.shape
+    da = dout.new_zeros(T, B, n)
+    if T and B and mask.width:
+        launch("compact_matmul", "scatter_k_matmul_t_steps", (_blocks(mask.width), _blocks(B), T), (TILE, TILE),
+               dout.device, dout.contiguous(), wt, mask.keep, mask.values, mask.step_set, da,
+               *_sizes(B, n, n_out, mask.width), float(mask.scale))
+    return da
+
+
+def _steps_weight_grad(dwt, a, dout, mask):
+    """``dwt[K_t] += (a[t][:, K_t] * mult_t)^T @ dout[t]`` for every step (one launch per step: kept sets that
+    overlap add into the same rows)."""
+    for t, g in enumerate(mask.step_sets):
+        keep, mult = mask.kept(g)
+        add_kept_rows_grad(dwt, a[t], dout[t], keep, mult)
+    return dwt
+
+
+def sequence_product(a, wt, mask, bias=None):
+    """See :mod:`onmt_structdrop.ops` (a packed mask; ``saved`` is empty: the backward reads ``a`` again)."""
+    T, B, _ = a.shape
+    wt = wt.contiguous()
+    return _steps_product(a.new_empty(T, B, wt.shape[1]), a, wt, mask, bias), ()
+
+
+def sequence_backward(a, wt, mask, dout, need_input_grad=True, saved=()):
+    """See :mod:`onmt_structdrop.ops`."""
+    wt, dout = wt.contiguous(), dout.contiguous()
+    da = _steps_input_grad(dout, wt, mask, a.shape[2]) if need_input_grad else None
+    return da, _steps_weight_grad(a.new_zeros(wt.shape), a.contiguous(), dout, mask)
+
+
+def _order(T, reverse):
+    return range(T - 1, -1, -1) if reverse else range(T)
+
+
+def _recurrent_product(gates_t, h, wt, mask, t):
+    """``gates_t += (r_t * h) @ wt`` in place."""
+    if mask is None:
+        return gates_t.addmm_(h, wt)
+    keep, mult = mask.kept(mask.step_sets[t])
+    return kept_product(gates_t, h, keep, mult, wt)
+
+
+def lstm_layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan):
+    """See :mod:`onmt_structdrop.ops` (padded sequences, packed or no masks): ``(y, h_n, c_n, saved)``."""
+    T, B, n = x.shape
+    H = w_hh.shape[1]
+    wih_t, whh_t = w_ih.t().contiguous(), w_hh.t().contiguous()  # the kernels read W^T's kept rows in place
+    bias = None if b_ih is None else (b_ih + b_hh).contiguous()
+    x = x.contiguous()
+    gates = x.new_empty(T, B, 4 * H)
+    if plan.input_mask is None:
+        flat = x.view(T * B, n)
+        if bias is None:
+            torch.mm(flat, wih_t, out=gates.view(T * B, 4 * H))
+        else:
+            torch.addmm(bias, flat, wih_t, out=gates.view(T * B, 4 * H))
+    else:
+        _steps_product(gates, x, wih_t, plan.input_mask, bias)
+    y, cells, tanh_cells = (x.new_empty(T, B, H) for _ in range(3))
+    h, c = h0.contiguous(), c0.contiguous()
+    for t in _order(T, plan.reverse):
+        G = gates[t]
+        _recurrent_product(G, h, whh_t, plan.recurrent_mask, t)
+        cell_forward(G, c, act=G, c=cells[t], tanh_c=tanh_cells[t], h=y[t])  # activated in place
+        h, c = y[t], cells[t]
+    return y, h.clone(), c.clone(), (gates, y, cells, tanh_cells, wih_t, whh_t)
+
+
+def lstm_layer_backward(plan, x, h0, c0, w_ih, w_hh, saved, dy, dh_n, dc_n, needs):
+    """See :mod:`onmt_structdrop.ops`: ``(dx, dh0, dc0, dw_ih, dw_hh, db)``."""
+    act, y, cells, tanh_cells, wih_t, whh_t = saved
+    T, B, n = x.shape
+    H = y.shape[2]
+    first, step = (T - 1, 1) if plan.reverse else (0, -1)  # the step that starts from h0, c0; where t's prev is
+    h_prev = [h0 if t == first else y[t + step] for t in range(T)]
+    c_prev = [c0 if t == first else cells[t + step] for t in range(T)]
+    dh = dh_n.clone() if dh_n is not None else x.new_zeros(B, H)
+    dc = dc_n.clone() if dc_n is not None else x.new_zeros(B, H)
+    dgates = x.new_empty(T, B, 4 * H)
+    rec = plan.recurrent_mask
+    for t in _order(T, not plan.reverse):
+        if dy is not None:
+            dh.add_(dy[t])
+        cell_backward(act[t], c_prev[t], tanh_cells[t], dh, dc, dgates=dgates[t])
+        if rec is None:
+            dh = dgates[t].mm(whh_t.t())
+        else:
+            keep, mult = rec.kept(rec.step_sets[t])
+            kept_input_grad(dh, dgates[t], keep, mult, whh_t)
+
+    need_x, need_h0, need_c0, need_bias = needs
+    x = x.contiguous()
+    flat_g = dgates.view(T * B, 4 * H)
+    if plan.input_mask is None:
+        dx = flat_g.mm(wih_t.t()).view(T, B, n) if need_x else None
+        dwih_t = x.view(T * B, n).t().mm(flat_g)
+    else:
+        dx = _steps_input_grad(dgates, wih_t, plan.input_mask, n) if need_x else None
+        dwih_t = _steps_weight_grad(x.new_zeros(n, 4 * H), x, dgates, plan.input_mask)
+    if rec is None:
+        dwhh_t = torch.stack(h_prev).view(T * B, H).t().mm(flat_g)
+    else:
+        dwhh_t = x.new_zeros(H, 4 * H)
+        for t in range(T):
+            keep, mult = rec.kept(rec.step_sets[t])
+            add_kept_rows_grad(dwhh_t, h_prev[t], dgates[t], keep, mult)
+    db = flat_g.sum(0) if need_bias else None
+    return dx, dh if need_h0 else None, dc if need_c0 else None, dwih_t.t(), dwhh_t.t(), db
