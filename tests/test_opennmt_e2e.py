@@ -15,6 +15,7 @@ pytest.importorskip("onmt")
 from onmt.models.model_saver import safe_load  # noqa: E402
 
 from onmt_structdrop.tools import nmt_demo as demo, nmt_evaluate as evaluate, nmt_prepare as prepare  # noqa: E402
+from onmt_structdrop.tools.onmt_runs import alternating_speed  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "recipes" / "sample_multi30k_deen"
 SUBWORDS = ("-transforms", "sentencepiece", "-src_subword_model", "data/spm.model", "-tgt_subword_model",
@@ -116,7 +117,7 @@ def test_other_models_train_and_translate(name, work):
 
 def test_the_demo_times_the_models_in_alternating_rounds(work):
     configs = {"structdrop": write_config(work, "sd_ifrnn", 6), "baseline": write_config(work, "stock", 6)}
-    table = demo.alternating_speed(work, configs, rounds=2, steps=6, threads=1)
+    table = alternating_speed(work, configs, rounds=2, steps=6, threads=1)
     logs = sorted(p.name for p in (work / "runs" / "speed").glob("*.log"))
     assert logs == ["structdrop_baseline_r1.log", "structdrop_baseline_r2.log", "structdrop_r1.log",
                     "structdrop_r2.log"]
@@ -201,7 +202,7 @@ def test_compare_trains_a_config_and_its_stock_twin_in_one_command(work, monkeyp
     from onmt_structdrop.tools import nmt_compare
     monkeypatch.chdir(work)
     write_config(work, "sd_rnn", 4)
-    nmt_compare.main(["sd_rnn.yaml", "--beam", "1"])
+    nmt_compare.main(["sd_rnn.yaml", "--beam", "1", "--speed-rounds", "1", "--speed-steps", "4"])
     twin = work / "runs" / "sd_rnn" / "stock" / "sd_rnn_stock.yaml"
     lines = twin.read_text().splitlines()
     assert "encoder_type: rnn" in lines and not any(line.startswith("sd_") for line in lines)
@@ -209,5 +210,8 @@ def test_compare_trains_a_config_and_its_stock_twin_in_one_command(work, monkeyp
     table = (work / "runs" / "sd_rnn" / "comparison.md").read_text()
     assert table in capsys.readouterr().out
     rows = table.splitlines()[2:]
-    assert re.match(r"\| sd_rnn \| sd_rnn / sd_rnn \| 4 \| [\d.]+ \| [-+][\d.]+ \|", rows[0])
-    assert re.match(r"\| sd_rnn_stock \| rnn / rnn \| 4 \| [\d.]+ \| \+0\.00 \|", rows[1])  # the twin is the base
+    assert re.fullmatch(r"\| sd_rnn \| sd_rnn / sd_rnn \| 4 \| [\d.]+ \| [-+][\d.]+ \|", rows[0])
+    assert re.fullmatch(r"\| sd_rnn_stock \| rnn / rnn \| 4 \| [\d.]+ \| \+0\.00 \|", rows[1])  # the twin: base
+    assert re.search(r"\| sd_rnn \| 1 \| \d+ \| \d\.\d\dx \|", table)  # the alternating round's ratio
+    assert sorted(p.name for p in (work / "runs" / "sd_rnn" / "speed").glob("*.log")) == [
+        "sd_rnn_baseline_r1.log", "sd_rnn_r1.log"]

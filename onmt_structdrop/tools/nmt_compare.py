@@ -6,8 +6,8 @@ if the config's is missing, train both, translate the test set with each and sco
     python -m onmt_structdrop.tools.nmt_compare my_config.yaml --test-src data/test.de --test-ref data/test.en
 
 The table gives each model's test BLEU and training tokens/s. The two models train one after the other, so a
-load that comes and goes on the machine can skew their speed ratio; ``scripts/nmt_speed.sh`` times them in
-alternating rounds instead.
+load that comes and goes on the machine can skew the speed ratio of those runs; ``--speed-rounds N`` adds N
+alternating short runs of each (``--speed-steps`` steps, ``--threads`` threads), whose per-round ratio it cannot.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from . import nmt_evaluate as evaluate
-from .nmt_demo import onmt
+from .onmt_runs import alternating_speed, onmt
 
 STOCK_TYPES = {"sd_brnn": ("brnn", None), "sd_rnn": ("rnn", 0), "sd_ifrnn": ("rnn", 1)}  # type, input_feed
 OUTPUT_PATHS = ("save_model", "log_file", "save_data", "tensorboard_log_dir")
@@ -65,9 +65,17 @@ def main(argv=None):
     parser.add_argument("--test-ref", type=Path, default=None,
                         help="its references (default: test.ref beside the training data)")
     parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument("--speed-rounds", type=int, default=0, help="alternating timed rounds (0: none)")
+    parser.add_argument("--speed-steps", type=int, default=100, help="training steps of each model per round")
+    parser.add_argument("--threads", type=int, default=1, help="threads of each timed run (OMP_NUM_THREADS)")
     args = parser.parse_args(argv)
     if not args.config.is_file():
         parser.error(f"config {args.config} not found")
+    for name in ("beam", "speed_steps", "threads"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.speed_rounds < 0:
+        parser.error(f"--speed-rounds must be >= 0, got {args.speed_rounds}")
     try:
         twin = write_twin(args.config)
     except (ValueError, yaml.YAMLError) as err:
@@ -84,9 +92,14 @@ def main(argv=None):
         command = err.cmd[2].replace("onmt.bin.", "onmt_")
         parser.exit(1, f"{parser.prog}: error: {command} failed (exit {err.returncode}); its messages are above\n")
     results = [evaluate.evaluate(path, args.beam, src=args.test_src, ref=args.test_ref) for path in (args.config, twin)]
-    table = evaluate.comparison_table(results)
-    print(table)
     out = Path(config["save_model"]).parent / "comparison"
+    table = evaluate.comparison_table(results, speed=not args.speed_rounds)
+    if args.speed_rounds:
+        speed = alternating_speed(Path.cwd(), {"structdrop": args.config, "baseline": twin}, args.speed_rounds,
+                                  args.speed_steps, args.threads, out=out.parent / "speed", stem=args.config.stem)
+        table += (f"\n\nTraining speed (target tokens/s): {args.speed_rounds} alternating rounds of "
+                  f"{args.speed_steps} steps per model, {args.threads} thread(s) each.\n\n{speed}")
+    print(table)
     out.with_suffix(".md").write_text(table + "\n")
     out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     print(f"written to {out}.md and {out}.json")

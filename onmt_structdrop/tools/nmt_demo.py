@@ -17,12 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 from ..resources import data_path
-from . import nmt_evaluate as evaluate, nmt_prepare as prepare, nmt_speed
+from . import nmt_evaluate as evaluate, nmt_prepare as prepare
+from .onmt_runs import alternating_speed, onmt
 
 SAMPLE = data_path("recipes/sample_multi30k_deen")
 MODELS = {
@@ -70,29 +69,6 @@ save_model: runs/{name}/model
 log_file: runs/{name}/train.log
 """)
     return config
-
-
-def onmt(command: str, *args, cwd: Path, quiet: bool = False, threads: int = None):
-    """Run a stock OpenNMT-py command (the installed one, as ``python -m onmt.bin.<command>``)."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore", **({"OMP_NUM_THREADS": str(threads)} if threads else {}))
-    return subprocess.run([sys.executable, "-m", f"onmt.bin.{command}", *map(str, args)], cwd=cwd, env=env,
-                          check=True, stdout=subprocess.DEVNULL if quiet else None,
-                          stderr=subprocess.DEVNULL if quiet else None)
-
-
-def alternating_speed(work: Path, configs: dict, rounds: int, steps: int, threads: int) -> str:
-    """Train each model ``steps`` steps per round, alternating, and table their tokens/s per round (the
-    structured model's logs are ``structdrop_rN``, its twin's ``structdrop_baseline_rN``)."""
-    out, logs = work / "runs" / "speed", []
-    for rnd in range(1, rounds + 1):
-        for name, stem in (("structdrop", "structdrop"), ("baseline", "structdrop_baseline")):
-            print(f"speed round {rnd}/{rounds}: {name}, {steps} steps, {threads} thread(s)", flush=True)
-            log = out / f"{stem}_r{rnd}.log"
-            onmt("train", "-config", configs[name], "-train_steps", steps, "-valid_steps", 10 ** 9,
-                 "-save_checkpoint_steps", 10 ** 9, "-report_every", max(steps // 6, 1), "-save_model",
-                 out / stem / "model", "-log_file", log, cwd=work, quiet=True, threads=threads)
-            logs.append(log)
-    return nmt_speed.speed_table(logs)
 
 
 def main(argv=None):
