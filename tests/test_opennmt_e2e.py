@@ -155,11 +155,30 @@ def test_a_checkpoint_that_runs_code_is_refused(trained, work):
     torch.save(evil, work / "evil.pt")
     result = onmt("translate", "-model", "evil.pt", "-src", "data/test.src", "-output", "x.txt", cwd=work,
                   check=False)
-    assert result.returncode != 0 and "refusing to load evil.pt" in result.stderr
+    assert result.returncode == 2 and one_line_error(result.stderr).startswith("translate.py: error: refusing to "
+                                                                                "load evil.pt")
     result = onmt("train", "-config", "sd_ifrnn.yaml", "-train_from", "evil.pt", "-train_steps", "10", cwd=work,
                   check=False)
-    assert result.returncode != 0 and "refusing to load evil.pt" in result.stderr
+    assert result.returncode == 2 and "error: refusing to load evil.pt" in one_line_error(result.stderr)
     assert not marker.exists()
+
+
+def one_line_error(stderr):
+    """The one line of an error message, after checking that stderr holds no traceback."""
+    assert "Traceback" not in stderr, stderr[-3000:]
+    errors = [line for line in stderr.splitlines() if ": error: " in line]
+    assert len(errors) == 1, stderr[-3000:]
+    return errors[0]
+
+
+@pytest.mark.parametrize("command", ["build_vocab", "train"])
+def test_a_missing_data_file_is_one_line_from_the_stock_commands(command, work):
+    config = (work / "sd_ifrnn.yaml").read_text().replace("data/train.src", "data/nowhere.src")
+    (work / "missing.yaml").write_text(config)
+    result = onmt(command, "-config", "missing.yaml", cwd=work, check=False)
+    assert result.returncode == 2 and one_line_error(result.stderr).endswith(
+        "error: corpus_1/path_src file not found: 'data/nowhere.src'; check the path (relative to where the command "
+        "runs)")
 
 
 def test_the_vocabulary_round_trip_keeps_empty_and_whitespace_holding_tokens(tmp_path):
