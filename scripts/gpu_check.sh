@@ -108,6 +108,9 @@ for dtype in float32 bfloat16; do
     part "layer, $dtype" 90 env ONMT_STRUCTDROP_CUPY=trial "$PY" -m onmt_structdrop.tools.bench --device "$DEVICE" \
         "${LAYER[@]}" --dropout 0.5 --recurrent-dropout 0.5 --dtype "$dtype" --json "$OUT/layer_$dtype.json"
 done
+part "layer, float32, cupy without graphs" 60 env ONMT_STRUCTDROP_CUPY=trial ONMT_STRUCTDROP_CUDA_GRAPHS=0 \
+    "$PY" -m onmt_structdrop.tools.bench --device "$DEVICE" "${LAYER[@]}" --dropout 0.5 --recurrent-dropout 0.5 \
+    --modes time --output-size 0 --json "$OUT/layer_float32_eager.json"
 part "kept products" 60 env ONMT_STRUCTDROP_CUPY=trial "$PY" -m onmt_structdrop.tools.product_bench \
     --device "$DEVICE" "${PRODUCTS[@]}" --rates 0.3 0.5 --json "$OUT/products.json"
 part "OpenNMT-py step" 150 "$PY" -m onmt_structdrop.tools.nmt_bench --device "$DEVICE" ${NMT[@]+"${NMT[@]}"} \

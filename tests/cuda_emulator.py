@@ -7,7 +7,7 @@ import functools
 import torch
 
 from onmt_structdrop import ops
-from onmt_structdrop.ops import cupy_backend
+from onmt_structdrop.ops import cuda_graphs, cupy_backend
 
 
 def _covers(grid, block, rows, cols):
@@ -79,10 +79,13 @@ def launch(module_name, function, grid, block, device, *args):
 
 
 def emulate(monkeypatch):
-    """Let the cupy backend serve CPU tensors, its launches computed by :func:`launch` (for the test that asks:
-    ``monkeypatch`` undoes it, a fresh availability cache included)."""
+    """Let the cupy backend serve CPU tensors, its launches computed by :func:`launch` and its layers' graphs
+    replayed by re-running them (for the test that asks: ``monkeypatch`` undoes it, a fresh availability cache
+    included)."""
     monkeypatch.setattr(ops, "availability", functools.lru_cache(maxsize=None)(ops.availability.__wrapped__))
     monkeypatch.setattr(cupy_backend, "available", lambda: (True, ""))
     monkeypatch.setattr(cupy_backend, "declines", lambda op, device, dtype, plan=None: cupy_backend.plan_declines(
         op, plan))
     monkeypatch.setattr(cupy_backend, "launch", launch)
+    # a replay re-runs the captured function on the static buffers (cuda_graphs.RerunGraph)
+    monkeypatch.setattr(cupy_backend, "GRAPHS", cuda_graphs.GraphCache(cuda_graphs.RerunGraph))

@@ -231,3 +231,28 @@ def _recording(function, calls):
         calls.append(function.__name__)
         return function(*args)
     return recorded
+
+
+@pytest.mark.parametrize("mode", ["time", "pool"])
+def test_cupy_layer_graphs_equal_eager_runs(mode, monkeypatch):
+    """The layer's CUDA graphs, replayed with new inputs and masks, give what eager runs give."""
+    from onmt_structdrop.ops import cuda_graphs, cupy_backend
+    _trial(monkeypatch)
+    monkeypatch.setattr(cupy_backend, "GRAPHS", cuda_graphs.GraphCache())
+    model = StructDropLSTM(24, 40, 2, dropout=0.4, recurrent_dropout=0.3, bidirectional=True, mask_mode=mode).cuda()
+    results = {}
+    for graphs in ("1", "0"):
+        monkeypatch.setenv(cuda_graphs.ENV, graphs)
+        torch.manual_seed(3)
+        runs = []
+        for _ in range(3):
+            x = torch.randn(9, 5, 24, device="cuda", requires_grad=True)
+            model.zero_grad()
+            y, (h, c) = model(x)
+            (y.sin().sum() + h.sum() + c.cos().sum()).backward()
+            runs.append([y, h, c, x.grad] + [p.grad.clone() for p in model.parameters()])
+        results[graphs] = runs
+    for graphed, eager in zip(results["1"], results["0"]):
+        for a, e in zip(graphed, eager):
+            torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6)
+    assert cupy_backend.GRAPHS.captures >= 8 and len(cupy_backend.GRAPHS.graphs) >= 8

@@ -300,3 +300,43 @@ def test_layer_hot_path_reads_nothing_back_from_tensors(mode, monkeypatch):
     assert x.grad is not None and torch.isfinite(x.grad).all()
     with pytest.raises(AssertionError, match="called in the hot path"):  # the check itself works
         refusing_read_backs(lambda: torch.ones(2).tolist())()
+
+
+# ---- CUDA graphs of the cupy backend's layer loops (replayed by re-running them where there is no GPU) --------
+@pytest.mark.parametrize("mode", ["time", "batch", "pool"])
+def test_graph_replays_equal_eager_runs_with_new_masks_and_inputs(mode, monkeypatch):
+    """Calls after the first replay a captured graph with new inputs and masks copied into its static buffers; they
+    give what eager runs give, and a mask of another structure gets its own graph."""
+    from onmt_structdrop.ops import cupy_backend, cuda_graphs
+    use("cupy", monkeypatch, "lstm_layer", torch.zeros(1))
+    model = StructDropLSTM(6, 5, 2, dropout=0.4, recurrent_dropout=0.3, input_dropout=0.2, bidirectional=True,
+                           mask_mode=mode).double()
+    results = {}
+    for graphs in ("1", "0"):
+        monkeypatch.setenv(cuda_graphs.ENV, graphs)
+        torch.manual_seed(7)  # the same masks and inputs for both
+        runs = []
+        for _ in range(3):
+            x = torch.randn(4, 3, 6, dtype=torch.float64, requires_grad=True)
+            model.zero_grad()
+            y, (h, c) = model(x)
+            (y.sin().sum() + h.sum() + c.cos().sum()).backward()
+            runs.append([y, h, c, x.grad] + [p.grad.clone() for p in model.parameters()])
+        results[graphs] = runs
+    for graphed, eager in zip(results["1"], results["0"]):
+        for a, e in zip(graphed, eager):
+            torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
+    per_structure = {"time": 8, "batch": 8}  # 4 layer-directions x (forward, backward), captured once
+    assert cupy_backend.GRAPHS.captures == per_structure.get(mode, cupy_backend.GRAPHS.captures)
+    assert cupy_backend.GRAPHS.captures >= 8
+
+
+def test_a_graph_key_holds_every_host_value_a_capture_bakes_in():
+    import dataclasses
+    from onmt_structdrop.ops import cuda_graphs
+    mask = ops.pack(_structured("pool"), CPU, torch.float64)
+    key = cuda_graphs.mask_key(mask)
+    assert key == cuda_graphs.mask_key(dataclasses.replace(mask, keep=mask.keep.flip(1)))  # tensors: copied in
+    for change in ({"step_sets": mask.step_sets[::-1]}, {"sizes": tuple(s - 1 for s in mask.sizes)},
+                   {"scale": mask.scale * 2}, {"values": torch.ones_like(mask.keep, dtype=torch.float64)}):
+        assert cuda_graphs.mask_key(dataclasses.replace(mask, **change)) != key, change

@@ -5,7 +5,8 @@ torch tensors without copies (their device pointers are the kernels' arguments).
 What it serves, on float32 CUDA tensors: the seam's step primitives (kept products that read the weight's kept
 rows in place, the fused cell); sequence products with a packed mask (all steps' input products in one launch,
 each step with its own kept set); and whole layers of padded sequences with packed or no masks (the input
-products in one launch, then per step one recurrent kept product and one cell launch; the backward likewise).
+products in one launch, then per step one recurrent kept product and one cell launch; the backward likewise;
+both replayed from CUDA graphs, :mod:`.cuda_graphs`).
 Dense masks and packed sequences go to the ``torch`` backend. The kernels have not yet been checked on a GPU
 against the reference (``tests/test_cuda.py``, run by ``scripts/gpu_check.sh``), so until they have, the
 backend serves only when ``ONMT_STRUCTDROP_CUPY=trial`` asks for it and declines otherwise. A missing CuPy or GPU
@@ -21,6 +22,7 @@ import os
 import torch
 
 from ..resources import data_path
+from . import cuda_graphs
 
 NAME = "cupy"
 TRIAL_ENV = "ONMT_STRUCTDROP_CUPY"
@@ -280,8 +282,26 @@ def _recurrent_product(gates_t, h, wt, mask, t):
     return kept_product(gates_t, h, keep, mult, wt)
 
 
+GRAPHS = cuda_graphs.GraphCache()  # the layer loops' CUDA graphs (see cuda_graphs)
+
+
 def lstm_layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan):
-    """See :mod:`onmt_structdrop.ops` (padded sequences, packed or no masks): ``(y, h_n, c_n, saved)``."""
+    """See :mod:`onmt_structdrop.ops` (padded sequences, packed or no masks): ``(y, h_n, c_n, saved)``; replayed
+    from a CUDA graph unless ``ONMT_STRUCTDROP_CUDA_GRAPHS=0``."""
+    if cuda_graphs.uses_graphs(plan):
+        return cuda_graphs.graphed_layer_forward(GRAPHS, _layer_forward, x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan)
+    return _layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan)
+
+
+def lstm_layer_backward(plan, x, h0, c0, w_ih, w_hh, saved, dy, dh_n, dc_n, needs):
+    """See :mod:`onmt_structdrop.ops`: ``(dx, dh0, dc0, dw_ih, dw_hh, db)``; from a CUDA graph like the forward."""
+    if cuda_graphs.uses_graphs(plan):
+        return cuda_graphs.graphed_layer_backward(GRAPHS, _layer_backward, plan, x, h0, c0, w_ih, w_hh, saved, dy,
+                                                  dh_n, dc_n, needs)
+    return _layer_backward(plan, x, h0, c0, w_ih, w_hh, saved, dy, dh_n, dc_n, needs)
+
+
+def _layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan):
     T, B, n = x.shape
     H = w_hh.shape[1]
     wih_t, whh_t = w_ih.t().contiguous(), w_hh.t().contiguous()  # the kernels read W^T's kept rows in place
@@ -306,8 +326,7 @@ def lstm_layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan):
     return y, h.clone(), c.clone(), (gates, y, cells, tanh_cells, wih_t, whh_t)
 
 
-def lstm_layer_backward(plan, x, h0, c0, w_ih, w_hh, saved, dy, dh_n, dc_n, needs):
-    """See :mod:`onmt_structdrop.ops`: ``(dx, dh0, dc0, dw_ih, dw_hh, db)``."""
+def _layer_backward(plan, x, h0, c0, w_ih, w_hh, saved, dy, dh_n, dc_n, needs):
     act, y, cells, tanh_cells, wih_t, whh_t = saved
     T, B, n = x.shape
     H = y.shape[2]
