@@ -89,3 +89,21 @@ def emulate(monkeypatch):
     monkeypatch.setattr(cupy_backend, "launch", launch)
     # a replay re-runs the captured function on the static buffers (cuda_graphs.RerunGraph)
     monkeypatch.setattr(cupy_backend, "GRAPHS", cuda_graphs.GraphCache(cuda_graphs.RerunGraph))
+
+
+def graphed_and_eager_runs(model, make_input, monkeypatch, steps=3, seed=7):
+    """Outputs and gradients of ``steps`` training steps of ``model`` with the layers' CUDA graphs on, then off,
+    from the same seed (the same masks and inputs each time): ``{"1": runs, "0": runs}``."""
+    results = {}
+    for graphs in ("1", "0"):
+        monkeypatch.setenv(cuda_graphs.ENV, graphs)
+        torch.manual_seed(seed)
+        runs = []
+        for _ in range(steps):
+            x = make_input().requires_grad_()
+            model.zero_grad()
+            y, (h, c) = model(x)
+            (y.sin().sum() + h.sum() + c.cos().sum()).backward()
+            runs.append([y, h, c, x.grad] + [p.grad.clone() for p in model.parameters()])
+        results[graphs] = runs
+    return results

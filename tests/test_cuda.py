@@ -1,4 +1,5 @@
 """StructDropLSTM on a CUDA device against the float64 CPU reference; skipped without a GPU."""
+import cuda_emulator
 import pytest
 import torch
 
@@ -240,18 +241,7 @@ def test_cupy_layer_graphs_equal_eager_runs(mode, monkeypatch):
     _trial(monkeypatch)
     monkeypatch.setattr(cupy_backend, "GRAPHS", cuda_graphs.GraphCache())
     model = StructDropLSTM(24, 40, 2, dropout=0.4, recurrent_dropout=0.3, bidirectional=True, mask_mode=mode).cuda()
-    results = {}
-    for graphs in ("1", "0"):
-        monkeypatch.setenv(cuda_graphs.ENV, graphs)
-        torch.manual_seed(3)
-        runs = []
-        for _ in range(3):
-            x = torch.randn(9, 5, 24, device="cuda", requires_grad=True)
-            model.zero_grad()
-            y, (h, c) = model(x)
-            (y.sin().sum() + h.sum() + c.cos().sum()).backward()
-            runs.append([y, h, c, x.grad] + [p.grad.clone() for p in model.parameters()])
-        results[graphs] = runs
+    results = cuda_emulator.graphed_and_eager_runs(model, lambda: torch.randn(9, 5, 24, device="cuda"), monkeypatch)
     for graphed, eager in zip(results["1"], results["0"]):
         for a, e in zip(graphed, eager):
             torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6)
