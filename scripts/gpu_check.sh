@@ -2,9 +2,11 @@
 # The GPU check, in one call on a lent GPU machine (which reaches no package index): set-up from the wheels
 # that scripts/gpu_wheels.sh downloaded into .whl/ (carried beside the working tree), the GPU tests, the layer
 # benchmark (cuDNN nn.LSTM + dropout, dense masks, each mask mode and backend, fp32 and bf16), the kept products
-# against cuBLAS, and the OpenNMT-py training step at p = 0.1-0.5. Each part has its own time limit and a failing
-# part does not stop the others. Writes OUT/summary.md (versions, each part's exit status and printed tables;
-# printed last), OUT/log.txt (everything else) and each benchmark's JSON.
+# against cuBLAS, and the OpenNMT-py training step at p = 0.1-0.5. Each part has its own time limit (555 s in all,
+# under the 600 s of one call on a lent machine) and a failing part does not stop the others. Writes
+# OUT/summary.md (versions, each part's exit status and printed tables; rewritten after every part, so that a call
+# cut short still brings back what finished; printed last), OUT/log.txt (everything else) and each benchmark's
+# JSON: 8 files at most, all a lent machine sends back.
 #
 #   scripts/gpu_check.sh [OUT]           OUT: default $OUT, else runs/gpu_check
 #   DEVICE=cpu scripts/gpu_check.sh      rehearses it here, at small sizes (every part but the GPU's own runs)
@@ -21,20 +23,34 @@ mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 LOG=$OUT/log.txt
 SUMMARY=$OUT/summary.md
+TABLES=$(mktemp)  # the parts' printed tables, outside OUT
+PART=$(mktemp)
+trap 'rm -f "$TABLES" "$PART"' EXIT
 : > "$LOG"
 export PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 export PYTHONPATH="$PWD:$SITE:$SITE/standins${PYTHONPATH:+:$PYTHONPATH}"
 parts=()
 
+write_summary() {
+    {
+        echo "# GPU check ($DEVICE), $(date -u '+%Y-%m-%d %H:%M UTC')"
+        echo
+        echo "| part | exit | time |"
+        echo "|---|---|---|"
+        printf '%s\n' "${parts[@]}"
+        cat "$TABLES"
+    } > "$SUMMARY"
+}
+
 part() {  # part NAME SECONDS COMMAND...: its stdout goes to the summary, its stderr to the log
     local name=$1 limit=$2 start=$SECONDS rc
     shift 2
     echo "== $name" | tee -a "$LOG" >&2
-    timeout "$limit" bash -c '"$@"' part "$@" > "$OUT/part.txt" 2>> "$LOG"  # bash -c: a function too
+    timeout "$limit" bash -c '"$@"' part "$@" > "$PART" 2>> "$LOG"  # bash -c: a function too
     rc=$?
     parts+=("| $name | $rc$([[ $rc == 124 ]] && echo ' (time limit)') | $((SECONDS - start)) s |")
-    { echo; echo "## $name"; echo; echo '```'; cat "$OUT/part.txt"; echo '```'; } >> "$OUT/tables.md"
-    rm -f "$OUT/part.txt"
+    { echo; echo "## $name"; echo; echo '```'; cat "$PART"; echo '```'; } >> "$TABLES"
+    write_summary
     return "$rc"
 }
 
@@ -98,33 +114,23 @@ else  # a rehearsal: every part, small
     NMT=(--hidden 32 --word-vec-size 32 --batch 8 --src-len 8 --tgt-len 8 --repeats 2 --warmup 1)
     RATES=(0.3)
 fi
-rm -f "$OUT/tables.md"
-part "set-up" 150 set_up
-part "versions" 60 versions
-part "GPU tests" 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_cuda_sources.py
+part "set-up" 90 set_up
+part "versions" 30 versions
+part "GPU tests" 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_cuda_sources.py
 # the cupy backend's kernels serve only when asked (ONMT_STRUCTDROP_CUPY=trial) until these runs have checked them;
 # its rows are labelled [cupy] beside the torch backend's
 for dtype in float32 bfloat16; do
-    part "layer, $dtype" 90 env ONMT_STRUCTDROP_CUPY=trial "$PY" -m onmt_structdrop.tools.bench --device "$DEVICE" \
+    part "layer, $dtype" 75 env ONMT_STRUCTDROP_CUPY=trial "$PY" -m onmt_structdrop.tools.bench --device "$DEVICE" \
         "${LAYER[@]}" --dropout 0.5 --recurrent-dropout 0.5 --dtype "$dtype" --json "$OUT/layer_$dtype.json"
 done
-part "layer, float32, cupy without graphs" 60 env ONMT_STRUCTDROP_CUPY=trial ONMT_STRUCTDROP_CUDA_GRAPHS=0 \
+part "layer, float32, cupy without graphs" 30 env ONMT_STRUCTDROP_CUPY=trial ONMT_STRUCTDROP_CUDA_GRAPHS=0 \
     "$PY" -m onmt_structdrop.tools.bench --device "$DEVICE" "${LAYER[@]}" --dropout 0.5 --recurrent-dropout 0.5 \
     --modes time --output-size 0 --json "$OUT/layer_float32_eager.json"
-part "kept products" 60 env ONMT_STRUCTDROP_CUPY=trial "$PY" -m onmt_structdrop.tools.product_bench \
+part "kept products" 30 env ONMT_STRUCTDROP_CUPY=trial "$PY" -m onmt_structdrop.tools.product_bench \
     --device "$DEVICE" "${PRODUCTS[@]}" --rates 0.3 0.5 --json "$OUT/products.json"
-part "OpenNMT-py step" 150 "$PY" -m onmt_structdrop.tools.nmt_bench --device "$DEVICE" ${NMT[@]+"${NMT[@]}"} \
+part "OpenNMT-py step" 75 "$PY" -m onmt_structdrop.tools.nmt_bench --device "$DEVICE" ${NMT[@]+"${NMT[@]}"} \
     --rates "${RATES[@]}" --json "$OUT/nmt_step.json"
-part "OpenNMT-py step, cupy step products" 60 env ONMT_STRUCTDROP_CUPY=trial "$PY" -m onmt_structdrop.tools.nmt_bench \
+part "OpenNMT-py step, cupy step products" 30 env ONMT_STRUCTDROP_CUPY=trial "$PY" -m onmt_structdrop.tools.nmt_bench \
     --device "$DEVICE" ${NMT[@]+"${NMT[@]}"} --rates 0.3 --modes time --json "$OUT/nmt_step_cupy.json"
 
-{
-    echo "# GPU check ($DEVICE), $(date -u '+%Y-%m-%d %H:%M UTC')"
-    echo
-    echo "| part | exit | time |"
-    echo "|---|---|---|"
-    printf '%s\n' "${parts[@]}"
-    cat "$OUT/tables.md"
-} > "$SUMMARY"
-rm -f "$OUT/tables.md"
 cat "$SUMMARY"
