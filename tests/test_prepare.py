@@ -157,3 +157,13 @@ def test_bpe_stays_an_option(tmp_path):
 def prepare_sample():
     from onmt_structdrop.resources import data_path
     return data_path("recipes/sample_multi30k_deen")
+
+
+def test_a_download_lands_whole_or_not_at_all(tmp_path):
+    (tmp_path / "de-en.tgz").write_bytes(b"x" * 100_000)
+    got = prepare.fetch((tmp_path / "de-en.tgz").as_uri(), tmp_path / "raw.tgz")
+    assert got.read_bytes() == b"x" * 100_000
+    with pytest.raises(prepare.DataError, match="cannot download file://.*nowhere.tgz .*; fetch it yourself and pass "
+                                                "--source"):
+        prepare.fetch((tmp_path / "nowhere.tgz").as_uri(), tmp_path / "never.tgz")
+    assert not (tmp_path / "never.tgz").exists()

@@ -108,13 +108,17 @@ def find_file(directory: Path, stem: str, lang: str) -> Path:
 
 
 def fetch(url: str, target: Path) -> Path:
+    """``url`` saved as ``target`` (once: an existing file is kept), with a progress bar."""
     if not target.exists():
-        print(f"downloading {url}", file=sys.stderr)
         partial = target.with_name(target.name + ".part")
-        try:
-            urllib.request.urlretrieve(url, partial)
-        except OSError as err:
-            raise DataError(f"cannot download {url} ({err}); fetch it yourself and pass --source") from None
+        with tqdm(desc=f"downloading {url}", unit="B", unit_scale=True, leave=False) as bar:
+            def progress(blocks, block_size, total):
+                bar.total = total if total > 0 else None
+                bar.update(blocks * block_size - bar.n)
+            try:
+                urllib.request.urlretrieve(url, partial, reporthook=progress)
+            except OSError as err:
+                raise DataError(f"cannot download {url} ({err}); fetch it yourself and pass --source") from None
         partial.rename(target)
     return target
 
