@@ -167,3 +167,17 @@ def test_a_download_lands_whole_or_not_at_all(tmp_path):
                                                 "--source"):
         prepare.fetch((tmp_path / "nowhere.tgz").as_uri(), tmp_path / "never.tgz")
     assert not (tmp_path / "never.tgz").exists()
+
+
+def test_the_split_is_made_once_per_archive(archive, tmp_path, monkeypatch):
+    calls = []
+    real = iwslt14.split
+    monkeypatch.setattr(iwslt14, "split", lambda members: calls.append(1) or real(members))
+    for _ in range(2):
+        prepare.prepare("iwslt14_deen", tmp_path / "out", source=archive, vocab_size=120)
+    assert len(calls) == 1  # the second run reuses fairseq_split/
+    other = tmp_path / "copy" / "de-en.tgz"
+    other.parent.mkdir()
+    other.write_bytes(archive.read_bytes())
+    prepare.prepare("iwslt14_deen", tmp_path / "out", source=other, vocab_size=120)
+    assert len(calls) == 2  # another archive: made again

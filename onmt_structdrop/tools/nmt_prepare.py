@@ -135,18 +135,21 @@ def download(corpus: Corpus, directory: Path) -> Path:
 
 
 def split_from_archive(source: Path, out: Path) -> Path:
-    """The fairseq split of IWSLT'14 (see :mod:`.iwslt14`) in ``out/fairseq_split``, made once from ``source``;
-    a ``source`` that already holds that split (fairseq's ``tmp/`` output) is used as it is."""
+    """The fairseq split of IWSLT'14 (see :mod:`.iwslt14`) in ``out/fairseq_split``, made from ``source`` once
+    (again when ``source`` changes); a ``source`` that already holds that split (fairseq's ``tmp/`` output) is
+    used as it is."""
     if source.is_dir() and all((source / name).is_file() for name in FAIRSEQ_IWSLT14):
         return source
-    split_dir = out / "fairseq_split"
-    if all((split_dir / name).is_file() for name in FAIRSEQ_IWSLT14):
+    split_dir, origin = out / "fairseq_split", str(source.resolve())
+    stamp = split_dir / "made_from.txt"  # what the split was made from
+    if stamp.is_file() and stamp.read_text() == origin and all((split_dir / n).is_file() for n in FAIRSEQ_IWSLT14):
         return split_dir
     try:
         members = iwslt14.read_members(source)
         iwslt14.write_split(iwslt14.split(members), split_dir)
     except iwslt14.ArchiveError as err:
         raise DataError(str(err)) from None
+    stamp.write_text(origin)
     return split_dir
 
 
