@@ -22,7 +22,8 @@ import os
 import torch
 
 from ..resources import data_path
-from . import cuda_graphs
+from . import cuda_graphs, torch_backend
+from .packed import PackedMask
 
 NAME = "cupy"
 TRIAL_ENV = "ONMT_STRUCTDROP_CUPY"
@@ -69,7 +70,6 @@ def declines(op, device, dtype, plan=None):
 
 def plan_declines(op, plan):
     """Why the kernels cannot compute ``op`` with ``plan``, whatever the device and dtype (None: they can)."""
-    from .packed import PackedMask
     if op == "primitives":
         return None
     if op == "sequence":
@@ -138,11 +138,6 @@ def _written_in_place(*tensors):
     return all(t is None or t.is_contiguous() for t in tensors)
 
 
-def _torch():
-    from . import torch_backend
-    return torch_backend
-
-
 def kept_rows(wt, keep):
     """``wt`` itself (contiguous): the products below read its kept rows through ``keep``."""
     return wt.contiguous()
@@ -155,7 +150,7 @@ def add_rows(dwt, keep, drows):
 def kept_product(out, a, keep, mult, rows, alpha=1.0):
     """``out += alpha * (a[:, K] * mult) @ rows[K]`` (``rows``: the whole ``wt``)."""
     if not _written_in_place(out):
-        return _torch().kept_product(out, a, keep, mult, rows.index_select(0, keep), alpha)
+        return torch_backend.kept_product(out, a, keep, mult, rows.index_select(0, keep), alpha)
     k, (M, n), n_out = keep.shape[0], a.shape, rows.shape[1]
     if k and M:
         values, scale = _mult(mult, alpha, a)
@@ -167,7 +162,7 @@ def kept_product(out, a, keep, mult, rows, alpha=1.0):
 def kept_input_grad(da, dout, keep, mult, rows, alpha=1.0):
     """``da[:, K] = alpha * mult * (dout @ rows[K]^T)``; the dropped columns are zeroed."""
     if not _written_in_place(da):
-        return _torch().kept_input_grad(da, dout, keep, mult, rows.index_select(0, keep), alpha)
+        return torch_backend.kept_input_grad(da, dout, keep, mult, rows.index_select(0, keep), alpha)
     da.zero_()
     k, (M, n_out), n = keep.shape[0], dout.shape, da.shape[1]
     if k and M:
@@ -180,7 +175,7 @@ def kept_input_grad(da, dout, keep, mult, rows, alpha=1.0):
 def add_kept_rows_grad(dwt, a, dout, keep, mult, alpha=1.0):
     """``dwt[K] += alpha * (a[:, K] * mult)^T @ dout``; the other rows are not touched."""
     if not _written_in_place(dwt):
-        return _torch().add_kept_rows_grad(dwt, a, dout, keep, mult, alpha)
+        return torch_backend.add_kept_rows_grad(dwt, a, dout, keep, mult, alpha)
     k, (M, n), n_out = keep.shape[0], a.shape, dout.shape[1]
     if k and M:
         values, scale = _mult(mult, alpha, a)
@@ -197,11 +192,11 @@ def kept_rows_grad(a, dout, keep, mult, alpha=1.0):
 def cell_forward(gates, c_prev, act=None, c=None, tanh_c=None, h=None):
     """As the torch backend's (gate order i, f, g, o), in one kernel; ``act`` may be ``gates``."""
     if not _written_in_place(act, c, tanh_c, h):
-        return _torch().cell_forward(gates, c_prev, act, c, tanh_c, h)
+        return torch_backend.cell_forward(gates, c_prev, act, c, tanh_c, h)
     act = gates.clone(memory_format=torch.contiguous_format) if act is None else (
         act if act is gates else act.copy_(gates))  # the kernel activates in place
     if not act.is_contiguous():
-        return _torch().cell_forward(gates, c_prev, None, c, tanh_c, h)
+        return torch_backend.cell_forward(gates, c_prev, None, c, tanh_c, h)
     c, tanh_c, h = (torch.empty_like(c_prev, memory_format=torch.contiguous_format) if x is None else x
                     for x in (c, tanh_c, h))
     B, H = c_prev.shape
@@ -214,7 +209,7 @@ def cell_forward(gates, c_prev, act=None, c=None, tanh_c=None, h=None):
 def cell_backward(act, c_prev, tanh_c, dh, dc, dgates=None):
     """As the torch backend's: returns ``dgates``; ``dc`` becomes the gradient of ``c_prev`` (in place)."""
     if not _written_in_place(dc, dgates) or not act.is_contiguous():
-        return _torch().cell_backward(act, c_prev, tanh_c, dh, dc, dgates)
+        return torch_backend.cell_backward(act, c_prev, tanh_c, dh, dc, dgates)
     dgates = torch.empty_like(act) if dgates is None else dgates
     B, H = c_prev.shape
     if B and H:
