@@ -265,6 +265,20 @@ def sequence_backward(a, wt, mask, dout, need_input_grad=True, saved=()):
     return da, _steps_weight_grad(a.new_zeros(wt.shape), a.contiguous(), dout, mask)
 
 
+def _products(a, wt, mask, bias):
+    """``out[t] = mask_t(a[t]) @ wt + bias``: these kernels for a packed mask, one torch product for none."""
+    if mask is None:
+        return torch_backend.sequence_product(a, wt, None, bias)[0]
+    return sequence_product(a, wt, mask, bias)[0]
+
+
+def _product_grads(a, wt, mask, dout, need_input_grad):
+    """The gradients of :func:`_products` as ``(da or None, dwt)``."""
+    if mask is None:
+        return torch_backend.sequence_backward(a, wt, None, dout, need_input_grad)
+    return sequence_backward(a, wt, mask, dout, need_input_grad)
+
+
 def _order(T, reverse):
     return range(T - 1, -1, -1) if reverse else range(T)
 
@@ -297,20 +311,12 @@ def lstm_layer_backward(plan, x, h0, c0, w_ih, w_hh, saved, dy, dh_n, dc_n, need
 
 
 def _layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan):
-    T, B, n = x.shape
+    T, B, _ = x.shape
     H = w_hh.shape[1]
     wih_t, whh_t = w_ih.t().contiguous(), w_hh.t().contiguous()  # the kernels read W^T's kept rows in place
     bias = None if b_ih is None else (b_ih + b_hh).contiguous()
     x = x.contiguous()
-    gates = x.new_empty(T, B, 4 * H)
-    if plan.input_mask is None:
-        flat = x.view(T * B, n)
-        if bias is None:
-            torch.mm(flat, wih_t, out=gates.view(T * B, 4 * H))
-        else:
-            torch.addmm(bias, flat, wih_t, out=gates.view(T * B, 4 * H))
-    else:
-        _steps_product(gates, x, wih_t, plan.input_mask, bias)
+    gates = _products(x, wih_t, plan.input_mask, bias)  # contiguous [T, B, 4H]: the steps work in place on it
     y, cells, tanh_cells = (x.new_empty(T, B, H) for _ in range(3))
     h, c = h0.contiguous(), c0.contiguous()
     for t in _order(T, plan.reverse):
@@ -323,7 +329,7 @@ def _layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan):
 
 def _layer_backward(plan, x, h0, c0, w_ih, w_hh, saved, dy, dh_n, dc_n, needs):
     act, y, cells, tanh_cells, wih_t, whh_t = saved
-    T, B, n = x.shape
+    T, B, _ = x.shape
     H = y.shape[2]
     first, step = (T - 1, 1) if plan.reverse else (0, -1)  # the step that starts from h0, c0; where t's prev is
     h_prev = [h0 if t == first else y[t + step] for t in range(T)]
@@ -343,20 +349,7 @@ def _layer_backward(plan, x, h0, c0, w_ih, w_hh, saved, dy, dh_n, dc_n, needs):
             kept_input_grad(dh, dgates[t], keep, mult, whh_t)
 
     need_x, need_h0, need_c0, need_bias = needs
-    x = x.contiguous()
-    flat_g = dgates.view(T * B, 4 * H)
-    if plan.input_mask is None:
-        dx = flat_g.mm(wih_t.t()).view(T, B, n) if need_x else None
-        dwih_t = x.view(T * B, n).t().mm(flat_g)
-    else:
-        dx = _steps_input_grad(dgates, wih_t, plan.input_mask, n) if need_x else None
-        dwih_t = _steps_weight_grad(x.new_zeros(n, 4 * H), x, dgates, plan.input_mask)
-    if rec is None:
-        dwhh_t = torch.stack(h_prev).view(T * B, H).t().mm(flat_g)
-    else:
-        dwhh_t = x.new_zeros(H, 4 * H)
-        for t in range(T):
-            keep, mult = rec.kept(rec.step_sets[t])
-            add_kept_rows_grad(dwhh_t, h_prev[t], dgates[t], keep, mult)
-    db = flat_g.sum(0) if need_bias else None
+    dx, dwih_t = _product_grads(x.contiguous(), wih_t, plan.input_mask, dgates, need_x)
+    _, dwhh_t = _product_grads(torch.stack(h_prev), whh_t, rec, dgates, False)
+    db = dgates.sum(dim=(0, 1)) if need_bias else None
     return dx, dh if need_h0 else None, dc if need_c0 else None, dwih_t.t(), dwhh_t.t(), db
