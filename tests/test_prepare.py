@@ -181,3 +181,13 @@ def test_the_split_is_made_once_per_archive(archive, tmp_path, monkeypatch):
     other.write_bytes(archive.read_bytes())
     prepare.prepare("iwslt14_deen", tmp_path / "out", source=other, vocab_size=120)
     assert len(calls) == 2  # another archive: made again
+
+
+def test_a_vocabulary_too_small_for_the_corpus_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        prepare.main(["multi30k_deen", "--source", str(prepare_sample()), "--out", str(tmp_path), "--vocab-size",
+                      "10"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1
+    assert "SentencePiece cannot train a model of 10 pieces on this corpus: Vocabulary size is smaller than " \
+           "required_chars" in err and err.endswith("; choose another --vocab-size\n")

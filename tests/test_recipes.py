@@ -48,3 +48,18 @@ def test_a_config_without_structured_types_has_no_twin():
         stock_twin({"encoder_type": "brnn", "decoder_type": "rnn"})
     twin = stock_twin({"encoder_type": "sd_rnn", "decoder_type": "sd_rnn", "sd_seed": 3, "dropout": [0.3]})
     assert twin == {"encoder_type": "rnn", "decoder_type": "rnn", "input_feed": 0, "dropout": [0.3]}
+
+
+@pytest.mark.parametrize("text, message", [
+    ("", "is not an onmt_train config (a YAML mapping of options)"),
+    ("encoder_type: brnn\nsave_model: x/m\n", "neither encoder_type (brnn) nor decoder_type (None) is a "
+                                               "structured-dropout one"),
+    ("encoder_type: sd_brnn\n", "has no save_model"),
+])
+def test_compare_refuses_a_config_it_cannot_twin_in_one_line(text, message, tmp_path, capsys):
+    from onmt_structdrop.tools import nmt_compare
+    (tmp_path / "c.yaml").write_text(text)
+    with pytest.raises(SystemExit) as exit_info:
+        nmt_compare.main([str(tmp_path / "c.yaml")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err

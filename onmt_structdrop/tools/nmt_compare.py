@@ -44,8 +44,15 @@ def stock_twin(config: dict) -> dict:
     return twin
 
 
-def write_twin(config_path: Path) -> Path:
+def read_config(config_path: Path) -> dict:
     config = yaml.safe_load(config_path.read_text())
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path} is not an onmt_train config (a YAML mapping of options)")
+    return config
+
+
+def write_twin(config_path: Path, config: dict) -> Path:
+    """The stock twin of ``config`` (read from ``config_path``) written beside its checkpoints; its path."""
     if "save_model" not in config:
         raise ValueError(f"{config_path} has no save_model: set one so that the two models' checkpoints differ")
     twin = stock_twin(config)
@@ -77,11 +84,11 @@ def main(argv=None):
     if args.speed_rounds < 0:
         parser.error(f"--speed-rounds must be >= 0, got {args.speed_rounds}")
     try:
-        twin = write_twin(args.config)
+        config = read_config(args.config)
+        twin = write_twin(args.config, config)
     except (ValueError, yaml.YAMLError) as err:
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(f"stock twin: {twin}", flush=True)
-    config = yaml.safe_load(args.config.read_text())
     try:
         if not Path(config.get("src_vocab", "")).is_file():
             onmt("build_vocab", "-config", args.config, "-n_sample", "-1", cwd=Path.cwd())

@@ -215,10 +215,30 @@ def train_sentencepiece(lines: List[str], out: Path, vocab_size: int) -> dict:
     settings = {"model_type": "unigram", "vocab_size": vocab_size, "character_coverage": 1.0,
                 "normalization_rule_name": "identity", "hard_vocab_limit": False,  # a small corpus gets fewer
                 "input_sentence_size": 2_000_000, "shuffle_input_sentence": True}
-    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(out / "spm"), minloglevel=2,
-                                   num_threads=4, **settings)
+    try:
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_prefix=str(out / "spm"), minloglevel=2,
+                                       num_threads=4, **settings)
+    except RuntimeError as err:  # e.g. fewer pieces than the corpus has characters
+        reason = str(err).split("] ", 1)[-1].rstrip(". ")
+        raise DataError(f"SentencePiece cannot train a model of {vocab_size} pieces on this corpus: {reason}; "
+                        f"choose another --vocab-size") from None
     pieces = spm.SentencePieceProcessor(model_file=str(out / "spm.model")).get_piece_size()
     return {"model": str((out / "spm.model").resolve()), "pieces": pieces, **settings}
+
+
+def learn_bpe(corpus: Corpus, train, out: Path, merges: int):
+    """A joint BPE (pyonmttok) of the training pairs in ``out/bpe.model``, its tokenizer in ``tokenizer.json``:
+    ``(encode, info)``, ``encode`` turning a line into BPE tokens."""
+    import pyonmttok
+    args = tokenizer_args(corpus)
+    learner = pyonmttok.BPELearner(tokenizer=pyonmttok.Tokenizer(**args), symbols=merges)
+    for side in train:
+        for line in side:
+            learner.ingest(line)
+    tokenizer = learner.learn(str(out / "bpe.model"))
+    (out / "tokenizer.json").write_text(json.dumps(
+        {**args, "bpe_model_path": str((out / "bpe.model").resolve())}, indent=1))
+    return (lambda line: " ".join(tokenizer.tokenize(line)[0])), {"tokenizer": args, "bpe_merges": merges}
 
 
 def write_lines(path: Path, lines, desc: str):
@@ -249,25 +269,13 @@ def prepare(name: str, out: Path, source: Optional[Path] = None, max_train: Opti
 
     info = {"corpus": name, "source": str(source), "lowercase": corpus.lowercase, "subword": subword,
             "checks": checks}
-    if subword == "sentencepiece":
+    if subword == "sentencepiece":  # the text as it is: OpenNMT-py's transform applies the model
         info["sentencepiece"] = train_sentencepiece([*splits["train"][0], *splits["train"][1]], out,
                                                     vocab_size or corpus.vocab_size)
         encode = None
     else:
-        import pyonmttok
-        args = tokenizer_args(corpus)
-        merges = bpe_merges or corpus.bpe_merges
-        learner = pyonmttok.BPELearner(tokenizer=pyonmttok.Tokenizer(**args), symbols=merges)
-        for side in splits["train"]:
-            for line in side:
-                learner.ingest(line)
-        tokenizer = learner.learn(str(out / "bpe.model"))
-        (out / "tokenizer.json").write_text(json.dumps(
-            {**args, "bpe_model_path": str((out / "bpe.model").resolve())}, indent=1))
-        info.update(tokenizer=args, bpe_merges=merges)
-
-        def encode(line):
-            return " ".join(tokenizer.tokenize(line)[0])
+        encode, bpe = learn_bpe(corpus, splits["train"], out, bpe_merges or corpus.bpe_merges)
+        info.update(bpe)
     counts = {}
     for split, (src, tgt) in splits.items():
         for ext, side in (("src", src), ("tgt", tgt)):
