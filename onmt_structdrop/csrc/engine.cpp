@@ -143,16 +143,7 @@ Tensor scratch(int slot, at::IntArrayRef sizes, const at::TensorOptions& options
 }
 
 // The gate rows q * H + [u, u + UNITS) of W are the gate columns u / UNITS * CHUNK + q * UNITS + [0, UNITS) of the
-// layout: each such strip of W is transposed on its own, in square tiles that stay in L1.
-template <typename T>
-void transpose_strip(const T* src, int64_t lds, T* dst, int64_t ldd, int64_t rows, int64_t cols) {
-  for (int64_t c0 = 0; c0 < cols; c0 += UNITS) {
-    const int64_t c1 = std::min(cols, c0 + UNITS);
-    for (int64_t r = 0; r < rows; ++r)
-      for (int64_t c = c0; c < c1; ++c) dst[c * ldd + r] = src[r * lds + c];
-  }
-}
-
+// layout: each such strip of W is transposed on its own, by the kernels' register tiles.
 // strip(q, u0, units, i0, count) for every gate q, chunk of units and block of count <= ROWS inputs; in parallel
 // over the blocks of inputs, so that one block's rows of the transposed matrix (its pages) are done together
 constexpr int64_t ROWS = 64;
@@ -166,16 +157,17 @@ void for_each_strip(int64_t H, int64_t n, F&& strip) {
   });
 }
 
-// [4H, n] (torch's W) -> [n, 4Hp]: transposed into the gate layout, padding zero, in scratch buffer `slot` (it
-// lives for one call: the backward transposes again rather than keep a copy of every weight between the two)
+// [4H, n] (torch's W) -> [n, 4Hp]: transposed into the gate layout, padding zero (the forward hands it to the
+// backward, which would otherwise transpose again)
 template <typename T>
-Tensor chunked_t(const Tensor& w, int64_t H, int slot) {
+Tensor chunked_t(const Tensor& w, int64_t H) {
   const int64_t n = w.size(1), Hp = padded(H), G4 = 4 * Hp;
-  Tensor out = scratch(slot, {n, G4}, w.options(), false);
+  Tensor out = at::empty({n, G4}, w.options());
   const T* src = w.data_ptr<T>();
   T* dst = out.data_ptr<T>();
+  const auto transpose = kernels<T>().transpose;
   for_each_strip(H, n, [&](int64_t q, int64_t u0, int64_t units, int64_t i0, int64_t count) {
-    transpose_strip(src + (q * H + u0) * n + i0, n, dst + i0 * G4 + u0 / UNITS * CHUNK + q * UNITS, G4, units, count);
+    transpose(units, count, src + (q * H + u0) * n + i0, n, dst + i0 * G4 + u0 / UNITS * CHUNK + q * UNITS, G4);
   });
   if (Hp > H)  // the padded units of the last chunk, in each gate
     for (int64_t i = 0; i < n; ++i)
@@ -191,8 +183,9 @@ Tensor unchunked_t(const Tensor& wp, int64_t H) {
   Tensor out = at::empty({4 * H, n}, wp.options());
   const T* src = wp.data_ptr<T>();
   T* dst = out.data_ptr<T>();
+  const auto transpose = kernels<T>().transpose;
   for_each_strip(H, n, [&](int64_t q, int64_t u0, int64_t units, int64_t i0, int64_t count) {
-    transpose_strip(src + i0 * G4 + u0 / UNITS * CHUNK + q * UNITS, G4, dst + (q * H + u0) * n + i0, n, count, units);
+    transpose(count, units, src + i0 * G4 + u0 / UNITS * CHUNK + q * UNITS, G4, dst + (q * H + u0) * n + i0, n);
   });
   return out;
 }
@@ -272,7 +265,7 @@ std::vector<Tensor> layer_forward(const Tensor& x, const Tensor& h0, const Tenso
   const Steps steps(T_, B, batch_sizes, reverse);
   auto opt = x.options();
 
-  Tensor wt_ih = chunked_t<T>(w_ih, H, 3), wt_hh = chunked_t<T>(w_hh, H, 4);
+  Tensor wt_ih = chunked_t<T>(w_ih, H), wt_hh = chunked_t<T>(w_hh, H);
   Tensor bias_p = bias && bias->defined() ? chunked(*bias, H) : zeros({G4}, opt);
   Tensor gates = at::empty({T_, B, G4}, opt);
   Tensor alloc_h = packed ? zeros({T_, B, Hp}, opt) : at::empty({T_, B, Hp}, opt);
@@ -312,22 +305,21 @@ std::vector<Tensor> layer_forward(const Tensor& x, const Tensor& h0, const Tenso
     std::memcpy(cc, ct, a * Hp * sizeof(T));
   }
   Tensor y = alloc_h.narrow(2, 0, H);
-  // what the backward needs besides the inputs: the activations, tanh(c), c_prev and the gathered inputs of both
-  // products
+  // what the backward needs besides the inputs: the activations, tanh(c), c_prev, the gathered inputs of both
+  // products and the weights in the gate layout
   return {Hp == H ? y : y.contiguous(), h.narrow(1, 0, H).contiguous(), c.narrow(1, 0, H).contiguous(), gates,
-          tanh_c, c_prev, ax, ah};
+          tanh_c, c_prev, ax, ah, wt_ih, wt_hh};
 }
 
 template <typename T>
-std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const Tensor& w_ih, const Tensor& w_hh,
-                                   const MaskView<T>& in, const MaskView<T>& rec,
+std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const MaskView<T>& in, const MaskView<T>& rec,
                                    const std::vector<int64_t>& batch_sizes, bool reverse, int64_t n, int64_t H,
                                    const c10::optional<Tensor>& dy, const c10::optional<Tensor>& dh_n,
                                    const c10::optional<Tensor>& dc_n, bool need_x) {
   const Kernels<T> K = kernels<T>();
   const Tensor &gates = saved[0], &tanh_c = saved[1], &c_prev = saved[2], &ax = saved[3], &ah = saved[4];
+  const Tensor &wt_ih = saved[5], &wt_hh = saved[6];
   const int64_t T_ = gates.size(0), B = gates.size(1), Hp = padded(H), G4 = 4 * Hp, chunks = Hp / UNITS;
-  Tensor wt_ih = chunked_t<T>(w_ih, H, 3), wt_hh = chunked_t<T>(w_hh, H, 4);
   const bool packed = !batch_sizes.empty();
   const Steps steps(T_, B, batch_sizes, reverse);
   auto opt = gates.options();
@@ -610,14 +602,13 @@ std::vector<Tensor> lstm_layer_forward(const Tensor& x, const Tensor& h0, const 
   });
 }
 
-std::vector<Tensor> lstm_layer_backward(const std::vector<Tensor>& saved, const Tensor& w_ih, const Tensor& w_hh,
-                                        const MaskArgs& in, const MaskArgs& rec,
+std::vector<Tensor> lstm_layer_backward(const std::vector<Tensor>& saved, const MaskArgs& in, const MaskArgs& rec,
                                         const std::vector<int64_t>& batch_sizes, bool reverse, int64_t n, int64_t H,
                                         const c10::optional<Tensor>& dy, const c10::optional<Tensor>& dh_n,
                                         const c10::optional<Tensor>& dc_n, bool need_x) {
   return AT_DISPATCH_FLOATING_TYPES(saved[0].scalar_type(), "lstm_layer_backward", [&] {
     return layer_backward<scalar_t>(
-        saved, w_ih.contiguous(), w_hh.contiguous(), view<scalar_t>(std::get<0>(in), std::get<1>(in), std::get<2>(in), std::get<3>(in)),
+        saved, view<scalar_t>(std::get<0>(in), std::get<1>(in), std::get<2>(in), std::get<3>(in)),
         view<scalar_t>(std::get<0>(rec), std::get<1>(rec), std::get<2>(rec), std::get<3>(rec)), batch_sizes,
         reverse, n, H, dy, dh_n, dc_n, need_x);
   });

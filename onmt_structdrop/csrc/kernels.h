@@ -37,6 +37,8 @@ struct Kernels {
   // Its gradient: dgates (laid out as act) from dh and dc (the gradient reaching c), and dc becomes that of c_prev.
   void (*cell_backward)(int M, int units, const T* act, int64_t ldg, int64_t gs, const T* c_prev, const T* tanh_c,
                         const T* dh, T* dc, int64_t lds, T* dgates);
+  // dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols                  (weights into the gate layout)
+  void (*transpose)(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd);
 };
 
 namespace avx512 { template <typename T> Kernels<T> kernels(); }

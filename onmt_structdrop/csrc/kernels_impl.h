@@ -375,10 +375,53 @@ void cell_backward(int M, int units, const T* act, int64_t ldg, int64_t gs, cons
   }
 }
 
+// ---- transposes -----------------------------------------------------------------------------------------
+// An L x L tile in registers by block swaps: stage W exchanges the off-diagonal W x W blocks of every 2W x 2W
+// block, rows i and i + W (i & W == 0); after the stages W = L / 2, ..., 1, row c holds column c.
+template <typename T, int W, size_t... I>
+inline void swap_blocks(V<T>& a, V<T>& b, std::index_sequence<I...>) {
+  constexpr int L = Vec<T>::L;
+  const V<T> lo = __builtin_shufflevector(a, b, ((I & W) ? L + I - W : I)...);
+  const V<T> hi = __builtin_shufflevector(a, b, ((I & W) ? L + I : I + W)...);
+  a = lo, b = hi;
+}
+
+template <typename T, int W>
+inline void transpose_stages(V<T>* r) {
+  if constexpr (W >= 1) {
+    for (int i = 0; i < Vec<T>::L; ++i)
+      if (!(i & W)) swap_blocks<T, W>(r[i], r[i + W], std::make_index_sequence<Vec<T>::L>{});
+    transpose_stages<T, W / 2>(r);
+  }
+}
+
+template <typename T>
+inline void transpose_tile(const T* src, int64_t lds, T* dst, int64_t ldd) {
+  constexpr int L = Vec<T>::L;
+  V<T> r[L];
+  for (int i = 0; i < L; ++i) r[i] = load(src + i * lds);
+  transpose_stages<T, L / 2>(r);
+  for (int i = 0; i < L; ++i) store(dst + i * ldd, r[i]);
+}
+
+template <typename T>
+void transpose(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd) {
+  constexpr int L = Vec<T>::L;
+  int64_t r0 = 0;
+  for (; r0 + L <= rows; r0 += L) {
+    int64_t c = 0;
+    for (; c + L <= cols; c += L) transpose_tile(src + r0 * lds + c, lds, dst + c * ldd + r0, ldd);
+    for (int64_t r = r0; r < r0 + L; ++r)
+      for (int64_t cc = c; cc < cols; ++cc) dst[cc * ldd + r] = src[r * lds + cc];
+  }
+  for (int64_t r = r0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+}
+
 template <typename T>
 Kernels<T> table() {
-  return Kernels<T>{STRUCTDROP_NAME(STRUCTDROP_ISA), &kept_nn<T>, &kept_nt<T>, &kept_tn<T>, &cell_forward<T>,
-                    &cell_backward<T>};
+  return Kernels<T>{STRUCTDROP_NAME(STRUCTDROP_ISA), &kept_nn<T>,       &kept_nt<T>,   &kept_tn<T>,
+                    &cell_forward<T>,                &cell_backward<T>, &transpose<T>};
 }
 
 }  // namespace

@@ -166,7 +166,7 @@ def lstm_layer_backward(plan, x, h0, c0, w_ih, w_hh, saved, dy, dh_n, dc_n, need
     H = w_hh.shape[1]
     need_x, need_h0, need_c0, need_bias = needs
     dx, dh0, dc0, dw_ih, dw_hh, db = extension()[0].lstm_layer_backward(
-        list(saved), w_ih, w_hh, _mask(plan.input_mask, n, T), _mask(plan.recurrent_mask, H, T), list(plan.batch_sizes or ()),
+        list(saved), _mask(plan.input_mask, n, T), _mask(plan.recurrent_mask, H, T), list(plan.batch_sizes or ()),
         plan.reverse, n, H, dy, dh_n, dc_n, need_x)
     return (dx if need_x else None, dh0 if need_h0 else None, dc0 if need_c0 else None, dw_ih, dw_hh,
             db if need_bias else None)
