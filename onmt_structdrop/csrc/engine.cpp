@@ -5,6 +5,7 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -437,8 +438,11 @@ void check_tensors(std::initializer_list<std::tuple<const Tensor*, int64_t, int6
 void check_operands(const Tensor& keep, const Tensor& wt,
                     std::initializer_list<std::tuple<const Tensor*, int64_t, int64_t>> operands) {
   TORCH_CHECK(keep.dim() == 1 && keep.is_contiguous() && keep.scalar_type() == at::kLong, "keep must be 1-D int64");
-  TORCH_CHECK(keep.numel() == 0 || (keep.min().item<int64_t>() >= 0 && keep.max().item<int64_t>() < wt.size(0)),
-              "keep holds a unit outside [0, ", wt.size(0), ")");
+  // a scan of the raw indices: keep.min() and keep.max() would be two torch operations on every step's call
+  const int64_t* units = keep.data_ptr<int64_t>();
+  const int64_t rows = wt.size(0);
+  TORCH_CHECK(std::all_of(units, units + keep.numel(), [rows](int64_t u) { return u >= 0 && u < rows; }),
+              "keep holds a unit outside [0, ", rows, ")");
   check_tensors(operands);
 }
 
