@@ -224,6 +224,9 @@ void kept_nt(int M, int k, const T* D, int64_t ldd, const int64_t* idx, const T*
 template <typename T, int JR, int NV>
 inline void tn_tile(int M, const T* A, int lda, const int64_t* idx, const T* D, int64_t ldd, T* dB, int64_t ldb) {
   constexpr int L = Vec<T>::L;
+  // the scattered rows this tile adds into, fetched while it computes: with only M (a step's batch) products per
+  // accumulator the loads of the final read-modify-write would otherwise stall the tile
+  for (int q = 0; q < JR; ++q) prefetch_row(dB + idx[q] * ldb, NV * L * sizeof(T));
   V<T> acc[JR][NV];
   for (int q = 0; q < JR; ++q)
     for (int v = 0; v < NV; ++v) acc[q][v] = V<T>{};
