@@ -410,15 +410,11 @@ inline void transpose_tile(const T* src, int64_t lds, T* dst, int64_t ldd) {
 template <typename T>
 void transpose(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd) {
   constexpr int L = Vec<T>::L;
-  int64_t r0 = 0;
-  for (; r0 + L <= rows; r0 += L) {
-    int64_t c = 0;
-    for (; c + L <= cols; c += L) transpose_tile(src + r0 * lds + c, lds, dst + c * ldd + r0, ldd);
-    for (int64_t r = r0; r < r0 + L; ++r)
-      for (int64_t cc = c; cc < cols; ++cc) dst[cc * ldd + r] = src[r * lds + cc];
-  }
-  for (int64_t r = r0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
+  const int64_t R = rows / L * L, C = cols / L * L;  // the part in whole tiles
+  for (int64_t r = 0; r < R; r += L)
+    for (int64_t c = 0; c < C; c += L) transpose_tile(src + r * lds + c, lds, dst + c * ldd + r, ldd);
+  for (int64_t r = 0; r < rows; ++r)  // the rest, one by one
+    for (int64_t c = r < R ? C : 0; c < cols; ++c) dst[c * ldd + r] = src[r * lds + c];
 }
 
 template <typename T>
