@@ -87,7 +87,9 @@ def test_primitives_match_dense_math(backend, name, monkeypatch):
 @pytest.mark.parametrize("backend", ops.BACKENDS)
 @pytest.mark.parametrize("name", MASKS + ["dense", "per-row", "none"])
 @pytest.mark.parametrize("OUT", [OUT, 300])  # 300: whole column blocks of the native products and a narrower one
-def test_sequence_products_match_dense_math(backend, name, OUT, monkeypatch):
+# the weight by rows (contiguous), by columns (nn.Linear's weight transposed) or neither (a strided view)
+@pytest.mark.parametrize("layout", ["rows", "columns", "strided"])
+def test_sequence_products_match_dense_math(backend, name, OUT, layout, monkeypatch):
     T, B = 6, 3
     g = torch.Generator().manual_seed(2)
     f64 = dict(generator=g, dtype=torch.float64)
@@ -101,7 +103,9 @@ def test_sequence_products_match_dense_math(backend, name, OUT, monkeypatch):
     else:
         mask = ops.pack(_structured(name), CPU, torch.float64)
         full = mask.dense(torch.float64).unsqueeze(1)
-    a, wt, dout = torch.randn(T, B, N, **f64), torch.randn(N, OUT, **f64), torch.randn(T, B, OUT, **f64)
+    a, dout = torch.randn(T, B, N, **f64), torch.randn(T, B, OUT, **f64)
+    wt = {"rows": lambda: torch.randn(N, OUT, **f64), "columns": lambda: torch.randn(OUT, N, **f64).t(),
+          "strided": lambda: torch.randn(N, 2 * OUT, **f64)[:, ::2]}[layout]()
     be = use(backend, monkeypatch, "sequence", a, mask)
     bias = torch.randn(OUT, **f64)
     expected = (a * full) @ wt + bias
@@ -113,6 +117,8 @@ def test_sequence_products_match_dense_math(backend, name, OUT, monkeypatch):
     torch.testing.assert_close(da, (dout @ wt.t()) * full, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(dwt, (a * full).reshape(-1, N).t() @ dout.reshape(-1, OUT), rtol=1e-12,
                                atol=1e-12)
+    if backend == "native" and layout != "strided":  # the gradient in the weight's own layout: no transposing copy
+        assert dwt.stride() == wt.stride()
     assert be.sequence_backward(a, wt, mask, dout, need_input_grad=False)[0] is None
 
 

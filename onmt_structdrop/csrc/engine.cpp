@@ -372,18 +372,68 @@ std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const MaskV
 }
 
 // ---- a masked linear map of a whole sequence ---------------------------------------------------------------
-// out[t] = (a[t][:, K_t] * mult) @ wt[K_t] + bias, a [T, B, n], wt [n, N]; returns out and the gathered inputs
-// [T, B, k] for the backward
+// The weight wt [n, N] of these products as its caller stores it: by rows (wt contiguous), or by columns (wt the
+// transpose of a contiguous [N, n] weight, nn.Linear's layout), used in place either way: a 10k-row output
+// layer's weight is tens of MB, and copying it into rows took as long as a tenth of the products.
+template <typename T>
+struct Stored {
+  T* p;
+  int64_t n, N;
+  bool by_columns;
+
+  // the columns [c0, c0 + w) of every row into dst (n x w, rows ldd apart)
+  void read(const Kernels<T>& K, int64_t c0, int64_t w, T* dst, int64_t ldd) const {
+    if (by_columns) return K.transpose(w, n, p + c0 * n, n, dst, ldd);
+    for (int64_t i = 0; i < n; ++i) std::copy_n(p + i * N + c0, w, dst + i * ldd);
+  }
+  // and back: src (n x w, rows lds apart) into those columns
+  void write(const Kernels<T>& K, int64_t c0, int64_t w, const T* src, int64_t lds) const {
+    if (by_columns) return K.transpose(n, w, src, lds, p + c0 * n, n);
+    for (int64_t i = 0; i < n; ++i) std::copy_n(src + i * lds, w, p + i * N + c0);
+  }
+};
+
+// wt by rows or by columns as it comes (anything else copied into rows)
+Tensor as_stored(const Tensor& wt) { return wt.is_contiguous() || wt.t().is_contiguous() ? wt : wt.contiguous(); }
+
+template <typename T>
+Stored<T> stored(const Tensor& wt) {
+  return Stored<T>{wt.data_ptr<T>(), wt.size(0), wt.size(1), !wt.is_contiguous()};
+}
+
+// a fresh [n, N] tensor stored as wt is (the weight gradient goes straight into the weight's own layout)
+Tensor empty_like_stored(const Tensor& wt) {
+  return wt.is_contiguous() ? at::empty(wt.sizes(), wt.options()) : at::empty({wt.size(1), wt.size(0)}, wt.options()).t();
+}
+
+// wt by rows, for the input gradients' dot products along them: stored by columns, it is transposed into scratch
+// by the kernels' register tiles, in parallel over blocks of rows
+template <typename T>
+const T* rows_of(const Kernels<T>& K, const Tensor& wt) {
+  if (wt.is_contiguous()) return wt.data_ptr<T>();
+  const int64_t n = wt.size(0), N = wt.size(1);
+  T* rows = scratch(6, {n, N}, wt.options(), false).template data_ptr<T>();
+  const T* w = wt.data_ptr<T>();
+  at::parallel_for(0, (N + ROWS - 1) / ROWS, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t r0 = b0 * ROWS; r0 < std::min(N, b1 * ROWS); r0 += ROWS)
+      K.transpose(std::min(ROWS, N - r0), n, w + r0 * n, n, rows + r0, N);
+  });
+  return rows;
+}
+
+// out[t] = (a[t][:, K_t] * mult) @ wt[K_t] + bias, a [T, B, n], wt [n, N] (see as_stored); returns out and the
+// gathered inputs [T, B, k] for the backward
 template <typename T>
 std::vector<Tensor> sequence_forward(const Tensor& a, const Tensor& wt, const MaskView<T>& mask,
                                      const c10::optional<Tensor>& bias) {
   const Kernels<T> K = kernels<T>();
   const int64_t T_ = a.size(0), B = a.size(1), n = wt.size(0), N = wt.size(1);
+  const Stored<T> w_in = stored<T>(wt);
   constexpr int64_t L = 64 / sizeof(T);  // the widest vector: a block's width is padded to a multiple of it
   Tensor out = at::empty({T_, B, N}, a.options());  // written once by the products, never zeroed
   Tensor init = bias && bias->defined() ? bias->contiguous() : zeros({N}, a.options());
   Tensor ak = gather_steps(a, mask);
-  const T *akp = ak.data_ptr<T>(), *wp = wt.data_ptr<T>(), *ip = init.data_ptr<T>();
+  const T *akp = ak.data_ptr<T>(), *ip = init.data_ptr<T>();
   T* op = out.data_ptr<T>();
   for_each_column_block(N, [&](int64_t c0, int64_t c1) {
     // the block's columns of every weight row, packed into per-thread scratch (n x wpad, aligned to whole cache
@@ -393,7 +443,7 @@ std::vector<Tensor> sequence_forward(const Tensor& a, const Tensor& wt, const Ma
     const bool narrow = w < wpad;
     Tensor block = scratch(9, {n + 1 + (narrow ? B : 0), wpad}, a.options(), narrow);
     T *packed = block.data_ptr<T>(), *row = packed + n * wpad, *tile = row + wpad;
-    for (int64_t i = 0; i < n; ++i) std::copy_n(wp + i * N + c0, w, packed + i * wpad);
+    w_in.read(K, c0, w, packed, wpad);
     std::copy_n(ip + c0, w, row);
     for (int64_t t = 0; t < T_; ++t) {
       K.kept_nn(B, mask.k, akp + t * B * mask.k, mask.k, mask.units(t), packed, wpad,
@@ -405,20 +455,24 @@ std::vector<Tensor> sequence_forward(const Tensor& a, const Tensor& wt, const Ma
   return {out, ak};
 }
 
-// its gradients from the forward's gathered inputs ak: (da or undefined, dwt)
+// its gradients from the forward's gathered inputs ak: (da or undefined, dwt stored as wt is)
 template <typename T>
 std::vector<Tensor> sequence_backward(const Tensor& ak, const Tensor& wt, const MaskView<T>& mask, const Tensor& dout,
                                       int64_t n, bool need_input_grad) {
   const Kernels<T> K = kernels<T>();
   const int64_t T_ = ak.size(0), B = ak.size(1), N = wt.size(1);
-  Tensor dwt = zeros({n, N}, ak.options());
-  const T *akp = ak.data_ptr<T>(), *wp = wt.data_ptr<T>(), *dp = dout.data_ptr<T>();
-  T* dwp = dwt.data_ptr<T>();
+  Tensor dwt = empty_like_stored(wt);
+  const Stored<T> dw_out = stored<T>(dwt);
+  const T *akp = ak.data_ptr<T>(), *dp = dout.data_ptr<T>();
   for_each_column_block(N, [&](int64_t c0, int64_t c1) {
+    // the block's gradient is summed over the steps in per-thread scratch (it stays in L2), then written out once
+    const int64_t w = c1 - c0;
+    T* block = scratch(10, {n, w}, ak.options(), true).template data_ptr<T>();
     for (int64_t t = 0; t < T_; ++t)
-      K.kept_tn(B, mask.k, akp + t * B * mask.k, mask.k, mask.units(t), dp + t * B * N, N, dwp, N, c0, c1);
+      K.kept_tn(B, mask.k, akp + t * B * mask.k, mask.k, mask.units(t), dp + t * B * N + c0, N, block, w, 0, w);
+    dw_out.write(K, c0, w, block, w);
   });
-  Tensor da = need_input_grad ? input_gradients(K, dp, wp, N, mask, T_, B, n, ak.options()) : Tensor();
+  Tensor da = need_input_grad ? input_gradients(K, dp, rows_of(K, wt), N, mask, T_, B, n, ak.options()) : Tensor();
   return {da, dwt};
 }
 
@@ -564,15 +618,10 @@ void step_cell_backward(const Tensor& act, const Tensor& c_prev, const Tensor& t
 // ---- the bindings: dtype dispatch ------------------------------------------------------------------------
 using MaskArgs = std::tuple<Tensor, c10::optional<Tensor>, double, std::vector<int64_t>>;
 
-// wt as a contiguous [n, N] tensor: a weight's transpose (a view) is copied into scratch, not a fresh tensor
-Tensor rows_of(const Tensor& wt) {
-  return wt.is_contiguous() ? wt : scratch(6, wt.sizes(), wt.options(), false).copy_(wt);
-}
-
 std::vector<Tensor> sequence_product(const Tensor& a, const Tensor& wt, const MaskArgs& mask,
                                      const c10::optional<Tensor>& bias) {
   return AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "sequence_product", [&] {
-    return sequence_forward<scalar_t>(a.contiguous(), rows_of(wt),
+    return sequence_forward<scalar_t>(a.contiguous(), as_stored(wt),
                                       view<scalar_t>(std::get<0>(mask), std::get<1>(mask), std::get<2>(mask),
                                                      std::get<3>(mask)), bias);
   });
@@ -588,7 +637,7 @@ Tensor gathered(const Tensor& a, const MaskArgs& mask) {
 std::vector<Tensor> sequence_gradients(const Tensor& ak, const Tensor& wt, const MaskArgs& mask, const Tensor& dout,
                                        int64_t n, bool need_input_grad) {
   return AT_DISPATCH_FLOATING_TYPES(ak.scalar_type(), "sequence_backward", [&] {
-    return sequence_backward<scalar_t>(ak, rows_of(wt),
+    return sequence_backward<scalar_t>(ak, as_stored(wt),
                                        view<scalar_t>(std::get<0>(mask), std::get<1>(mask), std::get<2>(mask),
                                                       std::get<3>(mask)), dout.contiguous(), n, need_input_grad);
   });

@@ -69,9 +69,9 @@ template <typename T> inline void prefetch_row(const T* p, int bytes) {
 // ---- forward: C[m, n] += sum_j A[m, j] B[idx[j], n] -------------------------------------------------------
 constexpr int PREFETCH = 8;  // kept rows ahead: the rows are scattered, so the hardware cannot guess them
 
-// FETCH: the first row tile of a column tile brings the weight rows in from memory or L3 and prefetches them;
-// the next tiles find them in L2
-template <typename T, int MR, int NV, bool FETCH>
+// Every row tile prefetches the weight rows it will read: a column tile's kept rows outgrow L1, so the later row
+// tiles read them from L2 again, and the scattered rows leave the hardware prefetcher nothing to follow
+template <typename T, int MR, int NV>
 inline void nn_tile(int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C, int64_t ldc,
                     const T* init) {
   constexpr int L = Vec<T>::L;
@@ -80,7 +80,7 @@ inline void nn_tile(int k, const T* A, int lda, const int64_t* idx, const T* B, 
     for (int v = 0; v < NV; ++v) acc[r][v] = V<T>{};
   for (int j = 0; j < k; ++j) {
     const T* b = B + idx[j] * ldb;
-    if (FETCH && j + PREFETCH < k) prefetch_row(B + idx[j + PREFETCH] * ldb, NV * L * sizeof(T));
+    if (j + PREFETCH < k) prefetch_row(B + idx[j + PREFETCH] * ldb, NV * L * sizeof(T));
     V<T> bv[NV];
     for (int v = 0; v < NV; ++v) bv[v] = load(b + v * L);
     for (int r = 0; r < MR; ++r) {
@@ -92,12 +92,12 @@ inline void nn_tile(int k, const T* A, int lda, const int64_t* idx, const T* B, 
     for (int v = 0; v < NV; ++v) store(C + r * ldc + v * L, load(init ? init + v * L : C + r * ldc + v * L) + acc[r][v]);
 }
 
-template <typename T, int NV, bool FETCH, int R>
+template <typename T, int NV, int R>
 inline void nn_rest(int rows, int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C,
                     int64_t ldc, const T* init) {
   if constexpr (R > 0) {
-    if (rows == R) return nn_tile<T, R, NV, FETCH>(k, A, lda, idx, B, ldb, C, ldc, init);
-    nn_rest<T, NV, FETCH, R - 1>(rows, k, A, lda, idx, B, ldb, C, ldc, init);
+    if (rows == R) return nn_tile<T, R, NV>(k, A, lda, idx, B, ldb, C, ldc, init);
+    nn_rest<T, NV, R - 1>(rows, k, A, lda, idx, B, ldb, C, ldc, init);
   }
 }
 
@@ -117,10 +117,7 @@ template <typename T, int NV>
 inline void nn_columns(int M, int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C,
                        int64_t ldc, const T* init) {
   row_tiles<NN_MR>(M, [&](int m, int rows) {
-    if (m == 0)
-      nn_rest<T, NV, true, NN_MR>(rows, k, A, lda, idx, B, ldb, C, ldc, init);
-    else
-      nn_rest<T, NV, false, NN_MR>(rows, k, A + m * lda, lda, idx, B, ldb, C + m * ldc, ldc, init);
+    nn_rest<T, NV, NN_MR>(rows, k, A + m * lda, lda, idx, B, ldb, C + m * ldc, ldc, init);
   });
 }
 
@@ -153,14 +150,17 @@ void kept_nn(int M, int k, const T* A, int lda, const int64_t* idx, const T* B, 
 }
 
 // ---- input gradients: O[m, j] = sum_n D[m, n] B[idx[j], n] -----------------------------------------------
+// ahead: a row to fetch while the tile computes, a cache line per vector of the sum (nullptr: none)
 template <typename T, int JR, int MR>
-inline void nt_tile(int64_t N, const T* D, int64_t ldd, const T* const* rows, T* O, int ldo, bool add) {
+inline void nt_tile(int64_t N, const T* D, int64_t ldd, const T* const* rows, T* O, int ldo, bool add,
+                    const T* ahead) {
   constexpr int L = Vec<T>::L;
   V<T> acc[MR][JR];
   for (int r = 0; r < MR; ++r)
     for (int q = 0; q < JR; ++q) acc[r][q] = V<T>{};
   int64_t n = 0;
   for (; n + L <= N; n += L) {
+    if (ahead) __builtin_prefetch(ahead + n);
     V<T> bv[JR];
     for (int q = 0; q < JR; ++q) bv[q] = load(rows[q] + n);
     for (int r = 0; r < MR; ++r) {
@@ -186,17 +186,22 @@ inline void nt_tile(int64_t N, const T* D, int64_t ldd, const T* const* rows, T*
 
 template <typename T, int JR, int R>
 inline void nt_rest(int rows_left, int64_t N, const T* D, int64_t ldd, const T* const* rows, T* O, int ldo,
-                    bool add) {
+                    bool add, const T* ahead) {
   if constexpr (R > 0) {
-    if (rows_left == R) return nt_tile<T, JR, R>(N, D, ldd, rows, O, ldo, add);
-    nt_rest<T, JR, R - 1>(rows_left, N, D, ldd, rows, O, ldo, add);
+    if (rows_left == R) return nt_tile<T, JR, R>(N, D, ldd, rows, O, ldo, add, ahead);
+    nt_rest<T, JR, R - 1>(rows_left, N, D, ldd, rows, O, ldo, add, ahead);
   }
 }
 
+// next: the rows of the next tile of kept rows (nullptr: none). Every row tile re-reads this tile's rows from L1;
+// row tile i fetches next[i] meanwhile, so that the next tile does not wait for its rows to come from L2 or L3.
 template <typename T, int JR>
-inline void nt_kept(int M, int64_t N, const T* D, int64_t ldd, const T* const* rows, T* O, int ldo, bool add) {
+inline void nt_kept(int M, int64_t N, const T* D, int64_t ldd, const T* const* rows, T* O, int ldo, bool add,
+                    const T* const* next) {
+  int i = 0;
   row_tiles<NT_MR>(M, [&](int m, int r) {
-    nt_rest<T, JR, NT_MR>(r, N, D + m * ldd, ldd, rows, O + m * ldo, ldo, add);
+    nt_rest<T, JR, NT_MR>(r, N, D + m * ldd, ldd, rows, O + m * ldo, ldo, add, next && i < JR ? next[i] : nullptr);
+    ++i;
   });
 }
 
@@ -205,17 +210,18 @@ void kept_nt(int M, int k, const T* D, int64_t ldd, const int64_t* idx, const T*
              int ldo) {
   // the sums run over blocks of NB columns, so that the block of D the tiles share stays in cache
   constexpr int64_t NB = 4096 / sizeof(T);
-  const T* rows[NT_JR];
+  const T *rows[NT_JR], *next[NT_JR];
   for (int64_t n0 = 0; n0 < N; n0 += NB) {
     const int64_t nb = std::min(NB, N - n0);
+    auto row = [&](int j) { return j < k ? B + idx[j] * ldb + n0 : nullptr; };
     int j = 0;
     for (; j + NT_JR <= k; j += NT_JR) {
-      for (int q = 0; q < NT_JR; ++q) rows[q] = B + idx[j + q] * ldb + n0;
-      nt_kept<T, NT_JR>(M, nb, D + n0, ldd, rows, O + j, ldo, n0 > 0);
+      for (int q = 0; q < NT_JR; ++q) rows[q] = row(j + q), next[q] = row(j + NT_JR + q);
+      nt_kept<T, NT_JR>(M, nb, D + n0, ldd, rows, O + j, ldo, n0 > 0, next);
     }
     for (; j < k; ++j) {
-      rows[0] = B + idx[j] * ldb + n0;
-      nt_kept<T, 1>(M, nb, D + n0, ldd, rows, O + j, ldo, n0 > 0);
+      rows[0] = row(j);
+      nt_kept<T, 1>(M, nb, D + n0, ldd, rows, O + j, ldo, n0 > 0, nullptr);
     }
   }
 }
