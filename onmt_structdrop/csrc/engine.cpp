@@ -177,18 +177,15 @@ Tensor chunked_t(const Tensor& w, int64_t H) {
   return out;
 }
 
-// the inverse of chunked_t, for a gradient: [n, 4Hp] -> [4H, n]
+// the inverse of chunked_t for the gate columns [col, col + width) of a gradient (rows x width, in src): into
+// torch's [4H, rows] (dst), a strip per gate and chunk of units, the padded units left out
 template <typename T>
-Tensor unchunked_t(const Tensor& wp, int64_t H) {
-  const int64_t n = wp.size(0), G4 = wp.size(1);
-  Tensor out = at::empty({4 * H, n}, wp.options());
-  const T* src = wp.data_ptr<T>();
-  T* dst = out.data_ptr<T>();
-  const auto transpose = kernels<T>().transpose;
-  for_each_strip(H, n, [&](int64_t q, int64_t u0, int64_t units, int64_t i0, int64_t count) {
-    transpose(count, units, src + i0 * G4 + u0 / UNITS * CHUNK + q * UNITS, G4, dst + (q * H + u0) * n + i0, n);
-  });
-  return out;
+void unchunk_panel(const Kernels<T>& K, const T* src, int64_t rows, int64_t col, int64_t width, int64_t H, T* dst) {
+  for (int64_t c = col; c < col + width; c += CHUNK) {
+    const int64_t u0 = c / CHUNK * UNITS, units = std::min<int64_t>(UNITS, H - u0);
+    for (int64_t q = 0; q < 4; ++q)
+      K.transpose(rows, units, src + (c - col) + q * UNITS, width, dst + (q * H + u0) * rows, rows);
+  }
 }
 
 Tensor chunked(const Tensor& b, int64_t H) {  // [4H] -> [4Hp]
@@ -356,19 +353,24 @@ std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const MaskV
   }
 
   Tensor dx = need_x ? input_gradients(K, dG, wi, G4, in, T_, B, n, opt) : Tensor();
-  Tensor dw_ih = scratch(1, {n, G4}, opt, true), dw_hh = scratch(2, {H, G4}, opt, true);
+  Tensor dw_ih = at::empty({4 * H, n}, opt), dw_hh = at::empty({4 * H, H}, opt);
   T *dwi = dw_ih.data_ptr<T>(), *dwh = dw_hh.data_ptr<T>();
   for_each_panel(chunks, [&](int64_t col, int64_t width) {
+    // a panel's weight gradients are summed over the steps in per-thread scratch, where they stay in L2, and
+    // then transposed out into torch's layout
+    T* pi = scratch(1, {n, width}, opt, true).template data_ptr<T>();
+    T* ph = scratch(2, {H, width}, opt, true).template data_ptr<T>();
     for (int64_t i = 0; i < T_; ++i) {
       const int64_t t = steps.order[i], a = steps.active[i];
-      K.kept_tn(a, in.k, axp + t * B * in.k, in.k, in.units(t), dG + t * B * G4 + col, G4, dwi + col, G4, 0, width);
-      K.kept_tn(a, rec.k, ahp + t * B * rec.k, rec.k, rec.units(t), dG + t * B * G4 + col, G4, dwh + col, G4, 0,
-                width);
+      const T* d = dG + t * B * G4 + col;
+      K.kept_tn(a, in.k, axp + t * B * in.k, in.k, in.units(t), d, G4, pi, width, 0, width);
+      K.kept_tn(a, rec.k, ahp + t * B * rec.k, rec.k, rec.units(t), d, G4, ph, width, 0, width);
     }
+    unchunk_panel(K, pi, n, col, width, H, dwi);
+    unchunk_panel(K, ph, H, col, width, H, dwh);
   });
   Tensor db = unchunked(dgates.view({T_ * B, G4}).sum(0), H);
-  return {dx, dh.narrow(1, 0, H).contiguous(), dc.narrow(1, 0, H).contiguous(), unchunked_t<T>(dw_ih, H),
-          unchunked_t<T>(dw_hh, H), db};
+  return {dx, dh.narrow(1, 0, H).contiguous(), dc.narrow(1, 0, H).contiguous(), dw_ih, dw_hh, db};
 }
 
 // ---- a masked linear map of a whole sequence ---------------------------------------------------------------
