@@ -30,7 +30,9 @@ def isa(request):
 
 @needs_native
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("M,k,N", [(1, 1, 1), (5, 7, 13), (13, 0, 70), (20, 33, 130), (7, 64, 257)])
+# (150, 40, 70): from 128 rows on the products gather the kept rows and run as library products
+@pytest.mark.parametrize("M,k,N", [(1, 1, 1), (5, 7, 13), (13, 0, 70), (20, 33, 130), (7, 64, 257), (150, 40, 70),
+                                   (150, 0, 9)])
 def test_kept_products_match_dense_math(isa, dtype, M, k, N):
     g = torch.Generator().manual_seed(M * 100 + k)
     n = k + 5

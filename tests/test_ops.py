@@ -58,7 +58,8 @@ MASKS = [m for m in STRUCTURED_MODES] + ["explicit", "k=1", "k=n"]
 
 @pytest.mark.parametrize("backend", ops.BACKENDS)
 @pytest.mark.parametrize("name", MASKS)
-def test_primitives_match_dense_math(backend, name, monkeypatch):
+@pytest.mark.parametrize("batch", [M, 130])  # 130: the native products' library path (one gather, then MKL)
+def test_primitives_match_dense_math(backend, name, batch, monkeypatch):
     g = torch.Generator().manual_seed(1)
     f64 = dict(generator=g, dtype=torch.float64)
     mask = ops.pack(_structured(name), CPU, torch.float64)
@@ -71,11 +72,11 @@ def test_primitives_match_dense_math(backend, name, monkeypatch):
     for t in range(mask.steps):
         keep, mult = mask.kept(mask.step_sets[t])
         rows = be.kept_rows(wt, keep)
-        a, dout, out = torch.randn(M, N, **f64), torch.randn(M, OUT, **f64), torch.randn(M, OUT, **f64)
+        a, dout, out = torch.randn(batch, N, **f64), torch.randn(batch, OUT, **f64), torch.randn(batch, OUT, **f64)
         expected = out + 0.5 * (a * dense[t]) @ wt
         torch.testing.assert_close(be.kept_product(out.clone(), a, keep, mult, rows, 0.5), expected, rtol=1e-12,
                                    atol=1e-12)
-        da = be.kept_input_grad(torch.full((M, N), float("nan"), dtype=torch.float64), dout, keep, mult, rows)
+        da = be.kept_input_grad(torch.full((batch, N), float("nan"), dtype=torch.float64), dout, keep, mult, rows)
         torch.testing.assert_close(da, (dout @ wt.t()) * dense[t], rtol=1e-12, atol=1e-12)  # dropped: zero
         dwt = torch.ones(N, OUT, dtype=torch.float64)
         be.add_rows(dwt, keep, be.kept_rows_grad(a, dout, keep, mult))
