@@ -7,7 +7,9 @@
 //   TN_JR, TN_NV       weight-gradient tile: kept rows x vectors of columns
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <new>
 #include <type_traits>
 #include <utility>
 
@@ -121,16 +123,30 @@ inline void nn_columns(int M, int k, const T* A, int lda, const int64_t* idx, co
   });
 }
 
-// The columns [n0, n1) in tiles of NV vectors, then of one vector, then one by one: tile(NV or 1, n) and
-// column(n), with NV passed as a std::integral_constant.
-template <typename T, int NV, typename Tile, typename Column>
-inline void column_tiles(int64_t n0, int64_t n1, Tile&& tile, Column&& column) {
+// The columns [n0, n1) in tiles of NV vectors, then of one vector: tile(NV or 1, n), with NV passed as a
+// std::integral_constant; then tail(n, r) for the last r < L columns, if any.
+template <typename T, int NV, typename Tile, typename Tail>
+inline void column_tiles(int64_t n0, int64_t n1, Tile&& tile, Tail&& tail) {
   constexpr int L = Vec<T>::L;
   int64_t n = n0;
   for (; n + NV * L <= n1; n += NV * L) tile(std::integral_constant<int, NV>{}, n);
   for (; n + L <= n1; n += L) tile(std::integral_constant<int, 1>{}, n);
-  for (; n < n1; ++n) column(n);
+  if (n < n1) tail(n, static_cast<int>(n1 - n));
 }
+
+// The last r < L columns run as one whole vector, through zero-padded copies of what the tiles read and write
+// (a scalar loop per column would run one dependent sum of k or M products per element: a sixth of a 20-row
+// product when N is 8 columns past a multiple of 16). calloc and memcpy, not std::vector: these kernels are
+// compiled once per instruction set, and a template instantiated in each could be linked in from the wrong one.
+struct Padded {
+  void* p;
+  explicit Padded(size_t bytes) : p(std::calloc(bytes ? bytes : 1, 1)) {
+    if (!p) throw std::bad_alloc();
+  }
+  ~Padded() { std::free(p); }
+  Padded(const Padded&) = delete;
+  Padded& operator=(const Padded&) = delete;
+};
 
 template <typename T>
 void kept_nn(int M, int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C, int64_t ldc,
@@ -140,12 +156,16 @@ void kept_nn(int M, int k, const T* A, int lda, const int64_t* idx, const T* B, 
       [&](auto nv, int64_t n) {
         nn_columns<T, nv.value>(M, k, A, lda, idx, B + n, ldb, C + n, ldc, init ? init + n : nullptr);
       },
-      [&](int64_t n) {
-        for (int m = 0; m < M; ++m) {
-          T s = 0;
-          for (int j = 0; j < k; ++j) s += A[m * lda + j] * B[idx[j] * ldb + n];
-          C[m * ldc + n] = (init ? init[n] : C[m * ldc + n]) + s;
-        }
+      [&](int64_t n, int r) {  // the kept rows' last columns, in order, and C's (or init's) into padded copies
+        constexpr int L = Vec<T>::L;
+        Padded rows(sizeof(T) * k * L), tile(sizeof(T) * M * L), head(sizeof(T) * L), order(sizeof(int64_t) * k);
+        T *rp = static_cast<T*>(rows.p), *tp = static_cast<T*>(tile.p), *hp = static_cast<T*>(head.p);
+        int64_t* op = static_cast<int64_t*>(order.p);
+        for (int j = 0; j < k; ++j) op[j] = j, std::memcpy(rp + j * L, B + idx[j] * ldb + n, r * sizeof(T));
+        if (init) std::memcpy(hp, init + n, r * sizeof(T));
+        else for (int m = 0; m < M; ++m) std::memcpy(tp + m * L, C + m * ldc + n, r * sizeof(T));
+        nn_columns<T, 1>(M, k, A, lda, op, rp, L, tp, L, init ? hp : nullptr);
+        for (int m = 0; m < M; ++m) std::memcpy(C + m * ldc + n, tp + m * L, r * sizeof(T));
       });
 }
 
@@ -263,12 +283,16 @@ void kept_tn(int M, int k, const T* A, int lda, const int64_t* idx, const T* D, 
              int64_t n0, int64_t n1) {
   column_tiles<T, TN_NV>(
       n0, n1, [&](auto nv, int64_t n) { tn_columns<T, nv.value>(M, k, A, lda, idx, D + n, ldd, dB + n, ldb); },
-      [&](int64_t n) {
-        for (int j = 0; j < k; ++j) {
-          T s = 0;
-          for (int m = 0; m < M; ++m) s += A[m * lda + j] * D[m * ldd + n];
-          dB[idx[j] * ldb + n] += s;
-        }
+      [&](int64_t n, int r) {  // D's last columns into a padded copy; the sums into zeros, then added
+        constexpr int L = Vec<T>::L;
+        Padded d(sizeof(T) * M * L), sums(sizeof(T) * k * L), order(sizeof(int64_t) * k);
+        T *dp = static_cast<T*>(d.p), *sp = static_cast<T*>(sums.p);
+        int64_t* op = static_cast<int64_t*>(order.p);
+        for (int m = 0; m < M; ++m) std::memcpy(dp + m * L, D + m * ldd + n, r * sizeof(T));
+        for (int j = 0; j < k; ++j) op[j] = j;
+        tn_columns<T, 1>(M, k, A, lda, op, dp, L, sp, L);
+        for (int j = 0; j < k; ++j)
+          for (int c = 0; c < r; ++c) dB[idx[j] * ldb + n + c] += sp[j * L + c];
       });
 }
 
