@@ -143,6 +143,20 @@ Tensor scratch(int slot, at::IntArrayRef sizes, const at::TensorOptions& options
   return out;
 }
 
+// the gathered blocks of every step transposed, [T, B, k] -> [T, k, B] (the weight-gradient kernels read them so),
+// into scratch slot `slot`
+template <typename T>
+Tensor transposed_steps(const Kernels<T>& K, const Tensor& ak, int slot) {
+  const int64_t T_ = ak.size(0), B = ak.size(1), k = ak.size(2);
+  Tensor out = scratch(slot, {T_, k, B}, ak.options(), false);
+  const T* src = ak.data_ptr<T>();
+  T* dst = out.data_ptr<T>();
+  at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) K.transpose(B, k, src + t * B * k, k, dst + t * B * k, B);
+  });
+  return out;
+}
+
 // The gate rows q * H + [u, u + UNITS) of W are the gate columns u / UNITS * CHUNK + q * UNITS + [0, UNITS) of the
 // layout: each such strip of W is transposed on its own, by the kernels' register tiles.
 // strip(q, u0, units, i0, count) for every gate q, chunk of units and block of count <= ROWS inputs; in parallel
@@ -257,7 +271,7 @@ std::vector<Tensor> layer_forward(const Tensor& x, const Tensor& h0, const Tenso
                                   const Tensor& w_hh, const c10::optional<Tensor>& bias, const MaskView<T>& in,
                                   const MaskView<T>& rec, const std::vector<int64_t>& batch_sizes, bool reverse) {
   const Kernels<T> K = kernels<T>();
-  const int64_t T_ = x.size(0), B = x.size(1), n = x.size(2), H = w_hh.size(1), Hp = padded(H), G4 = 4 * Hp;
+  const int64_t T_ = x.size(0), B = x.size(1), H = w_hh.size(1), Hp = padded(H), G4 = 4 * Hp;
   const int64_t chunks = Hp / UNITS;
   const bool packed = !batch_sizes.empty();
   const Steps steps(T_, B, batch_sizes, reverse);
@@ -327,7 +341,7 @@ std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const MaskV
   Tensor dy_c = dy && dy->defined() ? dy->contiguous() : Tensor();
   Tensor d_rec = at::empty({B, rec.k}, opt);
   const T *G = gates.data_ptr<T>(), *tc = tanh_c.data_ptr<T>(), *cp = c_prev.data_ptr<T>();
-  const T *axp = ax.data_ptr<T>(), *ahp = ah.data_ptr<T>(), *wi = wt_ih.data_ptr<T>(), *wh = wt_hh.data_ptr<T>();
+  const T *wi = wt_ih.data_ptr<T>(), *wh = wt_hh.data_ptr<T>();
   T *dG = dgates.data_ptr<T>(), *dhp = dh.data_ptr<T>(), *dcp = dc.data_ptr<T>(), *dr = d_rec.data_ptr<T>();
   const T* dyp = dy_c.defined() ? dy_c.data_ptr<T>() : nullptr;
 
@@ -355,6 +369,8 @@ std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const MaskV
   Tensor dx = need_x ? input_gradients(K, dG, wi, G4, in, T_, B, n, opt) : Tensor();
   Tensor dw_ih = at::empty({4 * H, n}, opt), dw_hh = at::empty({4 * H, H}, opt);
   T *dwi = dw_ih.data_ptr<T>(), *dwh = dw_hh.data_ptr<T>();
+  const Tensor axt = transposed_steps(K, ax, 3), aht = transposed_steps(K, ah, 4);
+  const T *axtp = axt.data_ptr<T>(), *ahtp = aht.data_ptr<T>();
   for_each_panel(chunks, [&](int64_t col, int64_t width) {
     // a panel's weight gradients are summed over the steps in per-thread scratch, where they stay in L2, and
     // then transposed out into torch's layout
@@ -363,8 +379,8 @@ std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const MaskV
     for (int64_t i = 0; i < T_; ++i) {
       const int64_t t = steps.order[i], a = steps.active[i];
       const T* d = dG + t * B * G4 + col;
-      K.kept_tn(a, in.k, axp + t * B * in.k, in.k, in.units(t), d, G4, pi, width, 0, width);
-      K.kept_tn(a, rec.k, ahp + t * B * rec.k, rec.k, rec.units(t), d, G4, ph, width, 0, width);
+      K.kept_tn(a, in.k, axtp + t * B * in.k, B, in.units(t), d, G4, pi, width, 0, width);
+      K.kept_tn(a, rec.k, ahtp + t * B * rec.k, B, rec.units(t), d, G4, ph, width, 0, width);
     }
     unchunk_panel(K, pi, n, col, width, H, dwi);
     unchunk_panel(K, ph, H, col, width, H, dwh);
@@ -465,13 +481,14 @@ std::vector<Tensor> sequence_backward(const Tensor& ak, const Tensor& wt, const 
   const int64_t T_ = ak.size(0), B = ak.size(1), N = wt.size(1);
   Tensor dwt = empty_like_stored(wt);
   const Stored<T> dw_out = stored<T>(dwt);
-  const T *akp = ak.data_ptr<T>(), *dp = dout.data_ptr<T>();
+  const Tensor akt = transposed_steps(K, ak, 3);
+  const T *aktp = akt.data_ptr<T>(), *dp = dout.data_ptr<T>();
   for_each_column_block(N, [&](int64_t c0, int64_t c1) {
     // the block's gradient is summed over the steps in per-thread scratch (it stays in L2), then written out once
     const int64_t w = c1 - c0;
     T* block = scratch(10, {n, w}, ak.options(), true).template data_ptr<T>();
     for (int64_t t = 0; t < T_; ++t)
-      K.kept_tn(B, mask.k, akp + t * B * mask.k, mask.k, mask.units(t), dp + t * B * N + c0, N, block, w, 0, w);
+      K.kept_tn(B, mask.k, aktp + t * B * mask.k, B, mask.units(t), dp + t * B * N + c0, N, block, w, 0, w);
     dw_out.write(K, c0, w, block, w);
   });
   Tensor da = need_input_grad ? input_gradients(K, dp, rows_of(K, wt), N, mask, T_, B, n, ak.options()) : Tensor();
@@ -540,8 +557,9 @@ void kept_weight_grad(const Tensor& a, const Tensor& keep, const Tensor& dout, T
   if (a.size(0) >= LIBRARY_ROWS) return void(dwt.index_add_(0, keep, at::mm(a.t(), dout)));
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "kept_weight_grad", [&] {
     const int64_t M = a.size(0), k = keep.size(0), N = dout.size(1);
+    const Tensor at = a.t().contiguous();
     for_each_column_block(N, [&](int64_t c0, int64_t c1) {
-      kernels<scalar_t>().kept_tn(M, k, a.data_ptr<scalar_t>(), k, keep.data_ptr<int64_t>(),
+      kernels<scalar_t>().kept_tn(M, k, at.data_ptr<scalar_t>(), M, keep.data_ptr<int64_t>(),
                                   dout.data_ptr<scalar_t>(), N, dwt.data_ptr<scalar_t>(), N, c0, c1);
     });
   });
@@ -599,9 +617,11 @@ void step_weight_grad(const Tensor& a, const Tensor& keep, const MaskView<T>& ma
   const int64_t M = a.size(0), N = dout.size(1);
   const Tensor ak = gathered_step(a, mask);
   if (M >= LIBRARY_ROWS) return void(dwt.index_add_(0, keep, at::mm(ak.t(), dout)));
+  const Kernels<T> K = kernels<T>();
+  T* akt = scratch(11, {mask.k, M}, a.options(), false).template data_ptr<T>();
+  K.transpose(M, mask.k, ak.data_ptr<T>(), mask.k, akt, M);
   for_each_column_block(N, [&](int64_t c0, int64_t c1) {
-    kernels<T>().kept_tn(M, mask.k, ak.data_ptr<T>(), mask.k, mask.keep, dout.data_ptr<T>(), N, dwt.data_ptr<T>(), N,
-                         c0, c1);
+    K.kept_tn(M, mask.k, akt, M, mask.keep, dout.data_ptr<T>(), N, dwt.data_ptr<T>(), N, c0, c1);
   });
 }
 

@@ -26,8 +26,9 @@ struct Kernels {
   // O[m * ldo + j] = sum_{n < N} D[m * ldd + n] * B[idx[j] * ldb + n]                   (input gradients)
   void (*kept_nt)(int M, int k, const T* D, int64_t ldd, const int64_t* idx, const T* B, int64_t ldb, int64_t N,
                   T* O, int ldo);
-  // dB[idx[j] * ldb + n] += sum_m A[m * lda + j] * D[m * ldd + n], n in [n0, n1)       (weight gradients)
-  void (*kept_tn)(int M, int k, const T* A, int lda, const int64_t* idx, const T* D, int64_t ldd, T* dB,
+  // dB[idx[j] * ldb + n] += sum_m At[j * ldat + m] * D[m * ldd + n], n in [n0, n1)    (weight gradients)
+  // with At the gathered block transposed (k x M)
+  void (*kept_tn)(int M, int k, const T* At, int ldat, const int64_t* idx, const T* D, int64_t ldd, T* dB,
                   int64_t ldb, int64_t n0, int64_t n1);
   // The cell of `units` units (at most UNITS) for rows [0, M): gate q of unit u at gates[m * ldg + q * gs + u]
   // (gs = UNITS in the layer's gate layout, H in torch's); act receives the activations (it may be gates itself);

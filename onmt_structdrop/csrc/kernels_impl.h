@@ -246,9 +246,11 @@ void kept_nt(int M, int k, const T* D, int64_t ldd, const int64_t* idx, const T*
   }
 }
 
-// ---- weight gradients: dB[idx[j], n] += sum_m A[m, j] D[m, n] --------------------------------------------
+// ---- weight gradients: dB[idx[j], n] += sum_m At[j, m] D[m, n] -------------------------------------------
+// At is the gathered block transposed (k x M): the JR x M values a tile broadcasts are then JR short rows, not
+// a few values from each of M rows (in a layer's weight-gradient loop about a tenth faster)
 template <typename T, int JR, int NV>
-inline void tn_tile(int M, const T* A, int lda, const int64_t* idx, const T* D, int64_t ldd, T* dB, int64_t ldb) {
+inline void tn_tile(int M, const T* At, int ldat, const int64_t* idx, const T* D, int64_t ldd, T* dB, int64_t ldb) {
   constexpr int L = Vec<T>::L;
   // the scattered rows this tile adds into, fetched while it computes: with only M (a step's batch) products per
   // accumulator the loads of the final read-modify-write would otherwise stall the tile
@@ -260,7 +262,7 @@ inline void tn_tile(int M, const T* A, int lda, const int64_t* idx, const T* D, 
     V<T> d[NV];
     for (int v = 0; v < NV; ++v) d[v] = load(D + m * ldd + v * L);
     for (int q = 0; q < JR; ++q) {
-      const V<T> a = splat(A[m * lda + q]);
+      const V<T> a = splat(At[q * ldat + m]);
       for (int v = 0; v < NV; ++v) acc[q][v] += a * d[v];
     }
   }
@@ -271,18 +273,18 @@ inline void tn_tile(int M, const T* A, int lda, const int64_t* idx, const T* D, 
 }
 
 template <typename T, int NV>
-inline void tn_columns(int M, int k, const T* A, int lda, const int64_t* idx, const T* D, int64_t ldd, T* dB,
+inline void tn_columns(int M, int k, const T* At, int ldat, const int64_t* idx, const T* D, int64_t ldd, T* dB,
                        int64_t ldb) {
   int j = 0;
-  for (; j + TN_JR <= k; j += TN_JR) tn_tile<T, TN_JR, NV>(M, A + j, lda, idx + j, D, ldd, dB, ldb);
-  for (; j < k; ++j) tn_tile<T, 1, NV>(M, A + j, lda, idx + j, D, ldd, dB, ldb);
+  for (; j + TN_JR <= k; j += TN_JR) tn_tile<T, TN_JR, NV>(M, At + j * ldat, ldat, idx + j, D, ldd, dB, ldb);
+  for (; j < k; ++j) tn_tile<T, 1, NV>(M, At + j * ldat, ldat, idx + j, D, ldd, dB, ldb);
 }
 
 template <typename T>
-void kept_tn(int M, int k, const T* A, int lda, const int64_t* idx, const T* D, int64_t ldd, T* dB, int64_t ldb,
+void kept_tn(int M, int k, const T* At, int ldat, const int64_t* idx, const T* D, int64_t ldd, T* dB, int64_t ldb,
              int64_t n0, int64_t n1) {
   column_tiles<T, TN_NV>(
-      n0, n1, [&](auto nv, int64_t n) { tn_columns<T, nv.value>(M, k, A, lda, idx, D + n, ldd, dB + n, ldb); },
+      n0, n1, [&](auto nv, int64_t n) { tn_columns<T, nv.value>(M, k, At, ldat, idx, D + n, ldd, dB + n, ldb); },
       [&](int64_t n, int r) {  // D's last columns into a padded copy; the sums into zeros, then added
         constexpr int L = Vec<T>::L;
         Padded d(sizeof(T) * M * L), sums(sizeof(T) * k * L), order(sizeof(int64_t) * k);
@@ -290,7 +292,7 @@ void kept_tn(int M, int k, const T* A, int lda, const int64_t* idx, const T* D, 
         int64_t* op = static_cast<int64_t*>(order.p);
         for (int m = 0; m < M; ++m) std::memcpy(dp + m * L, D + m * ldd + n, r * sizeof(T));
         for (int j = 0; j < k; ++j) op[j] = j;
-        tn_columns<T, 1>(M, k, A, lda, op, dp, L, sp, L);
+        tn_columns<T, 1>(M, k, At, ldat, op, dp, L, sp, L);
         for (int j = 0; j < k; ++j)
           for (int c = 0; c < r; ++c) dB[idx[j] * ldb + n + c] += sp[j * L + c];
       });
