@@ -421,7 +421,8 @@ Stored<T> stored(const Tensor& wt) {
 
 // a fresh [n, N] tensor stored as wt is (the weight gradient goes straight into the weight's own layout)
 Tensor empty_like_stored(const Tensor& wt) {
-  return wt.is_contiguous() ? at::empty(wt.sizes(), wt.options()) : at::empty({wt.size(1), wt.size(0)}, wt.options()).t();
+  if (wt.is_contiguous()) return at::empty(wt.sizes(), wt.options());
+  return at::empty({wt.size(1), wt.size(0)}, wt.options()).t();
 }
 
 // wt by rows, for the input gradients' dot products along them: stored by columns, it is transposed into scratch
@@ -557,9 +558,9 @@ void kept_weight_grad(const Tensor& a, const Tensor& keep, const Tensor& dout, T
   if (a.size(0) >= LIBRARY_ROWS) return void(dwt.index_add_(0, keep, at::mm(a.t(), dout)));
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "kept_weight_grad", [&] {
     const int64_t M = a.size(0), k = keep.size(0), N = dout.size(1);
-    const Tensor at = a.t().contiguous();
+    const Tensor a_t = a.t().contiguous();  // the kernels read the block transposed
     for_each_column_block(N, [&](int64_t c0, int64_t c1) {
-      kernels<scalar_t>().kept_tn(M, k, at.data_ptr<scalar_t>(), M, keep.data_ptr<int64_t>(),
+      kernels<scalar_t>().kept_tn(M, k, a_t.data_ptr<scalar_t>(), M, keep.data_ptr<int64_t>(),
                                   dout.data_ptr<scalar_t>(), N, dwt.data_ptr<scalar_t>(), N, c0, c1);
     });
   });
