@@ -4,8 +4,9 @@ built from ``onmt_structdrop/csrc`` by the package's set-up).
 The time loops of a layer run in C++ with no Python per step; the products read the kept rows of a weight in
 place through the index list (AVX-512, AVX2+FMA or portable kernels, chosen at run time; ``ONMT_STRUCTDROP_ISA``
 asks for a lesser one), except a step product of 128 rows or more, which copies the kept rows once and runs as an
-MKL product (the copy is then a small share, and MKL's blocking for large products beats the kernels); the cell's pointwise forward and backward are one pass per step, fused with the
-recurrent product of the same gate columns. It serves the primitives (the step loops of the input-feed decoder)
+MKL product (the copy is then a small share, and MKL's blocking for large products beats the kernels); the
+cell's pointwise forward and backward are one pass per step, fused with the recurrent product of the same gate
+columns. It serves the primitives (the step loops of the input-feed decoder)
 in float32 and float64 on the CPU, and the layer and the masked products of a whole sequence (the output layer)
 in float32 and float64 on the CPU with packed masks, when one of them has a fresh kept set for many
 steps and sets of about the same size (``time``, explicit masks); masks with a few sets (``batch``, ``pool``) or
