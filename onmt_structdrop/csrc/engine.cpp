@@ -526,9 +526,10 @@ void check_operands(const Tensor& keep, const Tensor& wt,
 // and MKL 0.7 to 0.95; at M = 64 the two are even, and below it the kernels are ahead)
 constexpr int64_t LIBRARY_ROWS = 128;
 
-// out += a @ wt[keep], a [M, k] (gathered and scaled)
-void kept_product(const Tensor& a, const Tensor& keep, const Tensor& wt, Tensor& out) {
-  check_operands(keep, wt, {{&wt, -1, -1}, {&a, -1, keep.size(0)}, {&out, a.size(0), wt.size(1)}});
+// The three kept products on a gathered, scaled block a [M, k] (operands as check_operands takes them), shared by
+// the bindings below and the step primitives.
+// out += a @ wt[keep]
+void product(const Tensor& a, const Tensor& keep, const Tensor& wt, Tensor& out) {
   if (a.size(0) >= LIBRARY_ROWS) return void(out.addmm_(a, wt.index_select(0, keep)));
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "kept_product", [&] {
     const int64_t M = a.size(0), k = keep.size(0), N = wt.size(1);
@@ -540,8 +541,7 @@ void kept_product(const Tensor& a, const Tensor& keep, const Tensor& wt, Tensor&
 }
 
 // out[m, j] = sum_n dout[m, n] * wt[keep[j], n]
-void kept_input_grad(const Tensor& dout, const Tensor& keep, const Tensor& wt, Tensor& out) {
-  check_operands(keep, wt, {{&wt, -1, -1}, {&dout, -1, wt.size(1)}, {&out, dout.size(0), keep.size(0)}});
+void input_grad(const Tensor& dout, const Tensor& keep, const Tensor& wt, Tensor& out) {
   if (dout.size(0) >= LIBRARY_ROWS) return void(at::mm_out(out, dout, wt.index_select(0, keep).t()));
   AT_DISPATCH_FLOATING_TYPES(dout.scalar_type(), "kept_input_grad", [&] {
     const int64_t M = dout.size(0), k = keep.size(0), N = wt.size(1);
@@ -553,17 +553,33 @@ void kept_input_grad(const Tensor& dout, const Tensor& keep, const Tensor& wt, T
 }
 
 // dwt[keep[j], :] += sum_m a[m, j] * dout[m, :]
-void kept_weight_grad(const Tensor& a, const Tensor& keep, const Tensor& dout, Tensor& dwt) {
-  check_operands(keep, dwt, {{&dwt, -1, -1}, {&a, -1, keep.size(0)}, {&dout, a.size(0), dwt.size(1)}});
+void weight_grad(const Tensor& a, const Tensor& keep, const Tensor& dout, Tensor& dwt) {
   if (a.size(0) >= LIBRARY_ROWS) return void(dwt.index_add_(0, keep, at::mm(a.t(), dout)));
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "kept_weight_grad", [&] {
+    const Kernels<scalar_t> K = kernels<scalar_t>();
     const int64_t M = a.size(0), k = keep.size(0), N = dout.size(1);
-    const Tensor a_t = a.t().contiguous();  // the kernels read the block transposed
+    scalar_t* a_t = scratch(11, {k, M}, a.options(), false).template data_ptr<scalar_t>();
+    K.transpose(M, k, a.data_ptr<scalar_t>(), k, a_t, M);  // the kernels read the block transposed
     for_each_column_block(N, [&](int64_t c0, int64_t c1) {
-      kernels<scalar_t>().kept_tn(M, k, a_t.data_ptr<scalar_t>(), M, keep.data_ptr<int64_t>(),
-                                  dout.data_ptr<scalar_t>(), N, dwt.data_ptr<scalar_t>(), N, c0, c1);
+      K.kept_tn(M, k, a_t, M, keep.data_ptr<int64_t>(), dout.data_ptr<scalar_t>(), N, dwt.data_ptr<scalar_t>(), N,
+                c0, c1);
     });
   });
+}
+
+void kept_product(const Tensor& a, const Tensor& keep, const Tensor& wt, Tensor& out) {
+  check_operands(keep, wt, {{&wt, -1, -1}, {&a, -1, keep.size(0)}, {&out, a.size(0), wt.size(1)}});
+  product(a, keep, wt, out);
+}
+
+void kept_input_grad(const Tensor& dout, const Tensor& keep, const Tensor& wt, Tensor& out) {
+  check_operands(keep, wt, {{&wt, -1, -1}, {&dout, -1, wt.size(1)}, {&out, dout.size(0), keep.size(0)}});
+  input_grad(dout, keep, wt, out);
+}
+
+void kept_weight_grad(const Tensor& a, const Tensor& keep, const Tensor& dout, Tensor& dwt) {
+  check_operands(keep, dwt, {{&dwt, -1, -1}, {&a, -1, keep.size(0)}, {&dout, a.size(0), dwt.size(1)}});
+  weight_grad(a, keep, dout, dwt);
 }
 
 // ---- one step's primitives (the seam's kept products and cell, for step-by-step loops under autograd) ------
@@ -586,44 +602,22 @@ Tensor gathered_step(const Tensor& a, const MaskView<T>& mask) {
 // out += (a[:, K] * mult) @ wt[K]
 template <typename T>
 void step_product(const Tensor& a, const Tensor& keep, const MaskView<T>& mask, const Tensor& wt, Tensor& out) {
-  const int64_t M = a.size(0), N = wt.size(1);
-  const Tensor ak = gathered_step(a, mask);
-  if (M >= LIBRARY_ROWS) return void(out.addmm_(ak, wt.index_select(0, keep)));
-  for_each_column_block(N, [&](int64_t c0, int64_t c1) {
-    kernels<T>().kept_nn(M, mask.k, ak.data_ptr<T>(), mask.k, mask.keep, wt.data_ptr<T>(), N, out.data_ptr<T>(), N, c0,
-                         c1, nullptr);
-  });
+  product(gathered_step(a, mask), keep, wt, out);
 }
 
 // da[:, K] = mult * (dout @ wt[K]^T), the other columns zero
 template <typename T>
 void step_input_grad(const Tensor& dout, const Tensor& keep, const MaskView<T>& mask, const Tensor& wt, Tensor& da) {
-  const int64_t M = dout.size(0), N = wt.size(1), k = mask.k;
-  Tensor buffer = scratch(8, {M, k}, dout.options(), false);
-  if (M >= LIBRARY_ROWS) {
-    at::mm_out(buffer, dout, wt.index_select(0, keep).t());
-  } else {
-    at::parallel_for(0, k, 16, [&](int64_t j0, int64_t j1) {
-      kernels<T>().kept_nt(M, j1 - j0, dout.data_ptr<T>(), N, mask.keep + j0, wt.data_ptr<T>(), N, N,
-                           buffer.data_ptr<T>() + j0, k);
-    });
-  }
+  Tensor buffer = scratch(8, {dout.size(0), mask.k}, dout.options(), false);
+  input_grad(dout, keep, wt, buffer);
   da.zero_();
-  scatter(M, buffer.data_ptr<T>(), mask, 0, da.data_ptr<T>(), da.size(1));
+  scatter(dout.size(0), buffer.data_ptr<T>(), mask, 0, da.data_ptr<T>(), da.size(1));
 }
 
 // dwt[K] += (a[:, K] * mult)^T @ dout
 template <typename T>
 void step_weight_grad(const Tensor& a, const Tensor& keep, const MaskView<T>& mask, const Tensor& dout, Tensor& dwt) {
-  const int64_t M = a.size(0), N = dout.size(1);
-  const Tensor ak = gathered_step(a, mask);
-  if (M >= LIBRARY_ROWS) return void(dwt.index_add_(0, keep, at::mm(ak.t(), dout)));
-  const Kernels<T> K = kernels<T>();
-  T* akt = scratch(11, {mask.k, M}, a.options(), false).template data_ptr<T>();
-  K.transpose(M, mask.k, ak.data_ptr<T>(), mask.k, akt, M);
-  for_each_column_block(N, [&](int64_t c0, int64_t c1) {
-    K.kept_tn(M, mask.k, akt, M, mask.keep, dout.data_ptr<T>(), N, dwt.data_ptr<T>(), N, c0, c1);
-  });
+  weight_grad(gathered_step(a, mask), keep, dout, dwt);
 }
 
 // The cell in torch's gate layout ([M, 4H]: gates i, f, g, o of H units each), in chunks of UNITS units, in
