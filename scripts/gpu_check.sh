@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check, in one call on a lent GPU machine (which reaches no package index): set-up from the wheels
 # that scripts/gpu_wheels.sh downloaded into .whl/ (carried beside the working tree), the GPU tests, the layer
-# benchmark (cuDNN nn.LSTM + dropout, dense masks, each mask mode and backend, fp32 and bf16), the kept products
-# against cuBLAS, and the OpenNMT-py training step at p = 0.1-0.5. Each part has its own time limit (555 s in all,
-# under the 600 s of one call on a lent machine) and a failing part does not stop the others. Writes
+# benchmark (cuDNN nn.LSTM + dropout, dense masks, each mask mode and backend, fp32 with and without TF32, bf16;
+# the cupy backend's two product routes, with and without CUDA graphs), the kept products against cuBLAS, and the
+# OpenNMT-py training step at p = 0.1-0.5. Each part has its own time limit (590 s in all, under the 600 s of one
+# call on a lent machine; about 270 s in all on an H200) and a failing part does not stop the others. Writes
 # OUT/summary.md (versions, each part's exit status and printed tables; rewritten after every part, so that a call
 # cut short still brings back what finished; printed last), OUT/log.txt (everything else) and each benchmark's
 # JSON: 8 files at most, all a lent machine sends back.
@@ -114,23 +115,32 @@ else  # a rehearsal: every part, small
     NMT=(--hidden 32 --word-vec-size 32 --batch 8 --src-len 8 --tgt-len 8 --repeats 2 --warmup 1)
     RATES=(0.3)
 fi
-part "set-up" 90 set_up
-part "versions" 30 versions
-part "GPU tests" 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_cuda_sources.py
-# the cupy backend's kernels serve only when asked (ONMT_STRUCTDROP_CUPY=trial) until these runs have checked them;
-# its rows are labelled [cupy] beside the torch backend's
-for dtype in float32 bfloat16; do
-    part "layer, $dtype" 75 env ONMT_STRUCTDROP_CUPY=trial "$PY" -m onmt_structdrop.tools.bench --device "$DEVICE" \
-        "${LAYER[@]}" --dropout 0.5 --recurrent-dropout 0.5 --dtype "$dtype" --json "$OUT/layer_$dtype.json"
-done
-part "layer, float32, cupy without graphs" 30 env ONMT_STRUCTDROP_CUPY=trial ONMT_STRUCTDROP_CUDA_GRAPHS=0 \
-    "$PY" -m onmt_structdrop.tools.bench --device "$DEVICE" "${LAYER[@]}" --dropout 0.5 --recurrent-dropout 0.5 \
-    --modes time --output-size 0 --json "$OUT/layer_float32_eager.json"
-part "kept products" 30 env ONMT_STRUCTDROP_CUPY=trial "$PY" -m onmt_structdrop.tools.product_bench \
-    --device "$DEVICE" "${PRODUCTS[@]}" --rates 0.3 0.5 --json "$OUT/products.json"
-part "OpenNMT-py step" 75 "$PY" -m onmt_structdrop.tools.nmt_bench --device "$DEVICE" ${NMT[@]+"${NMT[@]}"} \
-    --rates "${RATES[@]}" --json "$OUT/nmt_step.json"
-part "OpenNMT-py step, cupy step products" 30 env ONMT_STRUCTDROP_CUPY=trial "$PY" -m onmt_structdrop.tools.nmt_bench \
+part "set-up" 60 set_up
+part "versions" 20 versions
+part "GPU tests" 90 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_cuda_sources.py
+# the cupy backend serves only when asked (ONMT_STRUCTDROP_CUPY=trial) until these runs have checked it; its rows
+# are labelled [cupy] beside the torch backend's. Its products take the cublas route unless
+# ONMT_STRUCTDROP_CUPY_PRODUCTS=kernels; float32 products run as torch sets TF32 (cuBLAS off, cuDNN on) unless --tf32
+CUPY=(env ONMT_STRUCTDROP_CUPY=trial)
+BENCH=("$PY" -m onmt_structdrop.tools.bench --device "$DEVICE" "${LAYER[@]}" --dropout 0.5 --recurrent-dropout 0.5)
+part "layer, float32" 60 "${CUPY[@]}" "${BENCH[@]}" --json "$OUT/layer_float32.json"
+part "layer, float32, TF32 for cuBLAS and cuDNN" 40 "${CUPY[@]}" "${BENCH[@]}" --tf32 on --modes time batch \
+    --output-size 0 --json "$OUT/layer_float32_tf32.json"
+part "layer, float32, no TF32" 30 "${CUPY[@]}" "${BENCH[@]}" --tf32 off --modes time --output-size 0
+part "layer, bfloat16" 50 "${CUPY[@]}" "${BENCH[@]}" --dtype bfloat16 --json "$OUT/layer_bfloat16.json"
+part "layer, float32, cupy kernels route" 30 "${CUPY[@]}" ONMT_STRUCTDROP_CUPY_PRODUCTS=kernels "${BENCH[@]}" \
+    --modes time batch --output-size 0
+part "layer, float32, cupy without graphs" 25 "${CUPY[@]}" ONMT_STRUCTDROP_CUDA_GRAPHS=0 "${BENCH[@]}" \
+    --modes time --output-size 0
+part "profile, time mode" 40 "${CUPY[@]}" "${BENCH[@]}" --modes time --output-size 0 --repeats 2 --profile 12
+part "profile, time mode, cupy without graphs" 30 "${CUPY[@]}" ONMT_STRUCTDROP_CUDA_GRAPHS=0 "${BENCH[@]}" \
+    --modes time --output-size 0 --repeats 2 --profile 12
+part "kept products, cupy kernels route" 25 "${CUPY[@]}" ONMT_STRUCTDROP_CUPY_PRODUCTS=kernels \
+    "$PY" -m onmt_structdrop.tools.product_bench --device "$DEVICE" "${PRODUCTS[@]}" --rates 0.3 0.5 \
+    --json "$OUT/products.json"
+part "OpenNMT-py step, cupy step products" 30 "${CUPY[@]}" "$PY" -m onmt_structdrop.tools.nmt_bench \
     --device "$DEVICE" ${NMT[@]+"${NMT[@]}"} --rates 0.3 --modes time --json "$OUT/nmt_step_cupy.json"
+part "OpenNMT-py step" 60 "$PY" -m onmt_structdrop.tools.nmt_bench --device "$DEVICE" ${NMT[@]+"${NMT[@]}"} \
+    --rates "${RATES[@]}" --json "$OUT/nmt_step.json"
 
 cat "$SUMMARY"

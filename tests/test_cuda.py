@@ -107,10 +107,14 @@ def test_lstm_pointwise_kernels_match_the_cpu_function():
 
 
 # ---- the cupy backend's primitives (ONMT_STRUCTDROP_CUPY=trial) against float64 math --------------------------
-def _trial(monkeypatch):
+ROUTES = ("cublas", "kernels")  # cupy_backend.ROUTES: its product routes
+
+
+def _trial(monkeypatch, route="cublas"):
     _cupy_or_skip()
     from onmt_structdrop import ops
     monkeypatch.setenv("ONMT_STRUCTDROP_CUPY", "trial")
+    monkeypatch.setenv("ONMT_STRUCTDROP_CUPY_PRODUCTS", route)
     monkeypatch.setenv(ops.ENV, "cupy")
     ops.availability.cache_clear()
     backend = ops.select("primitives", torch.zeros(1, device="cuda"))
@@ -121,19 +125,20 @@ def _trial(monkeypatch):
 F32 = dict(rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("route", ROUTES)
 @pytest.mark.parametrize("mode", ["time", "pool", "batch", "rbd", "explicit", "k=1", "k=n"])
 @pytest.mark.parametrize("M, n, n_out", [(1, 5, 3), (37, 50, 29), (64, 130, 77)])
-def test_cupy_primitives_match_float64_math(mode, M, n, n_out, monkeypatch):
+def test_cupy_primitives_match_float64_math(mode, M, n, n_out, route, monkeypatch):
     from onmt_structdrop import ops
     from onmt_structdrop.masks import mask_from_dense, sample_mask
-    be = _trial(monkeypatch)
+    be = _trial(monkeypatch, route)
     g = torch.Generator().manual_seed(M + n)
     if mode == "explicit":  # uneven values, one step keeping nothing
         dense = torch.rand(4, n, generator=g, dtype=torch.float64) * (torch.rand(4, n, generator=g) > 0.4)
         dense[1] = 0
         mask = mask_from_dense(dense)
     else:
-        p = {"k=1": 1 - 1 / n + 1e-6, "k=n": 0.0}.get(mode, 0.4)
+        p = {"k=1": 1 - 1 / n + 1e-6, "k=n": 1e-6}.get(mode, 0.4)  # p = 0 would draw no mask at all
         mask = sample_mask(mode if "=" not in mode else "time", p, n, 4, generator=g, batch=M, pool_size=2)
     mask = ops.pack(mask, torch.device("cuda"), torch.float32)
     dense = mask.dense(torch.float64)
@@ -176,7 +181,8 @@ def test_cupy_cell_matches_float64_autograd(B, H, monkeypatch):
     assert act is in_place
 
 
-def test_cupy_step_products_train_the_input_feed_decoder_as_torch_does(monkeypatch):
+@pytest.mark.parametrize("route", ROUTES)
+def test_cupy_step_products_train_the_input_feed_decoder_as_torch_does(route, monkeypatch):
     """The decoder's step products and cell on the cupy kernels give the torch backend's outputs and gradients."""
     from onmt_structdrop.functions import StepProduct
     from onmt_structdrop.masks import sample_mask
@@ -188,7 +194,7 @@ def test_cupy_step_products_train_the_input_feed_decoder_as_torch_does(monkeypat
     results = {}
     for name in ("torch", "cupy"):
         if name == "cupy":
-            _trial(monkeypatch)
+            _trial(monkeypatch, route)
         else:
             monkeypatch.setenv(ops.ENV, "torch")
         for t in [weight, *xs]:
@@ -201,12 +207,13 @@ def test_cupy_step_products_train_the_input_feed_decoder_as_torch_does(monkeypat
         torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("mode", ["time", "pool", "batch", "rbd", "tbd"])
-def test_cupy_layer_matches_the_float64_reference(mode, monkeypatch):
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("mode", ["time", "pool", "batch", "rbd", "tbd", "bernoulli"])
+def test_cupy_layer_matches_the_float64_reference(mode, route, monkeypatch):
     """StructDropLSTM on the cupy kernels (float32, two layers, both directions) against the CPU float64 reference
     with the same masks, gradients included; the kernels served the layer (not the torch backend)."""
     from onmt_structdrop.ops import cupy_backend
-    _trial(monkeypatch)
+    _trial(monkeypatch, route)
     served = []
     monkeypatch.setattr(cupy_backend, "lstm_layer_forward", _recording(cupy_backend.lstm_layer_forward, served))
     torch.manual_seed(1)
@@ -234,11 +241,12 @@ def _recording(function, calls):
     return recorded
 
 
-@pytest.mark.parametrize("mode", ["time", "pool"])
-def test_cupy_layer_graphs_equal_eager_runs(mode, monkeypatch):
+@pytest.mark.parametrize("route", ROUTES)
+@pytest.mark.parametrize("mode", ["time", "pool", "bernoulli"])
+def test_cupy_layer_graphs_equal_eager_runs(mode, route, monkeypatch):
     """The layer's CUDA graphs, replayed with new inputs and masks, give what eager runs give."""
     from onmt_structdrop.ops import cuda_graphs, cupy_backend
-    _trial(monkeypatch)
+    _trial(monkeypatch, route)
     monkeypatch.setattr(cupy_backend, "GRAPHS", cuda_graphs.GraphCache())
     model = StructDropLSTM(24, 40, 2, dropout=0.4, recurrent_dropout=0.3, bidirectional=True, mask_mode=mode).cuda()
     results = cuda_emulator.graphed_and_eager_runs(model, lambda: torch.randn(9, 5, 24, device="cuda"), monkeypatch)
@@ -246,3 +254,33 @@ def test_cupy_layer_graphs_equal_eager_runs(mode, monkeypatch):
         for a, e in zip(graphed, eager):
             torch.testing.assert_close(a, e, rtol=1e-6, atol=1e-6)
     assert cupy_backend.GRAPHS.captures >= 8 and len(cupy_backend.GRAPHS.graphs) >= 8
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_cupy_layer_in_half_precision_is_as_close_to_the_reference_as_the_torch_backend(dtype, monkeypatch):
+    """The cublas route in bfloat16 and float16 (cuBLAS products, the cell in torch): its error against the float64
+    reference with the same masks stays within a few times the torch backend's own error in that dtype."""
+    from onmt_structdrop import ops
+    from onmt_structdrop.ops import cupy_backend
+    torch.manual_seed(2)
+    model = StructDropLSTM(24, 40, 2, dropout=0.4, recurrent_dropout=0.3, bidirectional=True, mask_mode="time")
+    model = model.cuda().to(dtype)
+    x = torch.randn(9, 5, 24, device="cuda", dtype=dtype)
+    masks = model.sample_masks(9, 5)
+    errors, y_ref = {}, None
+    for backend in ("torch", "cupy"):
+        if backend == "cupy":
+            served = []
+            _trial(monkeypatch, "cublas")
+            monkeypatch.setattr(cupy_backend, "lstm_layer_forward", _recording(cupy_backend.lstm_layer_forward, served))
+        else:
+            monkeypatch.setenv(ops.ENV, "torch")
+        y, _ = model(x, masks=masks)
+        if y_ref is None:  # the masks as the layers applied them
+            params = {k: v.detach().double().cpu() for k, v in model.named_parameters()}
+            masks_ref = {"input": [m if m is None else m.cpu() for m in model.last_masks["input"]],
+                         "recurrent": [[m if m is None else m.cpu() for m in r] for r in model.last_masks["recurrent"]]}
+            y_ref, _ = reference_lstm(params, x.double().cpu(), masks_ref, num_layers=2, bidirectional=True)
+        errors[backend] = float((y.detach().double().cpu() - y_ref).abs().max())
+    assert served, "the cupy backend did not serve the layer"
+    assert errors["cupy"] <= 4 * errors["torch"] + 1e-3, errors

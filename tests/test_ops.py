@@ -15,16 +15,21 @@ import torch
 from onmt_structdrop import StructDropLSTM, ops
 from onmt_structdrop.functions import LSTMCellFunction, StepProduct
 from onmt_structdrop.masks import MASK_MODES, STRUCTURED_MODES, PatternOptions, mask_from_dense, sample_mask
+from onmt_structdrop.ops import cupy_backend
 from onmt_structdrop.reference import reference_lstm
 
 N, OUT, M = 9, 11, 4
 CPU = torch.device("cpu")
+BACKENDS = [*ops.BACKENDS, "cupy:kernels"]  # the cupy backend on each of its product routes (cublas first)
 
 
 def use(backend, monkeypatch, op, tensor, plan=None):
-    """Put ``backend`` first, or skip saying why it cannot serve ``op`` here."""
-    if backend == "cupy" and tensor.device.type == "cpu":
-        cuda_emulator.emulate(monkeypatch)
+    """Put ``backend`` first (``name:route`` for a cupy route), or skip saying why it cannot serve ``op`` here."""
+    backend, _, route = backend.partition(":")
+    if backend == "cupy":
+        monkeypatch.setenv(cupy_backend.ROUTE_ENV, route or "cublas")
+        if tensor.device.type == "cpu":
+            cuda_emulator.emulate(monkeypatch)
     ok, reason = ops.availability(backend)
     if not ok:
         pytest.skip(f"{backend} backend not available: {reason}")
@@ -56,7 +61,7 @@ def _structured(name, steps=6, n=N):
 MASKS = [m for m in STRUCTURED_MODES] + ["explicit", "k=1", "k=n"]
 
 
-@pytest.mark.parametrize("backend", ops.BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", MASKS)
 @pytest.mark.parametrize("batch", [M, 130])  # 130: the native products' library path (one gather, then MKL)
 def test_primitives_match_dense_math(backend, name, batch, monkeypatch):
@@ -85,7 +90,7 @@ def test_primitives_match_dense_math(backend, name, batch, monkeypatch):
         torch.testing.assert_close(dwt, 1 + 1.5 * (a * dense[t]).t() @ dout, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", ops.BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", MASKS + ["dense", "per-row", "none"])
 @pytest.mark.parametrize("OUT", [OUT, 300])  # 300: whole column blocks of the native products and a narrower one
 # the weight by rows (contiguous), by columns (nn.Linear's weight transposed) or neither (a strided view)
@@ -123,7 +128,7 @@ def test_sequence_products_match_dense_math(backend, name, OUT, layout, monkeypa
     assert be.sequence_backward(a, wt, mask, dout, need_input_grad=False)[0] is None
 
 
-@pytest.mark.parametrize("backend", ops.BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ["time", "batch", "explicit"])
 def test_step_products_sum_their_steps_gradients(backend, name, monkeypatch):
     g = torch.Generator().manual_seed(4)
@@ -152,7 +157,7 @@ def test_step_products_sum_their_steps_gradients(backend, name, monkeypatch):
         torch.testing.assert_close(x.grad, want, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("backend", ops.BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("H", [7, 37])  # 37: whole vectors of units and a remainder
 def test_cell_matches_autograd_of_its_equations(backend, dtype, H, monkeypatch):
@@ -216,7 +221,7 @@ def _max_errors(actual, expected):
     return [float((a.detach().double() - e).abs().max()) if a.numel() else 0.0 for a, e in zip(actual, expected)]
 
 
-@pytest.mark.parametrize("backend", ops.BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("mode,shape", list(itertools.product(MASK_MODES, SHAPES)))
 def test_layer_matches_reference(backend, dtype, mode, shape, monkeypatch):
@@ -277,6 +282,25 @@ def test_a_forced_backend_that_declines_a_plan_hands_it_on(monkeypatch):
 
 
 # ---- the hot path reads nothing back from a tensor --------------------------------------------------------
+@pytest.mark.parametrize("backend", ["cupy", "cupy:kernels"])
+@pytest.mark.parametrize("mode", ["time", "bernoulli"])
+def test_cupy_layer_multiplies_dense_masks_in(backend, mode, monkeypatch):
+    """Dense masks (``compact=False``, and ``bernoulli``'s per-row masks) on the cupy backend's graphed loops."""
+    T, B, n_in, H = 5, 3, 4, 6
+    torch.manual_seed(3)
+    model = StructDropLSTM(n_in, H, 2, dropout=0.5, recurrent_dropout=0.4, input_dropout=0.3, bidirectional=True,
+                           mask_mode=mode, compact=False).double()
+    g = torch.Generator().manual_seed(4)
+    x, h0, c0 = (torch.randn(*s, generator=g, dtype=torch.float64) for s in ((T, B, n_in), (4, B, H), (4, B, H)))
+    masks = model.sample_masks(T, B)
+    plan = ops.LayerPlan(ops.prepare(masks["recurrent"][0][0], CPU, torch.float64, compact=False), None, None, False)
+    assert plan.input_mask.dim() in (2, 3)
+    use(backend, monkeypatch, "lstm_layer", x, plan)
+    actual = _run(model, x, h0, c0, None, masks)
+    for a, e in zip(actual, _reference(model, x, h0, c0, None, model.last_masks)):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
+
+
 READ_BACKS = ("tolist", "item", "__int__", "__float__", "__bool__", "__index__", "numpy")
 
 
@@ -310,12 +334,12 @@ def test_layer_hot_path_reads_nothing_back_from_tensors(mode, monkeypatch):
 
 
 # ---- CUDA graphs of the cupy backend's layer loops (replayed by re-running them where there is no GPU) --------
-@pytest.mark.parametrize("mode", ["time", "batch", "pool"])
-def test_graph_replays_equal_eager_runs_with_new_masks_and_inputs(mode, monkeypatch):
+@pytest.mark.parametrize("route", cupy_backend.ROUTES)
+@pytest.mark.parametrize("mode", ["time", "batch", "pool", "bernoulli"])
+def test_graph_replays_equal_eager_runs_with_new_masks_and_inputs(mode, route, monkeypatch):
     """Calls after the first replay a captured graph with new inputs and masks copied into its static buffers; they
-    give what eager runs give, and a mask of another structure gets its own graph."""
-    from onmt_structdrop.ops import cupy_backend
-    use("cupy", monkeypatch, "lstm_layer", torch.zeros(1))
+    give what eager runs give; one graph per layer-direction and pass serves every draw."""
+    use(f"cupy:{route}", monkeypatch, "lstm_layer", torch.zeros(1))
     model = StructDropLSTM(6, 5, 2, dropout=0.4, recurrent_dropout=0.3, input_dropout=0.2, bidirectional=True,
                            mask_mode=mode).double()
     results = cuda_emulator.graphed_and_eager_runs(
@@ -323,8 +347,8 @@ def test_graph_replays_equal_eager_runs_with_new_masks_and_inputs(mode, monkeypa
     for graphed, eager in zip(results["1"], results["0"]):
         for a, e in zip(graphed, eager):
             torch.testing.assert_close(a, e, rtol=1e-12, atol=1e-12)
-    captures = cupy_backend.GRAPHS.captures  # 4 layer-directions x (forward, backward), once per mask structure
-    assert captures == 8 if mode in ("time", "batch") else captures >= 8
+    # 4 layer-directions x (forward, backward), captured at their second call and replayed at the third
+    assert cupy_backend.GRAPHS.captures == 8
 
 
 def test_a_graph_key_holds_every_host_value_a_capture_bakes_in():
@@ -332,7 +356,27 @@ def test_a_graph_key_holds_every_host_value_a_capture_bakes_in():
     from onmt_structdrop.ops import cuda_graphs
     mask = ops.pack(_structured("pool"), CPU, torch.float64)
     key = cuda_graphs.mask_key(mask)
-    assert key == cuda_graphs.mask_key(dataclasses.replace(mask, keep=mask.keep.flip(1)))  # tensors: copied in
-    for change in ({"step_sets": mask.step_sets[::-1]}, {"sizes": tuple(s - 1 for s in mask.sizes)},
-                   {"scale": mask.scale * 2}, {"values": torch.ones_like(mask.keep, dtype=torch.float64)}):
+    for same in ({"keep": mask.keep.flip(1)}, {"step_sets": mask.step_sets[::-1]},  # tensors: copied in; the
+                 {"sizes": tuple(s - 1 for s in mask.sizes)}, {"offsets": None}):  # sets: chosen on the device
+        assert cuda_graphs.mask_key(dataclasses.replace(mask, **same)) == key, same
+    for change in ({"scale": mask.scale * 2}, {"values": torch.ones_like(mask.keep, dtype=torch.float64)},
+                   {"n": mask.n + 1}):
         assert cuda_graphs.mask_key(dataclasses.replace(mask, **change)) != key, change
+
+
+def test_a_graph_is_captured_at_the_second_call_of_its_key():
+    """A key's first call runs eagerly, its second captures and replays; keys seen once never pay for a capture."""
+    from onmt_structdrop.ops import cuda_graphs
+    cache, calls = cuda_graphs.GraphCache(cuda_graphs.RerunGraph), []
+
+    def fn(x):
+        calls.append(x)
+        return (x * 2,)
+
+    for value in (1.0, 2.0, 3.0):
+        (out,) = cache.run("same shape", fn, (torch.tensor([value]),))
+        assert out.item() == 2 * value
+    assert cache.captures == 1
+    for key in range(5):  # a new key every call, as rbd widths change with every draw
+        cache.run(("width", key), fn, (torch.tensor([1.0]),))
+    assert cache.captures == 1 and len(calls) == 3 + 1 + 5  # eager, capture, two re-runs (RerunGraph), five eager

@@ -19,6 +19,7 @@ from .packed import PackedMask
 
 ENV = "ONMT_STRUCTDROP_CUDA_GRAPHS"
 MAX_GRAPHS = 32  # per cache; the least recently replayed graph goes first
+MAX_SEEN = 256  # keys seen once, remembered so that their second call captures
 
 
 def enabled():
@@ -59,21 +60,30 @@ class RerunGraph:
 
 
 def mask_key(mask):
-    """The host values a capture bakes in for ``mask`` (None, or a packed mask)."""
+    """The host values a capture bakes in for ``mask`` (None, or a packed mask). The layer loops pick each step's
+    kept set on the device (``cupy_backend.per_step``), so the grouping of steps into sets and the sets' sizes are
+    not among them: one graph serves every draw of a mode whose tensors keep their shapes."""
     if mask is None:
         return None
-    return (mask.n, tuple(mask.keep.shape), mask.values is None, mask.scale, mask.step_sets, mask.sizes,
-            mask.perm is None, mask.offsets, mask.strides)
+    if not isinstance(mask, PackedMask):  # a dense mask: a tensor, copied in
+        return "dense"
+    return (mask.n, mask.values is None, mask.scale)
 
 
 def mask_tensors(mask):
-    return () if mask is None else (mask.keep, mask.values, mask.step_set, mask.perm)
+    if mask is None:
+        return ()
+    if not isinstance(mask, PackedMask):
+        return (mask,)
+    return (mask.keep, mask.values, mask.step_set, mask.perm)
 
 
 def on_static(mask, tensors):
     """``mask`` reading its tensors from ``tensors`` (the static copies of :func:`mask_tensors`)."""
     if mask is None:
         return None
+    if not isinstance(mask, PackedMask):
+        return tensors[0]
     keep, values, step_set, perm = tensors
     return dataclasses.replace(mask, keep=keep, values=values, step_set=step_set, perm=perm)
 
@@ -83,15 +93,23 @@ def tensor_key(t):
 
 
 class GraphCache:
-    """Graphs by key. :meth:`run` replays ``fn(*tensors)`` (a flat tuple of tensors or None) from the graph
-    captured for ``key`` with ``tensors`` copied into its static buffers; it returns copies of the results."""
+    """Graphs by key. :meth:`run` computes ``fn(*tensors)`` (a flat tuple of tensors or None): the first call of
+    a key eagerly, and from its second call on by replaying the graph captured then, ``tensors`` copied into its
+    static buffers; it returns copies of the graph's results. A key that never comes back (a mask whose shapes
+    change with every draw, as ``rbd`` widths do) so never pays for a capture."""
 
     def __init__(self, make_graph=CudaGraph):
-        self.make_graph, self.graphs, self.captures = make_graph, OrderedDict(), 0
+        self.make_graph, self.graphs, self.seen, self.captures = make_graph, OrderedDict(), OrderedDict(), 0
 
     def run(self, key, fn, tensors):
         entry = self.graphs.get(key)
         if entry is None:
+            if key not in self.seen:
+                self.seen[key] = None
+                while len(self.seen) > MAX_SEEN:
+                    self.seen.popitem(last=False)
+                return fn(*tensors)
+            del self.seen[key]
             static = [None if t is None else t.clone() for t in tensors]
             graph = self.make_graph()
             outputs = graph.capture(lambda: fn(*static))
@@ -148,6 +166,5 @@ def graphed_layer_backward(cache, backward, plan, x, h0, c0, w_ih, w_hh, saved, 
 
 
 def uses_graphs(plan):
-    """Whether a layer call with ``plan`` runs through graphs (packed or no masks, padded sequences)."""
-    return enabled() and plan.batch_sizes is None and all(
-        m is None or isinstance(m, PackedMask) for m in (plan.input_mask, plan.recurrent_mask))
+    """Whether a layer call with ``plan`` runs through graphs (padded sequences)."""
+    return enabled() and plan.batch_sizes is None

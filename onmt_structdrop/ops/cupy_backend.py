@@ -2,17 +2,22 @@
 the package), compiled at run time by CuPy (``RawModule``, cached) and launched on torch's current stream, on
 torch tensors without copies (their device pointers are the kernels' arguments).
 
-What it serves, on float32 CUDA tensors: the seam's step primitives (kept products that read the weight's kept
-rows in place, the fused cell); sequence products with a packed mask (all steps' input products in one launch,
-each step with its own kept set); and whole layers of padded sequences with packed or no masks (the input
-products in one launch, then per step one recurrent kept product and one cell launch; the backward likewise;
-both replayed from CUDA graphs, :mod:`.cuda_graphs`).
-Dense masks and packed sequences go to the ``torch`` backend. The kernels have not yet been checked on a GPU
-against the reference (``tests/test_cuda.py``, run by ``scripts/gpu_check.sh``), so until they have, the
-backend serves only when ``ONMT_STRUCTDROP_CUPY=trial`` asks for it and declines otherwise. A missing CuPy or GPU
-is one log line (the backend is then unavailable). CI compiles every source with nvcc
-(``tests/test_cuda_sources.py``) and runs this module's code with the kernels computed in torch
-(``tests/cuda_emulator.py``).
+What it serves on CUDA tensors: the seam's step primitives (kept products, the fused cell); sequence products
+with a packed mask (all steps' input products at once, each step with its own kept set); and whole layers of
+padded sequences with packed or no masks (the input products of all steps at once, then per step one recurrent
+kept product and one cell launch; the backward likewise; both replayed from CUDA graphs, :mod:`.cuda_graphs`). Dense masks (``compact=False``, ``bernoulli``) are multiplied
+in on the same graphed loops; packed sequences go to the ``torch`` backend.
+
+The products take one of two routes (``ONMT_STRUCTDROP_CUPY_PRODUCTS``):
+- ``cublas`` (the default): a step's kept product reads a gathered copy of the kept weight rows with cuBLAS, and
+  the products of all steps run as one cuBLAS product of the masked inputs. Float32, bfloat16 and float16.
+- ``kernels``: the ``compact_matmul.cu`` kernels read the kept rows in place. Float32 only. On an H200 they reach
+  0.1-0.3 of the ideal (one output per thread, no tensor cores), below the gathered copy with cuBLAS; they stay
+  as the starting point of a tuned gathered product (docs/benchmarks.md, "GPU").
+Until ``scripts/gpu_check.sh`` has passed on a GPU for a release, the backend serves only when
+``ONMT_STRUCTDROP_CUPY=trial`` asks for it and declines otherwise. A missing CuPy or GPU is one log line (the
+backend is then unavailable). CI compiles every source with nvcc (``tests/test_cuda_sources.py``) and runs this
+module's code with the kernels computed in torch (``tests/cuda_emulator.py``).
 """
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ from .packed import PackedMask
 
 NAME = "cupy"
 TRIAL_ENV = "ONMT_STRUCTDROP_CUPY"
+ROUTE_ENV = "ONMT_STRUCTDROP_CUPY_PRODUCTS"
+ROUTES = ("cublas", "kernels")
 KERNELS = {
     "compact_matmul": ("gather_k_matmul", "gather_k_matmul_steps", "scatter_k_matmul_t", "scatter_k_matmul_t_steps",
                        "accumulate_k_weight"),
@@ -58,13 +65,23 @@ def available():
     return True, ""
 
 
+def route():
+    """How the products run: ``cublas`` or ``kernels`` (see the module's docstring)."""
+    value = os.environ.get(ROUTE_ENV, "cublas")
+    if value not in ROUTES:
+        raise ValueError(f"{ROUTE_ENV}={value!r} is not a product route; use one of: {', '.join(ROUTES)}")
+    return value
+
+
 def declines(op, device, dtype, plan=None):
     if device.type != "cuda":
         return f"tensors on {device}"
     if os.environ.get(TRIAL_ENV, "") != "trial":
         return f"its kernels have not been checked on a GPU yet ({TRIAL_ENV}=trial tries them)"
-    if dtype != torch.float32:
-        return f"its kernels are float32 only, not {dtype}"
+    if route() == "kernels" and dtype != torch.float32:
+        return f"its kernels are float32 only, not {dtype} ({ROUTE_ENV}=cublas serves {dtype})"
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return f"it computes in float32, bfloat16 and float16, not {dtype}"
     return plan_declines(op, plan)
 
 
@@ -78,8 +95,6 @@ def plan_declines(op, plan):
         return None
     if plan.batch_sizes is not None:
         return "packed sequences run on the torch backend so far"
-    if any(m is not None and not isinstance(m, PackedMask) for m in (plan.input_mask, plan.recurrent_mask)):
-        return "dense masks take the torch backend's masked-dense path"
     return None
 
 
@@ -149,7 +164,7 @@ def add_rows(dwt, keep, drows):
 
 def kept_product(out, a, keep, mult, rows, alpha=1.0):
     """``out += alpha * (a[:, K] * mult) @ rows[K]`` (``rows``: the whole ``wt``)."""
-    if not _written_in_place(out):
+    if route() == "cublas" or not _written_in_place(out):
         return torch_backend.kept_product(out, a, keep, mult, rows.index_select(0, keep), alpha)
     k, (M, n), n_out = keep.shape[0], a.shape, rows.shape[1]
     if k and M:
@@ -161,7 +176,7 @@ def kept_product(out, a, keep, mult, rows, alpha=1.0):
 
 def kept_input_grad(da, dout, keep, mult, rows, alpha=1.0):
     """``da[:, K] = alpha * mult * (dout @ rows[K]^T)``; the dropped columns are zeroed."""
-    if not _written_in_place(da):
+    if route() == "cublas" or not _written_in_place(da):
         return torch_backend.kept_input_grad(da, dout, keep, mult, rows.index_select(0, keep), alpha)
     da.zero_()
     k, (M, n_out), n = keep.shape[0], dout.shape, da.shape[1]
@@ -174,7 +189,7 @@ def kept_input_grad(da, dout, keep, mult, rows, alpha=1.0):
 
 def add_kept_rows_grad(dwt, a, dout, keep, mult, alpha=1.0):
     """``dwt[K] += alpha * (a[:, K] * mult)^T @ dout``; the other rows are not touched."""
-    if not _written_in_place(dwt):
+    if route() == "cublas" or not _written_in_place(dwt):
         return torch_backend.add_kept_rows_grad(dwt, a, dout, keep, mult, alpha)
     k, (M, n), n_out = keep.shape[0], a.shape, dout.shape[1]
     if k and M:
@@ -191,7 +206,7 @@ def kept_rows_grad(a, dout, keep, mult, alpha=1.0):
 
 def cell_forward(gates, c_prev, act=None, c=None, tanh_c=None, h=None):
     """As the torch backend's (gate order i, f, g, o), in one kernel; ``act`` may be ``gates``."""
-    if not _written_in_place(act, c, tanh_c, h):
+    if gates.dtype != torch.float32 or not _written_in_place(act, c, tanh_c, h):
         return torch_backend.cell_forward(gates, c_prev, act, c, tanh_c, h)
     act = gates.clone(memory_format=torch.contiguous_format) if act is None else (
         act if act is gates else act.copy_(gates))  # the kernel activates in place
@@ -208,7 +223,7 @@ def cell_forward(gates, c_prev, act=None, c=None, tanh_c=None, h=None):
 
 def cell_backward(act, c_prev, tanh_c, dh, dc, dgates=None):
     """As the torch backend's: returns ``dgates``; ``dc`` becomes the gradient of ``c_prev`` (in place)."""
-    if not _written_in_place(dc, dgates) or not act.is_contiguous():
+    if act.dtype != torch.float32 or not _written_in_place(dc, dgates) or not act.is_contiguous():
         return torch_backend.cell_backward(act, c_prev, tanh_c, dh, dc, dgates)
     dgates = torch.empty_like(act) if dgates is None else dgates
     B, H = c_prev.shape
@@ -220,11 +235,37 @@ def cell_backward(act, c_prev, tanh_c, dh, dc, dgates=None):
 
 
 # ---- sequences and the layer ---------------------------------------------------------------------------------
+def per_step(mask):
+    """``(keep, mult)`` of every step at the mask's full width: ``keep[t]`` the kept units of step ``t`` (padding
+    units carry multiplier 0), ``mult`` ``[T, k]`` or the float scale. Gathered on the device through
+    ``step_set``, so that a captured graph serves any grouping of steps into sets and any set sizes."""
+    keep = mask.keep.index_select(0, mask.step_set)
+    return keep, mask.scale if mask.values is None else mask.values.index_select(0, mask.step_set)
+
+
+def _step(kept, t):
+    keep, mult = kept
+    return keep[t], mult if isinstance(mult, float) else mult[t]
+
+
+def _masked(a, mask):
+    """``a`` ``[T, B, n]`` times each step's multipliers (0 on dropped units), as ``[T * B, n]``."""
+    return (a * mask.dense(a.dtype).unsqueeze(1)).flatten(0, 1)
+
+
 def _steps_product(out, a, wt, mask, bias):
-    """``out[t] = mask_t(a[t]) @ wt + bias`` for every step in one launch (``out`` ``[T, B, n_out]``)."""
+    """``out[t] = mask_t(a[t]) @ wt + bias`` for every step at once (``out`` ``[T, B, n_out]``)."""
     T, B, n = a.shape
     n_out = wt.shape[1]
-    if T and B:
+    if not (T and B):
+        return out
+    if route() == "cublas":
+        flat = out.view(T * B, n_out)
+        if bias is None:
+            torch.mm(_masked(a, mask), wt, out=flat)
+        else:
+            torch.addmm(bias, _masked(a, mask), wt, out=flat)
+    else:
         launch("compact_matmul", "gather_k_matmul_steps", (_blocks(n_out), _blocks(B), T), (TILE, TILE), a.device,
                a.contiguous(), wt, mask.keep, mask.values, mask.step_set, bias, out, *_sizes(B, n, n_out, mask.width),
                float(mask.scale))
@@ -232,8 +273,10 @@ def _steps_product(out, a, wt, mask, bias):
 
 
 def _steps_input_grad(dout, wt, mask, n):
-    """``da[t] = mask_t(dout[t] @ wt^T)`` for every step in one launch; the dropped columns are zero."""
+    """``da[t] = mask_t(dout[t] @ wt^T)`` for every step at once; the dropped columns are zero."""
     T, B, n_out = dout.shape
+    if route() == "cublas":
+        return dout.flatten(0, 1).mm(wt.t()).view(T, B, n).mul_(mask.dense(dout.dtype).unsqueeze(1))
     da = dout.new_zeros(T, B, n)
     if T and B and mask.width:
         launch("compact_matmul", "scatter_k_matmul_t_steps", (_blocks(mask.width), _blocks(B), T), (TILE, TILE),
@@ -243,11 +286,13 @@ def _steps_input_grad(dout, wt, mask, n):
 
 
 def _steps_weight_grad(dwt, a, dout, mask):
-    """``dwt[K_t] += (a[t][:, K_t] * mult_t)^T @ dout[t]`` for every step (one launch per step: kept sets that
-    overlap add into the same rows)."""
-    for t, g in enumerate(mask.step_sets):
-        keep, mult = mask.kept(g)
-        add_kept_rows_grad(dwt, a[t], dout[t], keep, mult)
+    """``dwt[K_t] += (a[t][:, K_t] * mult_t)^T @ dout[t]`` for every step (kernels: one launch per step, as kept
+    sets that overlap add into the same rows)."""
+    if route() == "cublas":
+        return dwt.addmm_(_masked(a, mask).t(), dout.flatten(0, 1))
+    kept = per_step(mask)
+    for t in range(a.shape[0]):
+        add_kept_rows_grad(dwt, a[t], dout[t], *_step(kept, t))
     return dwt
 
 
@@ -266,16 +311,17 @@ def sequence_backward(a, wt, mask, dout, need_input_grad=True, saved=()):
 
 
 def _products(a, wt, mask, bias):
-    """``out[t] = mask_t(a[t]) @ wt + bias``: these kernels for a packed mask, one torch product for none."""
-    if mask is None:
-        return torch_backend.sequence_product(a, wt, None, bias)[0]
+    """``out[t] = mask_t(a[t]) @ wt + bias``: this backend's for a packed mask, one torch product for a dense mask
+    (multiplied in) or none."""
+    if not isinstance(mask, PackedMask):
+        return torch_backend.sequence_product(a, wt, mask, bias)[0]
     return sequence_product(a, wt, mask, bias)[0]
 
 
 def _product_grads(a, wt, mask, dout, need_input_grad):
     """The gradients of :func:`_products` as ``(da or None, dwt)``."""
-    if mask is None:
-        return torch_backend.sequence_backward(a, wt, None, dout, need_input_grad)
+    if not isinstance(mask, PackedMask):
+        return torch_backend.sequence_backward(a, wt, mask, dout, need_input_grad)
     return sequence_backward(a, wt, mask, dout, need_input_grad)
 
 
@@ -283,12 +329,34 @@ def _order(T, reverse):
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-def _recurrent_product(gates_t, h, wt, mask, t):
-    """``gates_t += (r_t * h) @ wt`` in place."""
-    if mask is None:
-        return gates_t.addmm_(h, wt)
-    keep, mult = mask.kept(mask.step_sets[t])
-    return kept_product(gates_t, h, keep, mult, wt)
+class _Recurrent:
+    """The per-step recurrent product ``(r_t * h) @ W_hh^T`` and its input gradient: kept for a packed mask, the
+    mask multiplied in for a dense one (``[T, n]`` or ``[T, B, n]``)."""
+
+    def __init__(self, wt, mask):
+        self.wt, self.mask = wt, mask
+        packed = isinstance(mask, PackedMask)
+        self.kept = per_step(mask) if packed else None
+        # one kept set for every step (batch mode) on the cublas route: its rows gathered once per call
+        self.rows = (wt.index_select(0, mask.keep[0]) if packed and mask.num_sets == 1 and route() == "cublas"
+                     else None)
+
+    def product(self, gates_t, h, t):
+        """``gates_t += (r_t * h) @ wt`` in place."""
+        if self.kept is None:
+            return gates_t.addmm_(h if self.mask is None else h * self.mask[t], self.wt)
+        if self.rows is not None:
+            return torch_backend.kept_product(gates_t, h, *_step(self.kept, t), self.rows)
+        return kept_product(gates_t, h, *_step(self.kept, t), self.wt)
+
+    def input_grad(self, dh, dgates_t, t):
+        """``d(h_prev)`` from the gates' gradient (into ``dh`` where the route writes in place); dropped units: 0."""
+        if self.kept is None:
+            dh = dgates_t.mm(self.wt.t())
+            return dh if self.mask is None else dh.mul_(self.mask[t])
+        if self.rows is not None:
+            return torch_backend.kept_input_grad(dh, dgates_t, *_step(self.kept, t), self.rows)
+        return kept_input_grad(dh, dgates_t, *_step(self.kept, t), self.wt)
 
 
 GRAPHS = cuda_graphs.GraphCache()  # the layer loops' CUDA graphs (see cuda_graphs)
@@ -319,9 +387,10 @@ def _layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan):
     gates = _products(x, wih_t, plan.input_mask, bias)  # contiguous [T, B, 4H]: the steps work in place on it
     y, cells, tanh_cells = (x.new_empty(T, B, H) for _ in range(3))
     h, c = h0.contiguous(), c0.contiguous()
+    recurrent = _Recurrent(whh_t, plan.recurrent_mask)
     for t in _order(T, plan.reverse):
         G = gates[t]
-        _recurrent_product(G, h, whh_t, plan.recurrent_mask, t)
+        recurrent.product(G, h, t)
         cell_forward(G, c, act=G, c=cells[t], tanh_c=tanh_cells[t], h=y[t])  # activated in place
         h, c = y[t], cells[t]
     return y, h.clone(), c.clone(), (gates, y, cells, tanh_cells, wih_t, whh_t)
@@ -337,19 +406,15 @@ def _layer_backward(plan, x, h0, c0, w_ih, w_hh, saved, dy, dh_n, dc_n, needs):
     dh = dh_n.clone() if dh_n is not None else x.new_zeros(B, H)
     dc = dc_n.clone() if dc_n is not None else x.new_zeros(B, H)
     dgates = x.new_empty(T, B, 4 * H)
-    rec = plan.recurrent_mask
+    recurrent = _Recurrent(whh_t, plan.recurrent_mask)
     for t in _order(T, not plan.reverse):
         if dy is not None:
             dh.add_(dy[t])
         cell_backward(act[t], c_prev[t], tanh_cells[t], dh, dc, dgates=dgates[t])
-        if rec is None:
-            dh = dgates[t].mm(whh_t.t())
-        else:
-            keep, mult = rec.kept(rec.step_sets[t])
-            kept_input_grad(dh, dgates[t], keep, mult, whh_t)
+        dh = recurrent.input_grad(dh, dgates[t], t)
 
     need_x, need_h0, need_c0, need_bias = needs
     dx, dwih_t = _product_grads(x.contiguous(), wih_t, plan.input_mask, dgates, need_x)
-    _, dwhh_t = _product_grads(torch.stack(h_prev), whh_t, rec, dgates, False)
+    _, dwhh_t = _product_grads(torch.stack(h_prev), whh_t, plan.recurrent_mask, dgates, False)
     db = dgates.sum(dim=(0, 1)) if need_bias else None
     return dx, dh if need_h0 else None, dc if need_c0 else None, dwih_t.t(), dwhh_t.t(), db

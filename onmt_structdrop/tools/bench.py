@@ -131,8 +131,18 @@ def _results(medians, peaks, base_key="vs_nn_lstm"):
 
 
 def device_name(device):
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else (
-        f"{cpu_name()}, {torch.get_num_threads()} threads")
+    """The device, and on CUDA whether float32 products may run on TF32 tensor cores (torch's switches)."""
+    if device.type != "cuda":
+        return f"{cpu_name()}, {torch.get_num_threads()} threads"
+    on_off = lambda flag: "on" if flag else "off"  # noqa: E731
+    return (f"{torch.cuda.get_device_name(device)} (float32 products on TF32: cuBLAS "
+            f"{on_off(torch.backends.cuda.matmul.allow_tf32)}, cuDNN {on_off(torch.backends.cudnn.allow_tf32)})")
+
+
+def set_tf32(choice):
+    """``--tf32``: ``torch`` leaves torch's defaults (cuBLAS off, cuDNN on); ``on``/``off`` set both alike."""
+    if choice != "torch":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = choice == "on"
 
 
 def time_callables(runs, repeats, warmup, device):
@@ -158,21 +168,47 @@ def time_callables(runs, repeats, warmup, device):
     return {name: statistics.median(ts) for name, ts in times.items()}, peaks
 
 
-def time_variants(variants, x, args, device):
-    def step(model):
-        x.grad = None
-        out = model(x)
-        if isinstance(out, tuple):  # an LSTM: output and final states
-            out, (h, _) = out
-            out = out.float().square().mean() + h.float().mean()
-        else:
-            out = out.float().square().mean()
-        out.backward()
+def train_step(model, x):
+    """One forward and backward of ``model`` on ``x`` (an LSTM's output and final state, or a projection's)."""
+    x.grad = None
+    out = model(x)
+    if isinstance(out, tuple):  # an LSTM: output and final states
+        out, (h, _) = out
+        out = out.float().square().mean() + h.float().mean()
+    else:
+        out = out.float().square().mean()
+    out.backward()
 
+
+def time_variants(variants, x, args, device):
     for model in variants.values():
         model.train()
-    return time_callables({name: (lambda m=model: step(m)) for name, model in variants.items()}, args.repeats,
-                          args.warmup, device)
+    return time_callables({name: (lambda m=model: train_step(m, x)) for name, model in variants.items()},
+                          args.repeats, args.warmup, device)
+
+
+def profile_variants(variants, x, device, top):
+    """Print, per variant, the ``top`` operations by their own time in one forward+backward (CUDA kernels on a
+    GPU, CPU operators otherwise) and how much of the step's wall time the device was busy."""
+    from torch.profiler import ProfilerActivity, profile
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    kind = "cpu"
+    for name, model in variants.items():
+        for _ in range(2):  # the second call of a shape replays its CUDA graphs
+            train_step(model, x)
+        sync()
+        with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
+            start = time.perf_counter()
+            train_step(model, x)
+            sync()
+            wall = time.perf_counter() - start
+        events = prof.key_averages()
+        if cuda:  # torch before 2.4 names the device time cuda
+            kind = "device" if hasattr(events[0], "self_device_time_total") else "cuda"
+        busy = sum(getattr(e, f"self_{kind}_time_total") for e in events) / 1e3
+        print(f"\nprofile of {name}: {kind} busy {busy:.2f} ms of {wall * 1e3:.2f} ms wall (profiled)")
+        print(events.table(sort_by=f"self_{kind}_time_total", row_limit=top, max_name_column_width=70))
 
 
 def run(args, device, dtype):
@@ -183,6 +219,8 @@ def run(args, device, dtype):
         model.to(dtype)
     x = torch.randn(args.seq, args.batch, args.input_size, device=device, dtype=dtype, requires_grad=True)
     medians, peaks = time_variants(variants, x, args, device)
+    if args.profile:
+        profile_variants(variants, x, device, args.profile)
     results = _results(medians, peaks)
     structured = [r for r in results if r["variant"].startswith("structured")]
     best = max(structured, key=lambda r: r["vs_nn_lstm"]) if structured else None
@@ -275,7 +313,12 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--tf32", choices=["torch", "on", "off"], default="torch",
+                        help="float32 on CUDA: may cuBLAS and cuDNN use TF32 tensor cores (torch: its defaults, "
+                             "cuBLAS off and cuDNN on, so nn.LSTM uses them and the products do not)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="also profile one step of each variant and print its N costliest operations")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     args.input_size = args.input_size or args.hidden
@@ -289,8 +332,13 @@ def main(argv=None):
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.plot and not args.rates:
         parser.error("--plot needs --rates")
+    for name in args.backends or []:
+        ok, reason = ops.availability(name)
+        if not ok:
+            parser.error(f"--backends {name}: that backend is not available here ({reason})")
     if args.threads:
         torch.set_num_threads(args.threads)
+    set_tf32(args.tf32)
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype)
 
