@@ -64,3 +64,19 @@ def test_ideal_ratio_counts_kept_units():
 def test_bad_rates_are_named(argv, match):
     with pytest.raises(ValueError, match=match):
         bench.main(argv)
+
+
+def test_profile_prints_each_variants_costliest_operations(capsys):
+    bench.main(["--hidden", "8", "--batch", "2", "--seq", "3", "--repeats", "1", "--warmup", "0", "--modes", "time",
+                "--output-size", "0", "--profile", "3"])
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("nn.LSTM", "dense masks", "structured"))]
+    assert rows and out.count("profile of ") == len(rows)  # one profile per timed variant
+    assert "profile of structured time [torch]" in out and "Self CPU time total" in out
+
+
+def test_an_unavailable_backend_is_one_line(capsys, monkeypatch):
+    monkeypatch.setattr(bench.ops, "availability", lambda name: (False, "no CUDA device"))
+    with pytest.raises(SystemExit):
+        bench.main(["--backends", "cupy"])
+    assert "--backends cupy: that backend is not available here (no CUDA device)" in capsys.readouterr().err

@@ -188,14 +188,14 @@ def time_variants(variants, x, args, device):
 
 
 def profile_variants(variants, x, device, top):
-    """Print, per variant, the ``top`` operations by their own time in one forward+backward (CUDA kernels on a
-    GPU, CPU operators otherwise) and how much of the step's wall time the device was busy."""
+    """Print, per variant, the ``top`` operations by their own time in one forward+backward (operators and CUDA
+    kernels on a GPU, whose table ends with the device's total; CPU operators otherwise) beside the step's wall
+    time under the profiler."""
     from torch.profiler import ProfilerActivity, profile
     cuda = device.type == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    kind = "cpu"
     for name, model in variants.items():
-        for _ in range(2):  # the second call of a shape replays its CUDA graphs
+        for _ in range(2):  # the second call of a shape captures its CUDA graphs, later ones replay them
             train_step(model, x)
         sync()
         with profile(activities=[ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])) as prof:
@@ -204,10 +204,10 @@ def profile_variants(variants, x, device, top):
             sync()
             wall = time.perf_counter() - start
         events = prof.key_averages()
+        kind = "cpu"
         if cuda:  # torch before 2.4 names the device time cuda
             kind = "device" if hasattr(events[0], "self_device_time_total") else "cuda"
-        busy = sum(getattr(e, f"self_{kind}_time_total") for e in events) / 1e3
-        print(f"\nprofile of {name}: {kind} busy {busy:.2f} ms of {wall * 1e3:.2f} ms wall (profiled)")
+        print(f"\nprofile of {name}: {wall * 1e3:.2f} ms wall under the profiler")
         print(events.table(sort_by=f"self_{kind}_time_total", row_limit=top, max_name_column_width=70))
 
 
