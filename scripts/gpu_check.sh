@@ -118,10 +118,9 @@ fi
 part "set-up" 60 set_up
 part "versions" 20 versions
 part "GPU tests" 90 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_cuda_sources.py
-# the cupy backend serves only when asked (ONMT_STRUCTDROP_CUPY=trial) until these runs have checked it; its rows
-# are labelled [cupy] beside the torch backend's. Its products take the cublas route unless
+# the cupy backend's rows are labelled [cupy] beside the torch backend's. Its products take the cublas route unless
 # ONMT_STRUCTDROP_CUPY_PRODUCTS=kernels; float32 products run as torch sets TF32 (cuBLAS off, cuDNN on) unless --tf32
-CUPY=(env ONMT_STRUCTDROP_CUPY=trial)
+CUPY=(env ONMT_STRUCTDROP_CUPY=on)  # whatever the machine's environment says
 BENCH=("$PY" -m onmt_structdrop.tools.bench --device "$DEVICE" "${LAYER[@]}" --dropout 0.5 --recurrent-dropout 0.5)
 part "layer, float32" 60 "${CUPY[@]}" "${BENCH[@]}" --json "$OUT/layer_float32.json"
 part "layer, float32, TF32 for cuBLAS and cuDNN" 40 "${CUPY[@]}" "${BENCH[@]}" --tf32 on --modes time batch \

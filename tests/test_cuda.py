@@ -106,14 +106,14 @@ def test_lstm_pointwise_kernels_match_the_cpu_function():
     torch.testing.assert_close(dc_prev.cpu(), C.grad, rtol=1e-5, atol=1e-6)
 
 
-# ---- the cupy backend's primitives (ONMT_STRUCTDROP_CUPY=trial) against float64 math --------------------------
+# ---- the cupy backend's primitives against float64 math --------------------------
 ROUTES = ("cublas", "kernels")  # cupy_backend.ROUTES: its product routes
 
 
 def _trial(monkeypatch, route="cublas"):
     _cupy_or_skip()
     from onmt_structdrop import ops
-    monkeypatch.setenv("ONMT_STRUCTDROP_CUPY", "trial")
+    monkeypatch.setenv("ONMT_STRUCTDROP_CUPY", "on")
     monkeypatch.setenv("ONMT_STRUCTDROP_CUPY_PRODUCTS", route)
     monkeypatch.setenv(ops.ENV, "cupy")
     ops.availability.cache_clear()

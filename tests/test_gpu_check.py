@@ -10,8 +10,10 @@ import pytest
 
 pytest.importorskip("onmt")
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ["set-up", "versions", "GPU tests", "layer, float32", "layer, bfloat16", "layer, float32, cupy without graphs",
-         "kept products", "OpenNMT-py step", "OpenNMT-py step, cupy step products"]
+PARTS = ["set-up", "versions", "GPU tests", "layer, float32", "layer, float32, TF32 for cuBLAS and cuDNN",
+         "layer, float32, no TF32", "layer, bfloat16", "layer, float32, cupy kernels route",
+         "layer, float32, cupy without graphs", "profile, time mode", "profile, time mode, cupy without graphs",
+         "kept products, cupy kernels route", "OpenNMT-py step, cupy step products", "OpenNMT-py step"]
 
 
 def test_the_gpu_check_rehearses_on_the_cpu(tmp_path):
@@ -25,5 +27,5 @@ def test_the_gpu_check_rehearses_on_the_cpu(tmp_path):
     assert statuses == [(part, "0") for part in PARTS], summary[:2000]
     assert "| OpenNMT-py | 3.5.1 |" in summary and "ideal" in summary
     files = {p.name for p in (tmp_path / "out").iterdir()}
-    assert files == {"summary.md", "log.txt", "layer_float32.json", "layer_bfloat16.json", "layer_float32_eager.json",
+    assert files == {"summary.md", "log.txt", "layer_float32.json", "layer_bfloat16.json", "layer_float32_tf32.json",
                      "products.json", "nmt_step.json", "nmt_step_cupy.json"}  # at most 8 come back from a lent machine

@@ -301,6 +301,22 @@ def test_cupy_layer_multiplies_dense_masks_in(backend, mode, monkeypatch):
         torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-10)
 
 
+def test_cupy_leaves_sequence_products_of_few_kept_sets_to_the_torch_backend():
+    """On an H200 the torch backend's one gather per call (batch) and permuted copy (pool) ran the output layer's
+    products faster than the cupy backend; a fresh set per step (time) and strided sets (rbd) ran faster on cupy."""
+    for mode, served in [("time", True), ("rbd", True), ("tbd", True), ("batch", False), ("pool", False)]:
+        mask = ops.prepare(sample_mask(mode, 0.5, 1024, 50), CPU, torch.float32)  # the measured shape
+        assert (cupy_backend.plan_declines("sequence", mask) is None) == served, mode
+        assert cupy_backend.plan_declines("lstm_layer", ops.LayerPlan(mask, mask, None, False)) is None, mode
+
+
+def test_cupy_is_switched_off_by_its_variable(monkeypatch):
+    monkeypatch.setenv(cupy_backend.SWITCH_ENV, "off")
+    assert cupy_backend.declines("primitives", torch.device("cuda"), torch.float32) == "ONMT_STRUCTDROP_CUPY=off"
+    monkeypatch.delenv(cupy_backend.SWITCH_ENV)
+    assert cupy_backend.declines("primitives", torch.device("cuda"), torch.float32) is None
+
+
 READ_BACKS = ("tolist", "item", "__int__", "__float__", "__bool__", "__index__", "numpy")
 
 

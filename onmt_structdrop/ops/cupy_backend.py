@@ -14,9 +14,8 @@ The products take one of two routes (``ONMT_STRUCTDROP_CUPY_PRODUCTS``):
 - ``kernels``: the ``compact_matmul.cu`` kernels read the kept rows in place. Float32 only. On an H200 they reach
   0.1-0.3 of the ideal (one output per thread, no tensor cores), below the gathered copy with cuBLAS; they stay
   as the starting point of a tuned gathered product (docs/benchmarks.md, "GPU").
-Until ``scripts/gpu_check.sh`` has passed on a GPU for a release, the backend serves only when
-``ONMT_STRUCTDROP_CUPY=trial`` asks for it and declines otherwise. A missing CuPy or GPU is one log line (the
-backend is then unavailable). CI compiles every source with nvcc (``tests/test_cuda_sources.py``) and runs this
+``scripts/gpu_check.sh`` checks all of it on a GPU (docs/benchmarks.md, "GPU"). ``ONMT_STRUCTDROP_CUPY=off``
+makes the backend decline everything. A missing CuPy or GPU is one log line (the backend is then unavailable). CI compiles every source with nvcc (``tests/test_cuda_sources.py``) and runs this
 module's code with the kernels computed in torch (``tests/cuda_emulator.py``).
 """
 from __future__ import annotations
@@ -31,7 +30,7 @@ from . import cuda_graphs, torch_backend
 from .packed import PackedMask
 
 NAME = "cupy"
-TRIAL_ENV = "ONMT_STRUCTDROP_CUPY"
+SWITCH_ENV = "ONMT_STRUCTDROP_CUPY"
 ROUTE_ENV = "ONMT_STRUCTDROP_CUPY_PRODUCTS"
 ROUTES = ("cublas", "kernels")
 KERNELS = {
@@ -76,8 +75,8 @@ def route():
 def declines(op, device, dtype, plan=None):
     if device.type != "cuda":
         return f"tensors on {device}"
-    if os.environ.get(TRIAL_ENV, "") != "trial":
-        return f"its kernels have not been checked on a GPU yet ({TRIAL_ENV}=trial tries them)"
+    if os.environ.get(SWITCH_ENV, "on") == "off":
+        return f"{SWITCH_ENV}=off"
     if route() == "kernels" and dtype != torch.float32:
         return f"its kernels are float32 only, not {dtype} ({ROUTE_ENV}=cublas serves {dtype})"
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -90,7 +89,12 @@ def plan_declines(op, plan):
     if op == "primitives":
         return None
     if op == "sequence":
-        return None if isinstance(plan, PackedMask) else "without a packed mask it is one torch product"
+        if not isinstance(plan, PackedMask):
+            return "without a packed mask it is one torch product"
+        how = torch_backend.layout(plan)
+        if how in ("one gather per call", "slices of one permuted copy"):  # batch, pool: faster there on an H200
+            return f"the torch backend's {how} runs these few kept sets faster"
+        return None
     if plan is None:
         return None
     if plan.batch_sizes is not None:
