@@ -1,10 +1,11 @@
-"""CUDA graphs of the cupy backend's layer loops: a layer's forward (or backward) is captured once per shape and
-mask structure and then replayed, so that its per-step kernel launches cost one graph launch.
+"""CUDA graphs of the cupy backend's layer loops: a layer's forward (or backward) is captured once per shape, at
+that shape's second call, and then replayed, so that its per-step kernel launches cost one graph launch.
 
 A capture bakes in every pointer and every host value it saw. So the tensors a call reads (inputs, the masks'
-kept units and multipliers, what the forward saved) are copied into the graph's static buffers before each replay,
-the host values (shapes, each step's kept set, set sizes, scales, which weights) are the graph's key, and the
-results are copied out of the graph's memory, so that a later replay cannot overwrite what autograd still holds.
+kept units and multipliers or dense values, what the forward saved) are copied into the graph's static buffers
+before each replay, the host values (shapes, scales, which weights) are the graph's key, and the results are
+copied out of the graph's memory, so that a later replay cannot overwrite what autograd still holds. The loops
+pick each step's kept set on the device, so the grouping of steps into sets is not a host value of the capture.
 ``ONMT_STRUCTDROP_CUDA_GRAPHS=0`` runs the loops eagerly instead.
 """
 from __future__ import annotations

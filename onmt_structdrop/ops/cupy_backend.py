@@ -3,19 +3,21 @@ the package), compiled at run time by CuPy (``RawModule``, cached) and launched 
 torch tensors without copies (their device pointers are the kernels' arguments).
 
 What it serves on CUDA tensors: the seam's step primitives (kept products, the fused cell); sequence products
-with a packed mask (all steps' input products at once, each step with its own kept set); and whole layers of
-padded sequences with packed or no masks (the input products of all steps at once, then per step one recurrent
-kept product and one cell launch; the backward likewise; both replayed from CUDA graphs, :mod:`.cuda_graphs`). Dense masks (``compact=False``, ``bernoulli``) are multiplied
-in on the same graphed loops; packed sequences go to the ``torch`` backend.
+with a packed mask whose kept set changes with the step (all steps' input products at once); and whole layers
+of padded sequences (the input products of all steps at once, then per step one recurrent kept product and one
+cell launch; the backward likewise; both replayed from CUDA graphs, :mod:`.cuda_graphs`). Dense masks
+(``compact=False``, ``bernoulli``) are multiplied in on the same graphed loops; packed sequences go to the
+``torch`` backend.
 
 The products take one of two routes (``ONMT_STRUCTDROP_CUPY_PRODUCTS``):
 - ``cublas`` (the default): a step's kept product reads a gathered copy of the kept weight rows with cuBLAS, and
   the products of all steps run as one cuBLAS product of the masked inputs. Float32, bfloat16 and float16.
 - ``kernels``: the ``compact_matmul.cu`` kernels read the kept rows in place. Float32 only. On an H200 they reach
   0.1-0.3 of the ideal (one output per thread, no tensor cores), below the gathered copy with cuBLAS; they stay
-  as the starting point of a tuned gathered product (docs/benchmarks.md, "GPU").
-``scripts/gpu_check.sh`` checks all of it on a GPU (docs/benchmarks.md, "GPU"). ``ONMT_STRUCTDROP_CUPY=off``
-makes the backend decline everything. A missing CuPy or GPU is one log line (the backend is then unavailable). CI compiles every source with nvcc (``tests/test_cuda_sources.py``) and runs this
+  as the starting point of a tuned gathered product.
+``scripts/gpu_check.sh`` checks all of it on a GPU (figures in docs/benchmarks.md, "GPU").
+``ONMT_STRUCTDROP_CUPY=off`` makes the backend decline everything. A missing CuPy or GPU is one log line (the
+backend is then unavailable). CI compiles every source with nvcc (``tests/test_cuda_sources.py``) and runs this
 module's code with the kernels computed in torch (``tests/cuda_emulator.py``).
 """
 from __future__ import annotations
