@@ -11,6 +11,8 @@
 #
 #   scripts/gpu_check.sh [OUT]           OUT: default $OUT, else runs/gpu_check
 #   DEVICE=cpu scripts/gpu_check.sh      rehearses it here, at small sizes (every part but the GPU's own runs)
+#   ONLY='tests|profile' scripts/gpu_check.sh   runs only the parts whose names match (a bash regex; set-up and
+#                                              versions always run): a second, shorter call within one lease
 #
 # Env: PY (python3), WHEELS (.whl), SITE (where the wheels and this package are installed, /tmp/onmt_structdrop_site).
 set -uo pipefail
@@ -46,6 +48,11 @@ write_summary() {
 part() {  # part NAME SECONDS COMMAND...: its stdout goes to the summary, its stderr to the log
     local name=$1 limit=$2 start=$SECONDS rc
     shift 2
+    if [[ -n ${ONLY:-} && $name != set-up && $name != versions && ! $name =~ $ONLY ]]; then
+        parts+=("| $name | not run (ONLY) | 0 s |")
+        write_summary
+        return 0
+    fi
     echo "== $name" | tee -a "$LOG" >&2
     timeout "$limit" bash -c '"$@"' part "$@" > "$PART" 2>> "$LOG"  # bash -c: a function too
     rc=$?

@@ -29,3 +29,15 @@ def test_the_gpu_check_rehearses_on_the_cpu(tmp_path):
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert files == {"summary.md", "log.txt", "layer_float32.json", "layer_bfloat16.json", "layer_float32_tf32.json",
                      "products.json", "nmt_step.json", "nmt_step_cupy.json"}  # at most 8 come back from a lent machine
+
+
+def test_only_runs_the_parts_it_names(tmp_path):
+    env = dict(os.environ, DEVICE="cpu", PY=sys.executable, SITE=str(tmp_path / "site"), ONLY="^versions$")
+    result = subprocess.run(["bash", "scripts/gpu_check.sh", str(tmp_path / "out")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = (tmp_path / "out" / "summary.md").read_text()
+    statuses = dict(re.findall(r"^\| (.+?) \| ([^|]+?) \| \d+ s \|$", summary, re.M))
+    assert list(statuses) == PARTS
+    assert statuses["set-up"] == statuses["versions"] == "0"  # always run
+    assert all(statuses[part] == "not run (ONLY)" for part in PARTS[2:])
