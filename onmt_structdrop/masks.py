@@ -118,8 +118,7 @@ def sample_time(p, n, steps, generator=None):
     # the k smallest of uniform draws per step: a uniform random k-subset. numpy's partition finds them in linear
     # time (the same units as a full sort: draws do not tie), several times faster than torch's sort on the CPU
     draws = torch.rand(steps, n, generator=generator).numpy()
-    smallest = numpy.argpartition(draws, k - 1, axis=1)[:, :k] if k < n else numpy.tile(numpy.arange(n), (steps, 1))
-    keep = torch.from_numpy(numpy.sort(smallest, axis=1))
+    keep = torch.from_numpy(numpy.sort(numpy.argpartition(draws, k - 1, axis=1)[:, :k], axis=1))
     keeps = list(keep.unbind(0))
     return StructuredMask(n, steps, keeps, _single_groups(keeps), scale=n / k)
 

@@ -22,6 +22,11 @@ DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
 WHEELS=${WHEELS:-.whl}
 SITE=${SITE:-/tmp/onmt_structdrop_site}
+[[ x =~ ${ONLY:-x} ]]
+if [[ $? == 2 ]]; then
+    echo "ONLY=$ONLY is not a valid regular expression (bash =~); name the parts, e.g. ONLY='GPU tests|profile'" >&2
+    exit 2
+fi
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 LOG=$OUT/log.txt

@@ -80,3 +80,9 @@ def test_an_unavailable_backend_is_one_line(capsys, monkeypatch):
     with pytest.raises(SystemExit):
         bench.main(["--backends", "cupy"])
     assert "--backends cupy: that backend is not available here (no CUDA device)" in capsys.readouterr().err
+
+
+def test_a_negative_profile_count_is_one_line(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--profile", "-1"])
+    assert "--profile must be >= 0 (0: no profile), got -1" in capsys.readouterr().err

@@ -41,3 +41,11 @@ def test_only_runs_the_parts_it_names(tmp_path):
     assert list(statuses) == PARTS
     assert statuses["set-up"] == statuses["versions"] == "0"  # always run
     assert all(statuses[part] == "not run (ONLY)" for part in PARTS[2:])
+
+
+def test_an_invalid_only_pattern_is_one_line(tmp_path):
+    env = dict(os.environ, DEVICE="cpu", PY=sys.executable, ONLY="(")
+    result = subprocess.run(["bash", "scripts/gpu_check.sh", str(tmp_path / "out")], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "ONLY=( is not a valid regular expression" in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing run, nothing written

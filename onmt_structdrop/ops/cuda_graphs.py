@@ -61,9 +61,9 @@ class RerunGraph:
 
 
 def mask_key(mask):
-    """The host values a capture bakes in for ``mask`` (None, or a packed mask). The layer loops pick each step's
-    kept set on the device (``cupy_backend.per_step``), so the grouping of steps into sets and the sets' sizes are
-    not among them: one graph serves every draw of a mode whose tensors keep their shapes."""
+    """The host values a capture bakes in for ``mask`` (None, a packed mask or a dense one). The layer loops pick
+    each step's kept set on the device (``cupy_backend.per_step``), so the grouping of steps into sets and the
+    sets' sizes are not among them: one graph serves every draw of a mode whose tensors keep their shapes."""
     if mask is None:
         return None
     if not isinstance(mask, PackedMask):  # a dense mask: a tensor, copied in

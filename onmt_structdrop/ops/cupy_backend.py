@@ -160,8 +160,9 @@ def _written_in_place(*tensors):
 
 
 def kept_rows(wt, keep):
-    """``wt`` itself (contiguous): the products below read its kept rows through ``keep``."""
-    return wt.contiguous()
+    """What the products below read as ``rows``: ``wt[K]`` gathered once on the cublas route (a step's forward and
+    backward share it); on the kernels route ``wt`` itself, whose kept rows they read through ``keep``."""
+    return torch_backend.kept_rows(wt, keep) if route() == "cublas" else wt.contiguous()
 
 
 def add_rows(dwt, keep, drows):
@@ -169,8 +170,10 @@ def add_rows(dwt, keep, drows):
 
 
 def kept_product(out, a, keep, mult, rows, alpha=1.0):
-    """``out += alpha * (a[:, K] * mult) @ rows[K]`` (``rows``: the whole ``wt``)."""
-    if route() == "cublas" or not _written_in_place(out):
+    """``out += alpha * (a[:, K] * mult) @ wt[K]`` (``rows``: from :func:`kept_rows`)."""
+    if route() == "cublas":
+        return torch_backend.kept_product(out, a, keep, mult, rows, alpha)
+    if not _written_in_place(out):
         return torch_backend.kept_product(out, a, keep, mult, rows.index_select(0, keep), alpha)
     k, (M, n), n_out = keep.shape[0], a.shape, rows.shape[1]
     if k and M:
@@ -181,8 +184,10 @@ def kept_product(out, a, keep, mult, rows, alpha=1.0):
 
 
 def kept_input_grad(da, dout, keep, mult, rows, alpha=1.0):
-    """``da[:, K] = alpha * mult * (dout @ rows[K]^T)``; the dropped columns are zeroed."""
-    if route() == "cublas" or not _written_in_place(da):
+    """``da[:, K] = alpha * mult * (dout @ wt[K]^T)``; the dropped columns are zeroed."""
+    if route() == "cublas":
+        return torch_backend.kept_input_grad(da, dout, keep, mult, rows, alpha)
+    if not _written_in_place(da):
         return torch_backend.kept_input_grad(da, dout, keep, mult, rows.index_select(0, keep), alpha)
     da.zero_()
     k, (M, n_out), n = keep.shape[0], dout.shape, da.shape[1]
@@ -206,6 +211,8 @@ def add_kept_rows_grad(dwt, a, dout, keep, mult, alpha=1.0):
 
 
 def kept_rows_grad(a, dout, keep, mult, alpha=1.0):
+    if route() == "cublas":
+        return torch_backend.kept_rows_grad(a, dout, keep, mult, alpha)
     dwt = add_kept_rows_grad(a.new_zeros(a.shape[1], dout.shape[1]), a, dout, keep, mult, alpha)
     return dwt.index_select(0, keep)
 
@@ -343,33 +350,33 @@ class _Recurrent:
         self.wt, self.mask = wt, mask
         packed = isinstance(mask, PackedMask)
         self.kept = per_step(mask) if packed else None
-        # one kept set for every step (batch mode) on the cublas route: its rows gathered once per call
-        self.rows = (wt.index_select(0, mask.keep[0]) if packed and mask.num_sets == 1 and route() == "cublas"
-                     else None)
+        # one kept set for every step (batch mode): its rows prepared once per call
+        self.rows = kept_rows(wt, mask.keep[0]) if packed and mask.num_sets == 1 else None
+
+    def _kept(self, t):
+        """``(keep, mult, rows)`` of step ``t``, as the primitives take them."""
+        keep, mult = _step(self.kept, t)
+        return keep, mult, self.rows if self.rows is not None else kept_rows(self.wt, keep)
 
     def product(self, gates_t, h, t):
         """``gates_t += (r_t * h) @ wt`` in place."""
         if self.kept is None:
             return gates_t.addmm_(h if self.mask is None else h * self.mask[t], self.wt)
-        if self.rows is not None:
-            return torch_backend.kept_product(gates_t, h, *_step(self.kept, t), self.rows)
-        return kept_product(gates_t, h, *_step(self.kept, t), self.wt)
+        return kept_product(gates_t, h, *self._kept(t))
 
     def input_grad(self, dh, dgates_t, t):
         """``d(h_prev)`` from the gates' gradient (into ``dh`` where the route writes in place); dropped units: 0."""
         if self.kept is None:
             dh = dgates_t.mm(self.wt.t())
             return dh if self.mask is None else dh.mul_(self.mask[t])
-        if self.rows is not None:
-            return torch_backend.kept_input_grad(dh, dgates_t, *_step(self.kept, t), self.rows)
-        return kept_input_grad(dh, dgates_t, *_step(self.kept, t), self.wt)
+        return kept_input_grad(dh, dgates_t, *self._kept(t))
 
 
 GRAPHS = cuda_graphs.GraphCache()  # the layer loops' CUDA graphs (see cuda_graphs)
 
 
 def lstm_layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan):
-    """See :mod:`onmt_structdrop.ops` (padded sequences, packed or no masks): ``(y, h_n, c_n, saved)``; replayed
+    """See :mod:`onmt_structdrop.ops` (padded sequences; packed, dense or no masks): ``(y, h_n, c_n, saved)``; replayed
     from a CUDA graph unless ``ONMT_STRUCTDROP_CUDA_GRAPHS=0``."""
     if cuda_graphs.uses_graphs(plan):
         return cuda_graphs.graphed_layer_forward(GRAPHS, _layer_forward, x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan)

@@ -330,6 +330,8 @@ def main(argv=None):
     for name in ("layers", "hidden", "input_size", "batch", "seq", "repeats", "pool_size"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.profile < 0:
+        parser.error(f"--profile must be >= 0 (0: no profile), got {args.profile}")
     if args.plot and not args.rates:
         parser.error("--plot needs --rates")
     for name in args.backends or []:
