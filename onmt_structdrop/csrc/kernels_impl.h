@@ -272,11 +272,18 @@ inline void tn_tile(int M, const T* At, int ldat, const int64_t* idx, const T* D
   }
 }
 
+// ahead: the next column tile's D (nullptr: none), whose rows the tiles fetch one each while they compute: D may
+// come from memory (an output layer's gradient of MBs), whose M short rows leave the hardware prefetcher little
+// to follow
 template <typename T, int NV>
 inline void tn_columns(int M, int k, const T* At, int ldat, const int64_t* idx, const T* D, int64_t ldd, T* dB,
-                       int64_t ldb) {
-  int j = 0;
-  for (; j + TN_JR <= k; j += TN_JR) tn_tile<T, TN_JR, NV>(M, At + j * ldat, ldat, idx + j, D, ldd, dB, ldb);
+                       int64_t ldb, const T* ahead = nullptr) {
+  constexpr int L = Vec<T>::L;
+  int j = 0, i = 0;
+  for (; j + TN_JR <= k; j += TN_JR, ++i) {
+    if (ahead && i < M) prefetch_row(ahead + i * ldd, NV * L * sizeof(T));
+    tn_tile<T, TN_JR, NV>(M, At + j * ldat, ldat, idx + j, D, ldd, dB, ldb);
+  }
   for (; j < k; ++j) tn_tile<T, 1, NV>(M, At + j * ldat, ldat, idx + j, D, ldd, dB, ldb);
 }
 
@@ -284,7 +291,11 @@ template <typename T>
 void kept_tn(int M, int k, const T* At, int ldat, const int64_t* idx, const T* D, int64_t ldd, T* dB, int64_t ldb,
              int64_t n0, int64_t n1) {
   column_tiles<T, TN_NV>(
-      n0, n1, [&](auto nv, int64_t n) { tn_columns<T, nv.value>(M, k, At, ldat, idx, D + n, ldd, dB + n, ldb); },
+      n0, n1,
+      [&](auto nv, int64_t n) {
+        const int64_t next = n + nv.value * Vec<T>::L;
+        tn_columns<T, nv.value>(M, k, At, ldat, idx, D + n, ldd, dB + n, ldb, next < n1 ? D + next : nullptr);
+      },
       [&](int64_t n, int r) {  // D's last columns into a padded copy; the sums into zeros, then added
         constexpr int L = Vec<T>::L;
         Padded d(sizeof(T) * M * L), sums(sizeof(T) * k * L), order(sizeof(int64_t) * k);
