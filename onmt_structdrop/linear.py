@@ -9,8 +9,8 @@ from torch.nn import functional as F
 
 from . import ops
 from .functions import SequenceLinearFunction
-from .masks import (DEFAULT_POOL_SIZE, PatternOptions, StructuredMask, check_mode, check_pool_size, check_rate,
-                    sample_mask)
+from .masks import (DEFAULT_POOL_SIZE, DenseOnRead, PatternOptions, StructuredMask, check_mode, check_pool_size,
+                    check_rate, sample_mask)
 
 
 class StructuredDropoutLinear(nn.Module):
@@ -23,6 +23,8 @@ class StructuredDropoutLinear(nn.Module):
     ``last_mask`` holds the mask of the last training forward (``[T, in_features]``, or ``[T, B, in_features]``
     in ``bernoulli`` mode).
     """
+
+    last_mask = DenseOnRead()
 
     def __init__(self, in_features, out_features, bias=True, dropout=0.0, mask_mode="time", batch_first=False,
                  pool_size=DEFAULT_POOL_SIZE, compact=True, generator=None, pattern=PatternOptions(), device=None,
@@ -74,7 +76,7 @@ class StructuredDropoutLinear(nn.Module):
                                                        ((T, n), (T, B, n))):
             got = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
             raise ValueError(f"mask must have shape ({T}, {n}) or ({T}, {B}, {n}), got {got}")
-        self.last_mask = mask.dense(x.dtype) if isinstance(mask, StructuredMask) else mask
+        self.last_mask = DenseOnRead.drawn(mask, x.dtype)
         # an explicit tensor mask is multiplied in, as given
         internal = ops.prepare(mask, x.device, x.dtype, compact=self.compact and isinstance(mask, StructuredMask))
         y = SequenceLinearFunction.apply(xt.contiguous(), self.weight, self.bias, internal)

@@ -11,8 +11,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import ops
 from .accounting import tally
 from .functions import LSTMLayerFunction
-from .masks import (DEFAULT_POOL_SIZE, PatternOptions, StructuredMask, auto_pool_size, check_mode, check_pool_size,
-                    check_rate, pool_assignment, sample_mask)
+from .masks import (DEFAULT_POOL_SIZE, DenseOnRead, PatternOptions, StructuredMask, auto_pool_size, check_mode,
+                    check_pool_size, check_rate, pool_assignment, sample_mask)
 
 
 def _check_size(value, name, minimum=1):
@@ -53,6 +53,8 @@ class StructDropLSTM(nn.Module):
     input's batch order) with 0 for dropped units and the scale for kept ones, ``None`` where no dropout applies.
     In ``eval()`` no dropout applies and the outputs equal ``nn.LSTM``'s.
     """
+
+    last_masks = DenseOnRead()
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
                  bidirectional=False, recurrent_dropout=0.0, input_dropout=0.0, mask_mode="time",
@@ -174,10 +176,6 @@ class StructDropLSTM(nn.Module):
                 raise ValueError(f"mask {name} must hold finite non-negative numbers (0 drops a unit, a positive "
                                  f"value keeps it, scaled by that value)")
 
-    @staticmethod
-    def _public(mask, dtype):
-        return mask.dense(dtype) if isinstance(mask, StructuredMask) else mask
-
     # ---- forward -----------------------------------------------------------------------------------------
     def forward(self, input, hx=None, masks: Optional[dict] = None):
         packed = isinstance(input, PackedSequence)
@@ -214,8 +212,7 @@ class StructDropLSTM(nn.Module):
         else:
             masks = self.sample_masks(T, B)
         if self.training or explicit:
-            self.last_masks = {"input": [self._public(m, x.dtype) for m in masks["input"]],
-                               "recurrent": [[self._public(m, x.dtype) for m in r] for r in masks["recurrent"]]}
+            self.last_masks = DenseOnRead.drawn({"input": masks["input"], "recurrent": masks["recurrent"]}, x.dtype)
         # with no rows there is nothing to drop, and nn.LSTM's kernel returns the empty results
         no_dropout = B == 0 or all(m is None for m in masks["input"] + [m for r in masks["recurrent"] for m in r])
         if tally.active:

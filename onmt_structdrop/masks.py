@@ -102,11 +102,57 @@ class StructuredMask:
     def dense(self, dtype=torch.float32):
         """The mask as a ``[steps, n]`` tensor: 0 for dropped units, the multiplier for kept ones."""
         out = torch.zeros(self.steps, self.n, dtype=dtype, device=self.keep[0].device)
+        if all(len(s) == 1 for s in self.group_steps) and len({len(k) for k in self.keep}) == 1:
+            # a set per step, all of one size (``time``): one scatter instead of a loop over the steps
+            keep = torch.stack(self.keep)
+            vals = (torch.stack(self.values).to(dtype) if self.values is not None
+                    else torch.full(keep.shape, self.scale, dtype=dtype, device=out.device))
+            out.index_put_((torch.cat(self.group_steps).unsqueeze(1), keep), vals)
+            return out
         for g, (keep, steps) in enumerate(zip(self.keep, self.group_steps)):
             vals = self.values[g].to(dtype) if self.values is not None else torch.full(
                 (len(keep),), self.scale, dtype=dtype, device=out.device)
             out[steps.unsqueeze(1), keep.unsqueeze(0)] = vals.unsqueeze(0).expand(len(steps), -1)
         return out
+
+
+@dataclass
+class _Drawn:
+    masks: object  # StructuredMask, tensor or None, or dicts and lists of them
+    dtype: torch.dtype
+
+
+def _dense_tree(masks, dtype):
+    if isinstance(masks, dict):
+        return {key: _dense_tree(m, dtype) for key, m in masks.items()}
+    if isinstance(masks, (list, tuple)):
+        return [_dense_tree(m, dtype) for m in masks]
+    return masks.dense(dtype) if isinstance(masks, StructuredMask) else masks
+
+
+class DenseOnRead:
+    """A module's record of the masks of its last training forward (``last_masks``): kept as drawn and made dense
+    when first read (:class:`StructuredMask` as ``[T, n]`` tensors of ``dtype``; tensors and None as they are).
+    Making them dense takes a few operations per mask, and a training loop rarely reads them."""
+
+    def __set_name__(self, owner, name):
+        self.slot = "_" + name
+
+    def __get__(self, module, owner=None):
+        if module is None:
+            return self
+        value = module.__dict__.get(self.slot)
+        if isinstance(value, _Drawn):
+            value = module.__dict__[self.slot] = _dense_tree(value.masks, value.dtype)
+        return value
+
+    def __set__(self, module, value):
+        module.__dict__[self.slot] = value
+
+    @staticmethod
+    def drawn(masks, dtype):
+        """What to assign: ``masks`` as drawn, to be made dense in ``dtype`` when read."""
+        return _Drawn(masks, dtype)
 
 
 def _single_groups(keeps):

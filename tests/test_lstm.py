@@ -141,6 +141,22 @@ def test_replaying_last_masks_reproduces_the_output():
     assert not torch.allclose(y1, y3)
 
 
+def test_last_masks_are_made_dense_when_first_read_and_the_record_pickles():
+    import pickle
+    model = StructDropLSTM(N_IN, H, 2, dropout=0.5, recurrent_dropout=0.4, input_dropout=0.3)
+    model(torch.randn(T, B, N_IN, dtype=torch.float64).float())
+    clone = pickle.loads(pickle.dumps(model))  # the record as drawn, not yet made dense
+    masks = model.last_masks
+    assert masks is model.last_masks  # made dense once
+    assert [tuple(m.shape) for m in masks["input"]] == [(T, N_IN), (T, H)]
+    assert all(tuple(m.shape) == (T, H) and m.dtype == torch.float32 for r in masks["recurrent"] for m in r)
+    rec = masks["recurrent"][0][0]
+    k = round(0.6 * H)
+    assert ((rec > 0).sum(1) == k).all() and torch.allclose(rec[rec > 0], torch.tensor(H / k))
+    for a, b in zip(clone.last_masks["input"], masks["input"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
 def test_generator_makes_masks_reproducible():
     def run(seed):
         model = StructDropLSTM(N_IN, H, 2, dropout=0.5, recurrent_dropout=0.5,

@@ -97,9 +97,22 @@ def test_zero_rate_means_no_mask_and_kept_count_has_a_floor():
     assert kept_count(0.99, 10) == 1
 
 
-def test_mask_from_dense_round_trips():
-    m = torch.rand(STEPS, N, dtype=torch.float64) * (torch.rand(STEPS, N) > 0.6)
+@pytest.mark.parametrize("counts", ["uneven", "equal"])  # "equal": dense() scatters all steps at once
+def test_mask_from_dense_round_trips(counts):
+    if counts == "uneven":
+        m = torch.rand(STEPS, N, dtype=torch.float64) * (torch.rand(STEPS, N) > 0.6)
+    else:
+        kept = torch.rand(STEPS, N).argsort(1)[:, :4]
+        m = torch.zeros(STEPS, N, dtype=torch.float64).scatter_(1, kept, torch.rand(STEPS, 4, dtype=torch.float64))
     torch.testing.assert_close(mask_from_dense(m).dense(torch.float64), m, rtol=0, atol=0)
+
+
+def test_a_time_mask_made_dense_holds_the_scale_at_each_steps_kept_units():
+    mask = sample_mask("time", 0.5, N, STEPS)
+    expected = torch.zeros(STEPS, N)
+    for t, keep in enumerate(mask.keep):
+        expected[mask.group_steps[t], keep] = mask.scale
+    torch.testing.assert_close(mask.dense(), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("call,match", [
