@@ -80,13 +80,15 @@ inline void nn_tile(int k, const T* A, int lda, const int64_t* idx, const T* B, 
   V<T> acc[MR][NV];
   for (int r = 0; r < MR; ++r)
     for (int v = 0; v < NV; ++v) acc[r][v] = V<T>{};
-  for (int j = 0; j < k; ++j) {
+  const T* ar[MR];  // the rows of A, so that a broadcast's address is a row and j, no index arithmetic
+  for (int r = 0; r < MR; ++r) ar[r] = A + static_cast<int64_t>(r) * lda;
+  for (int64_t j = 0; j < k; ++j) {
     const T* b = B + idx[j] * ldb;
     if (j + PREFETCH < k) prefetch_row(B + idx[j + PREFETCH] * ldb, NV * L * sizeof(T));
     V<T> bv[NV];
     for (int v = 0; v < NV; ++v) bv[v] = load(b + v * L);
     for (int r = 0; r < MR; ++r) {
-      const V<T> a = splat(A[r * lda + j]);
+      const V<T> a = splat(ar[r][j]);
       for (int v = 0; v < NV; ++v) acc[r][v] += a * bv[v];
     }
   }
@@ -258,11 +260,13 @@ inline void tn_tile(int M, const T* At, int ldat, const int64_t* idx, const T* D
   V<T> acc[JR][NV];
   for (int q = 0; q < JR; ++q)
     for (int v = 0; v < NV; ++v) acc[q][v] = V<T>{};
-  for (int m = 0; m < M; ++m) {
+  const T* at[JR];  // the rows of At, so that a broadcast's address is a row and m, no index arithmetic
+  for (int q = 0; q < JR; ++q) at[q] = At + static_cast<int64_t>(q) * ldat;
+  for (int64_t m = 0; m < M; ++m) {
     V<T> d[NV];
     for (int v = 0; v < NV; ++v) d[v] = load(D + m * ldd + v * L);
     for (int q = 0; q < JR; ++q) {
-      const V<T> a = splat(At[q * ldat + m]);
+      const V<T> a = splat(at[q][m]);
       for (int v = 0; v < NV; ++v) acc[q][v] += a * d[v];
     }
   }
