@@ -276,41 +276,46 @@ inline void tn_tile(int M, const T* At, int ldat, const int64_t* idx, const T* D
   }
 }
 
-// ahead: the next column tile's D (nullptr: none), whose rows the tiles fetch one each while they compute: D may
-// come from memory (an output layer's gradient of MBs), whose M short rows leave the hardware prefetcher little
-// to follow
 template <typename T, int NV>
 inline void tn_columns(int M, int k, const T* At, int ldat, const int64_t* idx, const T* D, int64_t ldd, T* dB,
-                       int64_t ldb, const T* ahead = nullptr) {
-  constexpr int L = Vec<T>::L;
-  int j = 0, i = 0;
-  for (; j + TN_JR <= k; j += TN_JR, ++i) {
-    if (ahead && i < M) prefetch_row(ahead + i * ldd, NV * L * sizeof(T));
-    tn_tile<T, TN_JR, NV>(M, At + j * ldat, ldat, idx + j, D, ldd, dB, ldb);
-  }
+                       int64_t ldb) {
+  int j = 0;
+  for (; j + TN_JR <= k; j += TN_JR) tn_tile<T, TN_JR, NV>(M, At + j * ldat, ldat, idx + j, D, ldd, dB, ldb);
   for (; j < k; ++j) tn_tile<T, 1, NV>(M, At + j * ldat, ldat, idx + j, D, ldd, dB, ldb);
 }
 
+// A tile of kept rows runs over all the column tiles before the next one: each kept row's part of dB is then read
+// and written in one sweep (a gradient in memory streams row by row) instead of a tile's width at a time with all
+// the other kept rows in between, which brought its lines back from memory for every tile of columns. D's
+// columns [n0, n1) (M rows; the callers' blocks are at most 256 wide) stay in L1 meanwhile.
 template <typename T>
 void kept_tn(int M, int k, const T* At, int ldat, const int64_t* idx, const T* D, int64_t ldd, T* dB, int64_t ldb,
              int64_t n0, int64_t n1) {
-  column_tiles<T, TN_NV>(
-      n0, n1,
-      [&](auto nv, int64_t n) {
-        const int64_t next = n + nv.value * Vec<T>::L;
-        tn_columns<T, nv.value>(M, k, At, ldat, idx, D + n, ldd, dB + n, ldb, next < n1 ? D + next : nullptr);
-      },
-      [&](int64_t n, int r) {  // D's last columns into a padded copy; the sums into zeros, then added
-        constexpr int L = Vec<T>::L;
-        Padded d(sizeof(T) * M * L), sums(sizeof(T) * k * L), order(sizeof(int64_t) * k);
-        T *dp = static_cast<T*>(d.p), *sp = static_cast<T*>(sums.p);
-        int64_t* op = static_cast<int64_t*>(order.p);
-        for (int m = 0; m < M; ++m) std::memcpy(dp + m * L, D + m * ldd + n, r * sizeof(T));
-        for (int j = 0; j < k; ++j) op[j] = j;
-        tn_columns<T, 1>(M, k, At, ldat, op, dp, L, sp, L);
-        for (int j = 0; j < k; ++j)
-          for (int c = 0; c < r; ++c) dB[idx[j] * ldb + n + c] += sp[j * L + c];
-      });
+  constexpr int L = Vec<T>::L;
+  const int64_t whole = n0 + (n1 - n0) / L * L;
+  auto sweep = [&](auto jr, int j) {
+    column_tiles<T, TN_NV>(
+        n0, whole,
+        [&](auto nv, int64_t n) {
+          tn_tile<T, jr.value, nv.value>(M, At + j * ldat, ldat, idx + j, D + n, ldd, dB + n, ldb);
+        },
+        [](int64_t, int) {});
+  };
+  int j = 0;
+  for (; j + TN_JR <= k; j += TN_JR) sweep(std::integral_constant<int, TN_JR>{}, j);
+  for (; j < k; ++j) sweep(std::integral_constant<int, 1>{}, j);
+  if (whole < n1) {  // D's last columns into a padded copy; the sums into zeros, then added
+    const int64_t n = whole;
+    const int r = static_cast<int>(n1 - whole);
+    Padded d(sizeof(T) * M * L), sums(sizeof(T) * k * L), order(sizeof(int64_t) * k);
+    T *dp = static_cast<T*>(d.p), *sp = static_cast<T*>(sums.p);
+    int64_t* op = static_cast<int64_t*>(order.p);
+    for (int m = 0; m < M; ++m) std::memcpy(dp + m * L, D + m * ldd + n, r * sizeof(T));
+    for (int q = 0; q < k; ++q) op[q] = q;
+    tn_columns<T, 1>(M, k, At, ldat, op, dp, L, sp, L);
+    for (int q = 0; q < k; ++q)
+      for (int c = 0; c < r; ++c) dB[idx[q] * ldb + n + c] += sp[q * L + c];
+  }
 }
 
 // ---- the cell --------------------------------------------------------------------------------------------
