@@ -144,7 +144,7 @@ def test_replaying_last_masks_reproduces_the_output():
 def test_last_masks_are_made_dense_when_first_read_and_the_record_pickles():
     import pickle
     model = StructDropLSTM(N_IN, H, 2, dropout=0.5, recurrent_dropout=0.4, input_dropout=0.3)
-    model(torch.randn(T, B, N_IN, dtype=torch.float64).float())
+    model(torch.randn(T, B, N_IN))
     clone = pickle.loads(pickle.dumps(model))  # the record as drawn, not yet made dense
     masks = model.last_masks
     assert masks is model.last_masks  # made dense once
