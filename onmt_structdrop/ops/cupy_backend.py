@@ -261,24 +261,11 @@ def _step(kept, t):
     return keep[t], mult if isinstance(mult, float) else mult[t]
 
 
-def _masked(a, mask):
-    """``a`` ``[T, B, n]`` times each step's multipliers (0 on dropped units), as ``[T * B, n]``."""
-    return (a * mask.dense(a.dtype).unsqueeze(1)).flatten(0, 1)
-
-
 def _steps_product(out, a, wt, mask, bias):
     """``out[t] = mask_t(a[t]) @ wt + bias`` for every step at once (``out`` ``[T, B, n_out]``)."""
     T, B, n = a.shape
     n_out = wt.shape[1]
-    if not (T and B):
-        return out
-    if route() == "cublas":
-        flat = out.view(T * B, n_out)
-        if bias is None:
-            torch.mm(_masked(a, mask), wt, out=flat)
-        else:
-            torch.addmm(bias, _masked(a, mask), wt, out=flat)
-    else:
+    if T and B:
         launch("compact_matmul", "gather_k_matmul_steps", (_blocks(n_out), _blocks(B), T), (TILE, TILE), a.device,
                a.contiguous(), wt, mask.keep, mask.values, mask.step_set, bias, out, *_sizes(B, n, n_out, mask.width),
                float(mask.scale))
@@ -288,8 +275,6 @@ def _steps_product(out, a, wt, mask, bias):
 def _steps_input_grad(dout, wt, mask, n):
     """``da[t] = mask_t(dout[t] @ wt^T)`` for every step at once; the dropped columns are zero."""
     T, B, n_out = dout.shape
-    if route() == "cublas":
-        return dout.flatten(0, 1).mm(wt.t()).view(T, B, n).mul_(mask.dense(dout.dtype).unsqueeze(1))
     da = dout.new_zeros(T, B, n)
     if T and B and mask.width:
         launch("compact_matmul", "scatter_k_matmul_t_steps", (_blocks(mask.width), _blocks(B), T), (TILE, TILE),
@@ -299,10 +284,8 @@ def _steps_input_grad(dout, wt, mask, n):
 
 
 def _steps_weight_grad(dwt, a, dout, mask):
-    """``dwt[K_t] += (a[t][:, K_t] * mult_t)^T @ dout[t]`` for every step (kernels: one launch per step, as kept
-    sets that overlap add into the same rows)."""
-    if route() == "cublas":
-        return dwt.addmm_(_masked(a, mask).t(), dout.flatten(0, 1))
+    """``dwt[K_t] += (a[t][:, K_t] * mult_t)^T @ dout[t]`` for every step (one launch per step: kept sets that
+    overlap add into the same rows)."""
     kept = per_step(mask)
     for t in range(a.shape[0]):
         add_kept_rows_grad(dwt, a[t], dout[t], *_step(kept, t))
@@ -310,7 +293,11 @@ def _steps_weight_grad(dwt, a, dout, mask):
 
 
 def sequence_product(a, wt, mask, bias=None):
-    """See :mod:`onmt_structdrop.ops` (a packed mask; ``saved`` is empty: the backward reads ``a`` again)."""
+    """See :mod:`onmt_structdrop.ops` (a packed mask; ``saved`` is empty: the backward reads ``a`` again). On the
+    cublas route the masks are multiplied in and all steps run as one product: the torch backend's masked-dense
+    path."""
+    if route() == "cublas":
+        return torch_backend.sequence_product(a, wt, mask.dense(a.dtype), bias)[0], ()
     T, B, _ = a.shape
     wt = wt.contiguous()
     return _steps_product(a.new_empty(T, B, wt.shape[1]), a, wt, mask, bias), ()
@@ -318,6 +305,8 @@ def sequence_product(a, wt, mask, bias=None):
 
 def sequence_backward(a, wt, mask, dout, need_input_grad=True, saved=()):
     """See :mod:`onmt_structdrop.ops`."""
+    if route() == "cublas":
+        return torch_backend.sequence_backward(a, wt, mask.dense(dout.dtype), dout, need_input_grad)
     wt, dout = wt.contiguous(), dout.contiguous()
     da = _steps_input_grad(dout, wt, mask, a.shape[2]) if need_input_grad else None
     return da, _steps_weight_grad(a.new_zeros(wt.shape), a.contiguous(), dout, mask)
