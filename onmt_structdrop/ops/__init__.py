@@ -35,7 +35,9 @@ multiply the mask in):
     sequence_product(a, wt, mask, bias) -> (out, saved)    out[t] = mask_t(a[t]) @ wt + bias   (bias may be None)
     sequence_backward(a, wt, mask, dout, need_input_grad, saved) -> (da or None, dwt)
 
-``saved`` (a tuple of tensors, possibly empty) is what the backward may reuse of the forward's work.
+``saved`` (a tuple of tensors, possibly empty) is what the backward may reuse of the forward's work. ``dwt`` comes
+stored as ``wt`` is where the mask is dense or the backend is native (``wt`` the transpose of a contiguous weight:
+``dwt.t()`` contiguous), so that autograd does not copy it into the weight's layout.
 
 The whole layer (one LSTM layer and direction over a sequence; the time loops run inside the backend):
 

@@ -218,6 +218,11 @@ def _grouped_product(out, a, wt, mask):
     return rows.source
 
 
+def _by_columns(wt):
+    """Whether ``wt`` is the transpose of a contiguous matrix (``nn.Linear``'s weight, transposed)."""
+    return not wt.is_contiguous() and wt.t().is_contiguous()
+
+
 def _grouped_backward(a, wt, mask, dout, need_input_grad, source=None):
     """Gradients of :func:`_grouped_product` as ``(da or None, dwt)``; ``dout`` in ``mask``'s step order,
     ``source`` what the forward returned."""
@@ -231,7 +236,9 @@ def _grouped_backward(a, wt, mask, dout, need_input_grad, source=None):
             da = torch.mm(flat, wt.t()).view(T, B, n)
             if m is not None:
                 da.mul_(m)
-        return da, torch.mm(a_m.t(), flat)
+        # in wt's own layout: a gradient laid out otherwise than its weight is copied by autograd (8 MB, 4 ms of
+        # a PTB step for the 200 -> 10000 output layer, whose wt is nn.Linear's weight transposed)
+        return da, (torch.mm(flat.t(), a_m).t() if _by_columns(wt) else torch.mm(a_m.t(), flat))
     rows = _KeptRows.of(wt, mask, source) if need_input_grad else None
     da = a.new_empty(T, B, n) if need_input_grad else None
     dwt = None
