@@ -225,16 +225,27 @@ Tensor padded_state(const c10::optional<Tensor>& s, int64_t B, int64_t H, const 
 constexpr int64_t PANEL = 2;
 constexpr int64_t COLUMNS = 256;  // columns per parallel work item of the products outside the layer
 
-// block(c0, c1) over [0, N) in blocks of about COLUMNS (whole cache lines), in parallel. Their number is a multiple
-// of the thread count: 11 blocks of 2600 columns on 2 threads left one thread a sixth more work than the other.
+// The columns [0, N) in blocks of about COLUMNS (whole cache lines), as many as a multiple of the thread count (11
+// blocks of 2600 columns on 2 threads left one thread a sixth more work than the other); in parallel, each thread's
+// share a run of whole blocks. run(c0, c1) is called once per run: one step's product has nothing to keep in cache
+// from one block to the next, and fewer, wider calls cost less.
 template <typename F>
-void for_each_column_block(int64_t N, F&& block) {
+void for_each_column_run(int64_t N, F&& run) {
   constexpr int64_t LINE = 16;  // columns of a 64-byte cache line of floats
   const int64_t threads = std::max(1, at::get_num_threads());
   const int64_t blocks = ((N + COLUMNS - 1) / COLUMNS + threads - 1) / threads * threads;
   const int64_t width = std::max<int64_t>(LINE, (N + blocks - 1) / blocks + LINE - 1) / LINE * LINE;
   at::parallel_for(0, (N + width - 1) / width, 1,
-                   [&](int64_t b0, int64_t b1) { block(b0 * width, std::min(N, b1 * width)); });
+                   [&](int64_t b0, int64_t b1) { run(b0 * width, std::min(N, b1 * width), width); });
+}
+
+// block(c0, c1) for each block on its own: a loop over all steps inside a block keeps the block's weight columns in
+// cache (a whole run at once streamed the full weight from L3 at every step: the output layer's forward 1.5x slower)
+template <typename F>
+void for_each_column_block(int64_t N, F&& block) {
+  for_each_column_run(N, [&](int64_t c0, int64_t c1, int64_t width) {
+    for (int64_t b = c0; b < c1; b += width) block(b, std::min(c1, b + width));
+  });
 }
 
 template <typename F>
@@ -539,7 +550,7 @@ void product(const Tensor& a, const Tensor& keep, const Tensor& wt, Tensor& out)
   if (a.size(0) >= LIBRARY_ROWS) return void(out.addmm_(a, wt.index_select(0, keep)));
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), "kept_product", [&] {
     const int64_t M = a.size(0), k = keep.size(0), N = wt.size(1);
-    for_each_column_block(N, [&](int64_t c0, int64_t c1) {
+    for_each_column_run(N, [&](int64_t c0, int64_t c1, int64_t) {
       kernels<scalar_t>().kept_nn(M, k, a.data_ptr<scalar_t>(), k, keep.data_ptr<int64_t>(), wt.data_ptr<scalar_t>(),
                                   N, out.data_ptr<scalar_t>(), N, c0, c1, nullptr);
     });
@@ -566,7 +577,7 @@ void weight_grad(const Tensor& a, const Tensor& keep, const Tensor& dout, Tensor
     const int64_t M = a.size(0), k = keep.size(0), N = dout.size(1);
     scalar_t* a_t = scratch(11, {k, M}, a.options(), false).template data_ptr<scalar_t>();
     K.transpose(M, k, a.data_ptr<scalar_t>(), k, a_t, M);  // the kernels read the block transposed
-    for_each_column_block(N, [&](int64_t c0, int64_t c1) {
+    for_each_column_run(N, [&](int64_t c0, int64_t c1, int64_t) {
       K.kept_tn(M, k, a_t, M, keep.data_ptr<int64_t>(), dout.data_ptr<scalar_t>(), N, dwt.data_ptr<scalar_t>(), N,
                 c0, c1);
     });

@@ -287,7 +287,8 @@ inline void tn_columns(int M, int k, const T* At, int ldat, const int64_t* idx, 
 // A tile of kept rows runs over all the column tiles before the next one: each kept row's part of dB is then read
 // and written in one sweep (a gradient in memory streams row by row) instead of a tile's width at a time with all
 // the other kept rows in between, which brought its lines back from memory for every tile of columns. D's
-// columns [n0, n1) (M rows; the callers' blocks are at most 256 wide) stay in L1 meanwhile.
+// columns [n0, n1) (M rows) stay in cache meanwhile: in L1 for a sequence's blocks of at most 256 columns, in L2 for
+// one step's share of a thread.
 template <typename T>
 void kept_tn(int M, int k, const T* At, int ldat, const int64_t* idx, const T* D, int64_t ldd, T* dB, int64_t ldb,
              int64_t n0, int64_t n1) {
