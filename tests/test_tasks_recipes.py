@@ -1,11 +1,13 @@
 """Task recipes and their loader, the data preparation command and the run report."""
+import argparse
 import json
 from pathlib import Path
 
 import pytest
 
+from onmt_structdrop import ops
 from onmt_structdrop.tasks import lm, ner, prepare, report
-from onmt_structdrop.tasks.config import build_parser, parse_options, read_recipe
+from onmt_structdrop.tasks.config import build_parser, compacts_output, parse_options, read_recipe
 
 from task_data import write_conll, write_ptb
 
@@ -133,3 +135,18 @@ def test_the_console_commands_exit_with_status_zero(tmp_path):
     assert ner.cli(["-train", str(files["eng.train"]), "-dev", str(files["eng.testa"]), "-test",
                      str(files["eng.testb"]), "-save_dir", str(tmp_path / "ner"), "-hidden_size", "4",
                      "-epochs", "1"]) is None
+
+
+@pytest.mark.parametrize("setting, mode, device, native, expected", [
+    ("auto", "batch", "cpu", False, True),     # one kept set: one smaller product anywhere
+    ("auto", "time", "cpu", True, True),       # the native kernels read each step's kept rows in place
+    ("auto", "time", "cpu", False, False),     # the torch backend would gather them at every step
+    ("auto", "time", "cuda", True, False),
+    ("auto", "pool", "cpu", True, False),
+    ("true", "time", "cuda", False, True),
+    ("false", "batch", "cpu", True, False),
+])
+def test_compact_output_auto_compacts_where_it_pays(monkeypatch, setting, mode, device, native, expected):
+    monkeypatch.setattr(ops, "availability", lambda name: (native and name == "native", ""))
+    args = argparse.Namespace(compact_output=setting, mask_mode=mode, device=device)
+    assert compacts_output(args) is expected

@@ -15,6 +15,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 import yaml
 
+from .. import ops
 from ..masks import MASK_MODES, check_rate
 from ..textfile import read_text
 
@@ -40,9 +41,10 @@ def optional_int(text):
 
 
 COMPACT_OUTPUT = Option(
-    "compact_output", str, "auto", "skip the dropped inputs' share of the output layer's product: auto = only in "
-    "batch mode (one kept set for all steps: one smaller product; per-step sets cost more in gathers than they "
-    "save, measured on CPU), true, false (same results, multiplied by the masks)", ("auto", "true", "false"))
+    "compact_output", str, "auto", "skip the dropped inputs' share of the output layer's product: auto = in batch "
+    "mode (one kept set for all steps: one smaller product) and in time mode on the CPU with the native engine "
+    "(its kernels read each step's kept rows in place; elsewhere per-step sets cost more in gathers than they "
+    "save), true, false (same results, multiplied by the masks)", ("auto", "true", "false"))
 
 
 DROPOUT_OPTIONS = [
@@ -65,7 +67,10 @@ RUN_OPTIONS = [
 
 
 def compacts_output(args):
-    return args.compact_output == "true" or (args.compact_output == "auto" and args.mask_mode == "batch")
+    if args.compact_output != "auto":
+        return args.compact_output == "true"
+    native = args.mask_mode == "time" and torch.device(args.device).type == "cpu" and ops.availability("native")[0]
+    return args.mask_mode == "batch" or native
 
 
 def build_parser(prog, description, options):
