@@ -150,3 +150,12 @@ def test_compact_output_auto_compacts_where_it_pays(monkeypatch, setting, mode, 
     monkeypatch.setattr(ops, "availability", lambda name: (native and name == "native", ""))
     args = argparse.Namespace(compact_output=setting, mask_mode=mode, device=device)
     assert compacts_output(args) is expected
+
+
+def test_compact_output_auto_leaves_time_masks_dense_under_a_forced_torch_backend(monkeypatch):
+    monkeypatch.setattr(ops, "availability", lambda name: (True, ""))
+    monkeypatch.setenv(ops.ENV, "torch")
+    args = argparse.Namespace(compact_output="auto", mask_mode="time", device="cpu")
+    assert compacts_output(args) is False
+    monkeypatch.setenv(ops.ENV, "native")
+    assert compacts_output(args) is True

@@ -69,7 +69,9 @@ RUN_OPTIONS = [
 def compacts_output(args):
     if args.compact_output != "auto":
         return args.compact_output == "true"
-    native = args.mask_mode == "time" and torch.device(args.device).type == "cpu" and ops.availability("native")[0]
+    # (a backend forced by ONMT_STRUCTDROP_BACKEND serves the compacted product instead of the native engine)
+    native = (args.mask_mode == "time" and torch.device(args.device).type == "cpu" and ops.forced() in (None, "native")
+              and ops.availability("native")[0])
     return args.mask_mode == "batch" or native
 
 
