@@ -92,7 +92,9 @@ def test_primitives_match_dense_math(backend, name, batch, monkeypatch):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", MASKS + ["dense", "per-row", "none"])
-@pytest.mark.parametrize("OUT", [OUT, 300])  # 300: whole column blocks of the native products and a narrower one
+# 300: whole column blocks of the native products and a narrower one; 1100: the native input gradients' sums over
+# several spans of columns (512 in float64), the last one partial
+@pytest.mark.parametrize("OUT", [OUT, 300, 1100])
 # the weight by rows (contiguous), by columns (nn.Linear's weight transposed) or neither (a strided view)
 @pytest.mark.parametrize("layout", ["rows", "columns", "strided"])
 def test_sequence_products_match_dense_math(backend, name, OUT, layout, monkeypatch):

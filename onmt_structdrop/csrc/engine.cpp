@@ -266,18 +266,28 @@ struct Steps {  // the steps in processing order and the active rows of each
 };
 
 // The input gradient of every step's kept product, da[t][:, K_t] = mult * (dout[t] @ wt[K_t]^T), the dropped
-// columns zero: [T, B, n] from dout [T, B, N] and wt [n, N]; in parallel over the steps.
+// columns zero: [T, B, n] from dout [T, B, N] and wt [n, N]; in parallel over the steps. Each thread's steps run
+// inside each block of SPAN columns in turn, their sums added up in per-thread scratch: a block of wt's rows then
+// stays in L2 across the steps (one step at a time over all N columns streamed the kept rows from L3 at every step).
 template <typename T>
 Tensor input_gradients(const Kernels<T>& K, const T* dout, const T* wt, int64_t N, const MaskView<T>& mask, int64_t T_,
                        int64_t B, int64_t n, const at::TensorOptions& options) {
+  constexpr int64_t SPAN = 4096 / sizeof(T);
   Tensor da = zeros({T_, B, n}, options);
   T* dap = da.data_ptr<T>();
+  const int64_t per = B * mask.k;
   at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<T> buffer(B * mask.k);
-    for (int64_t t = t0; t < t1; ++t) {
-      K.kept_nt(B, mask.k, dout + t * B * N, N, mask.units(t), wt, N, N, buffer.data(), mask.k);
-      scatter(B, buffer.data(), mask, t, dap + t * B * n, n);
+    std::vector<T> sums((t1 - t0) * per), part(per);
+    for (int64_t c0 = 0; c0 < N; c0 += SPAN) {
+      const int64_t w = std::min(SPAN, N - c0);
+      for (int64_t t = t0; t < t1; ++t) {
+        T* s = sums.data() + (t - t0) * per;
+        K.kept_nt(B, mask.k, dout + t * B * N + c0, N, mask.units(t), wt + c0, N, w, c0 ? part.data() : s, mask.k);
+        if (c0)
+          for (int64_t i = 0; i < per; ++i) s[i] += part[i];
+      }
     }
+    for (int64_t t = t0; t < t1; ++t) scatter(B, sums.data() + (t - t0) * per, mask, t, dap + t * B * n, n);
   });
   return da;
 }
