@@ -265,24 +265,65 @@ struct Steps {  // the steps in processing order and the active rows of each
   }
 };
 
+// The weight wt [n, N] of these products as its caller stores it: by rows (wt contiguous), or by columns (wt the
+// transpose of a contiguous [N, n] weight, nn.Linear's layout), used in place either way: a 10k-row output
+// layer's weight is tens of MB, and copying it into rows took as long as a tenth of the products.
+template <typename T>
+struct Stored {
+  T* p;
+  int64_t n, N;
+  bool by_columns;
+
+  // the columns [c0, c0 + w) of every row into dst (n x w, rows ldd apart)
+  void read(const Kernels<T>& K, int64_t c0, int64_t w, T* dst, int64_t ldd) const {
+    if (by_columns) return K.transpose(w, n, p + c0 * n, n, dst, ldd);
+    for (int64_t i = 0; i < n; ++i) std::copy_n(p + i * N + c0, w, dst + i * ldd);
+  }
+  // and back: src (n x w, rows lds apart) into those columns
+  void write(const Kernels<T>& K, int64_t c0, int64_t w, const T* src, int64_t lds) const {
+    if (by_columns) return K.transpose(n, w, src, lds, p + c0 * n, n);
+    for (int64_t i = 0; i < n; ++i) std::copy_n(src + i * lds, w, p + i * N + c0);
+  }
+};
+
+// wt by rows or by columns as it comes (anything else copied into rows)
+Tensor as_stored(const Tensor& wt) { return wt.is_contiguous() || wt.t().is_contiguous() ? wt : wt.contiguous(); }
+
+template <typename T>
+Stored<T> stored(const Tensor& wt) {
+  return Stored<T>{wt.data_ptr<T>(), wt.size(0), wt.size(1), !wt.is_contiguous()};
+}
+
+// a fresh [n, N] tensor stored as wt is (the weight gradient goes straight into the weight's own layout)
+Tensor empty_like_stored(const Tensor& wt) {
+  if (wt.is_contiguous()) return at::empty(wt.sizes(), wt.options());
+  return at::empty({wt.size(1), wt.size(0)}, wt.options()).t();
+}
+
 // The input gradient of every step's kept product, da[t][:, K_t] = mult * (dout[t] @ wt[K_t]^T), the dropped
 // columns zero: [T, B, n] from dout [T, B, N] and wt [n, N]; in parallel over the steps. Each thread's steps run
 // inside each block of SPAN columns in turn, their sums added up in per-thread scratch: a block of wt's rows then
 // stays in L2 across the steps (one step at a time over all N columns streamed the kept rows from L3 at every step).
+// The dot products run along rows: wt stored by columns is transposed a block at a time into per-thread scratch,
+// where the steps find it in L2 (the whole weight transposed at once went to memory and back).
 template <typename T>
-Tensor input_gradients(const Kernels<T>& K, const T* dout, const T* wt, int64_t N, const MaskView<T>& mask, int64_t T_,
-                       int64_t B, int64_t n, const at::TensorOptions& options) {
+Tensor input_gradients(const Kernels<T>& K, const T* dout, const Stored<T>& wt, const MaskView<T>& mask, int64_t T_,
+                       int64_t B, const at::TensorOptions& options) {
   constexpr int64_t SPAN = 4096 / sizeof(T);
+  const int64_t n = wt.n, N = wt.N, per = B * mask.k;
   Tensor da = zeros({T_, B, n}, options);
   T* dap = da.data_ptr<T>();
-  const int64_t per = B * mask.k;
   at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
     std::vector<T> sums((t1 - t0) * per), part(per);
+    T* rows = wt.by_columns ? scratch(6, {n, SPAN}, options, false).template data_ptr<T>() : nullptr;
     for (int64_t c0 = 0; c0 < N; c0 += SPAN) {
       const int64_t w = std::min(SPAN, N - c0);
+      if (rows) wt.read(K, c0, w, rows, SPAN);
+      const T* block = rows ? rows : wt.p + c0;
+      const int64_t ldb = rows ? SPAN : N;
       for (int64_t t = t0; t < t1; ++t) {
         T* s = sums.data() + (t - t0) * per;
-        K.kept_nt(B, mask.k, dout + t * B * N + c0, N, mask.units(t), wt + c0, N, w, c0 ? part.data() : s, mask.k);
+        K.kept_nt(B, mask.k, dout + t * B * N + c0, N, mask.units(t), block, ldb, w, c0 ? part.data() : s, mask.k);
         if (c0)
           for (int64_t i = 0; i < per; ++i) s[i] += part[i];
       }
@@ -368,7 +409,7 @@ std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const MaskV
   Tensor dy_c = dy && dy->defined() ? dy->contiguous() : Tensor();
   Tensor d_rec = at::empty({B, rec.k}, opt);
   const T *G = gates.data_ptr<T>(), *tc = tanh_c.data_ptr<T>(), *cp = c_prev.data_ptr<T>();
-  const T *wi = wt_ih.data_ptr<T>(), *wh = wt_hh.data_ptr<T>();
+  const T* wh = wt_hh.data_ptr<T>();
   T *dG = dgates.data_ptr<T>(), *dhp = dh.data_ptr<T>(), *dcp = dc.data_ptr<T>(), *dr = d_rec.data_ptr<T>();
   const T* dyp = dy_c.defined() ? dy_c.data_ptr<T>() : nullptr;
 
@@ -393,7 +434,7 @@ std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const MaskV
     scatter(a, dr, rec, t, dhp, Hp);
   }
 
-  Tensor dx = need_x ? input_gradients(K, dG, wi, G4, in, T_, B, n, opt) : Tensor();
+  Tensor dx = need_x ? input_gradients(K, dG, stored<T>(wt_ih), in, T_, B, opt) : Tensor();
   Tensor dw_ih = at::empty({4 * H, n}, opt), dw_hh = at::empty({4 * H, H}, opt);
   T *dwi = dw_ih.data_ptr<T>(), *dwh = dw_hh.data_ptr<T>();
   const Tensor axt = transposed_steps(K, ax, 3), aht = transposed_steps(K, ah, 4);
@@ -417,56 +458,6 @@ std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const MaskV
 }
 
 // ---- a masked linear map of a whole sequence ---------------------------------------------------------------
-// The weight wt [n, N] of these products as its caller stores it: by rows (wt contiguous), or by columns (wt the
-// transpose of a contiguous [N, n] weight, nn.Linear's layout), used in place either way: a 10k-row output
-// layer's weight is tens of MB, and copying it into rows took as long as a tenth of the products.
-template <typename T>
-struct Stored {
-  T* p;
-  int64_t n, N;
-  bool by_columns;
-
-  // the columns [c0, c0 + w) of every row into dst (n x w, rows ldd apart)
-  void read(const Kernels<T>& K, int64_t c0, int64_t w, T* dst, int64_t ldd) const {
-    if (by_columns) return K.transpose(w, n, p + c0 * n, n, dst, ldd);
-    for (int64_t i = 0; i < n; ++i) std::copy_n(p + i * N + c0, w, dst + i * ldd);
-  }
-  // and back: src (n x w, rows lds apart) into those columns
-  void write(const Kernels<T>& K, int64_t c0, int64_t w, const T* src, int64_t lds) const {
-    if (by_columns) return K.transpose(n, w, src, lds, p + c0 * n, n);
-    for (int64_t i = 0; i < n; ++i) std::copy_n(src + i * lds, w, p + i * N + c0);
-  }
-};
-
-// wt by rows or by columns as it comes (anything else copied into rows)
-Tensor as_stored(const Tensor& wt) { return wt.is_contiguous() || wt.t().is_contiguous() ? wt : wt.contiguous(); }
-
-template <typename T>
-Stored<T> stored(const Tensor& wt) {
-  return Stored<T>{wt.data_ptr<T>(), wt.size(0), wt.size(1), !wt.is_contiguous()};
-}
-
-// a fresh [n, N] tensor stored as wt is (the weight gradient goes straight into the weight's own layout)
-Tensor empty_like_stored(const Tensor& wt) {
-  if (wt.is_contiguous()) return at::empty(wt.sizes(), wt.options());
-  return at::empty({wt.size(1), wt.size(0)}, wt.options()).t();
-}
-
-// wt by rows, for the input gradients' dot products along them: stored by columns, it is transposed into scratch
-// by the kernels' register tiles, in parallel over blocks of rows
-template <typename T>
-const T* rows_of(const Kernels<T>& K, const Tensor& wt) {
-  if (wt.is_contiguous()) return wt.data_ptr<T>();
-  const int64_t n = wt.size(0), N = wt.size(1);
-  T* rows = scratch(6, {n, N}, wt.options(), false).template data_ptr<T>();
-  const T* w = wt.data_ptr<T>();
-  at::parallel_for(0, (N + ROWS - 1) / ROWS, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t r0 = b0 * ROWS; r0 < std::min(N, b1 * ROWS); r0 += ROWS)
-      K.transpose(std::min(ROWS, N - r0), n, w + r0 * n, n, rows + r0, N);
-  });
-  return rows;
-}
-
 // out[t] = (a[t][:, K_t] * mult) @ wt[K_t] + bias, a [T, B, n], wt [n, N] (see as_stored); returns out and the
 // gathered inputs [T, B, k] for the backward
 template <typename T>
@@ -519,7 +510,7 @@ std::vector<Tensor> sequence_backward(const Tensor& ak, const Tensor& wt, const 
       K.kept_tn(B, mask.k, aktp + t * B * mask.k, B, mask.units(t), dp + t * B * N + c0, N, block, w, 0, w);
     dw_out.write(K, c0, w, block, w);
   });
-  Tensor da = need_input_grad ? input_gradients(K, dp, rows_of(K, wt), N, mask, T_, B, n, ak.options()) : Tensor();
+  Tensor da = need_input_grad ? input_gradients(K, dp, stored<T>(wt), mask, T_, B, ak.options()) : Tensor();
   return {da, dwt};
 }
 
