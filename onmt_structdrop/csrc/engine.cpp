@@ -281,7 +281,10 @@ struct Stored {
   }
   // and back: src (n x w, rows lds apart) into those columns
   void write(const Kernels<T>& K, int64_t c0, int64_t w, const T* src, int64_t lds) const {
-    if (by_columns) return K.transpose(n, w, src, lds, p + c0 * n, n);
+    if (by_columns) {  // a stripe of 16 weight rows at a time, so that each is written whole, in order
+      for (int64_t c = 0; c < w; c += 16) K.transpose(n, std::min<int64_t>(16, w - c), src + c, lds, p + (c0 + c) * n, n);
+      return;
+    }
     for (int64_t i = 0; i < n; ++i) std::copy_n(src + i * lds, w, p + i * N + c0);
   }
 };
