@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -163,18 +164,26 @@ def check_values(parser, args, at_least_one=(), positive=(), non_negative=(), ra
         parser.error(f"device {args.device!r}: no CUDA device is available")
 
 
-def run_command(prog, description, options, run, argv=None, at_least_one=(), positive=(), non_negative=()):
-    """A task's command line: recipe and options parsed and checked (the shared dropout and run options
-    included), then ``run(args)``. Missing or malformed data, a checkpoint that cannot be resumed and an occupied
-    save_dir exit with status 2 and their one-line message."""
+def parse_command(prog, description, options, argv=None, at_least_one=(), positive=(), non_negative=()):
+    """A task's options: recipe and command line parsed and checked (the shared dropout and run options
+    included); a bad value exits with its message."""
     parser = build_parser(prog, description, options)
     args = parse_options(parser, options, argv)
     check_values(parser, args, at_least_one=(*at_least_one, "max_steps_per_epoch", "threads"),
                  positive=(*positive, "max_grad_norm"), non_negative=non_negative,
                  rates=("dropout", "recurrent_dropout"))
+    return args
+
+
+def run_command(prog, parse, run, argv=None):
+    """A task's command line: ``parse(argv)`` (see :func:`parse_command`), then ``run(args)``. Missing or malformed
+    data, a checkpoint that cannot be resumed and an occupied save_dir exit with status 2 and their one-line
+    message."""
+    args = parse(argv)
     try:
         return run(args)
     except (OSError, ValueError) as err:  # bad input: one line (-debug true adds the traceback)
         if args.debug:
             raise
-        parser.exit(2, f"{parser.prog}: error: {err}\n")
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None

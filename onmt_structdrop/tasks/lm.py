@@ -12,6 +12,8 @@ batches. ``save_dir`` receives ``train.log``, ``history.json`` (per epoch: lr, t
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 import time
 from pathlib import Path
@@ -23,7 +25,7 @@ from tqdm import tqdm
 from .. import StructDropLSTM
 from ..linear import StructuredDropoutLinear
 from . import training
-from .config import DROPOUT_OPTIONS, RUN_OPTIONS, Option, compacts_output, run_command
+from .config import DROPOUT_OPTIONS, RUN_OPTIONS, Option, compacts_output, parse_command, run_command
 from .corpus import batchify, load_corpus
 
 OPTIONS = [
@@ -40,6 +42,7 @@ OPTIONS = [
     Option("init_range", float, 0.1, "parameters start uniform in [-init_range, init_range]"),
     Option("eval_batch_size", int, 10, "sequences per batch in evaluation"),
 ] + DROPOUT_OPTIONS + RUN_OPTIONS
+PROG = "onmt-structdrop-lm"
 MODEL_KEYS = ("dropout_impl", "mask_mode", "hidden_size", "num_layers", "dropout", "recurrent_dropout")
 
 
@@ -98,6 +101,16 @@ def learning_rate(args, epoch):
     return args.lr * args.lr_decay ** max(epoch - args.decay_after, 0)
 
 
+def train_step(model, opt, x, y, state, max_grad_norm):
+    """One step on the window ``x -> y`` from ``state`` (detached: truncated BPTT); returns the loss and the
+    final state."""
+    state = None if state is None else tuple(s.detach() for s in state)
+    logits, state = model(x, state)
+    # summed over time, averaged over sequences, as in Zaremba et al. (what lr 1 and clip 5 are tuned for)
+    loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / y.shape[1]
+    return training.optimizer_step(model, opt, loss, max_grad_norm), state
+
+
 def train_epoch(model, opt, data, args, epoch, log):
     """One pass over ``data`` (``[n, B]``); returns (train perplexity, words, training seconds)."""
     model.train()
@@ -110,15 +123,8 @@ def train_epoch(model, opt, data, args, epoch, log):
         start = time.perf_counter()
         i = step * args.bptt
         x, y = data[i:i + args.bptt], data[i + 1:i + 1 + args.bptt]
-        state = None if state is None else tuple(s.detach() for s in state)
-        logits, state = model(x, state)
-        # summed over time, averaged over sequences, as in Zaremba et al. (what lr 1 and clip 5 are tuned for)
-        loss = nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="sum") / y.shape[1]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        opt.step()
-        total_loss += loss.item() * y.shape[1]
+        loss, state = train_step(model, opt, x, y, state, args.max_grad_norm)
+        total_loss += loss * y.shape[1]
         if data.is_cuda:
             torch.cuda.synchronize()
         seconds += time.perf_counter() - start
@@ -128,6 +134,39 @@ def train_epoch(model, opt, data, args, epoch, log):
             log.info("epoch %d %5.1f%% train ppl %.2f, %.0f words/s", epoch, 100 * (step + 1) / steps,
                      math.exp(total_loss / words), words / seconds)
     return math.exp(total_loss / words), words, seconds
+
+
+def training_steps(args):
+    """The model ``run`` trains and the steps of its first epoch, for timing them: ``(model, steps)``, ``steps``
+    yielding ``(words, step)`` for each window of the training data in turn (and then again), ``step()`` training
+    on it."""
+    vocab, ids = load_corpus(args.data)
+    data = train_data(args, ids)
+    training.seed_everything(args.seed)
+    model = build(args, len(vocab)).train()
+    opt = torch.optim.SGD(model.parameters(), lr=args.lr)
+    windows, state = (data.shape[0] - 1) // args.bptt, None
+
+    def step(x, y):
+        nonlocal state
+        _, state = train_step(model, opt, x, y, state, args.max_grad_norm)
+
+    def steps():
+        for n in itertools.count():
+            i = n % windows * args.bptt
+            x, y = data[i:i + args.bptt], data[i + 1:i + 1 + args.bptt]
+            yield y.numel(), functools.partial(step, x, y)
+
+    return model, steps()
+
+
+def train_data(args, ids):
+    """The training split as ``[n, batch_size]``, checked to hold one window at least."""
+    data = batchify(ids["train"], args.batch_size).to(args.device)
+    if data.shape[0] < args.bptt + 1:
+        raise ValueError(f"{args.data}/ptb.train.txt has {ids['train'].numel()} tokens: too few for batch_size "
+                         f"{args.batch_size} x bptt {args.bptt}")
+    return data
 
 
 def build(args, n_vocab):
@@ -142,11 +181,8 @@ def run(args):
     """Train (or resume) as ``args`` says; returns the history, one dict per epoch, and the test perplexity."""
     with training.run_directory(args) as (log, config):
         vocab, ids = load_corpus(args.data)
-        train_data = batchify(ids["train"], args.batch_size).to(args.device)
+        training_data = train_data(args, ids)
         valid_data, test_data = (batchify(ids[s], args.eval_batch_size).to(args.device) for s in ("valid", "test"))
-        if train_data.shape[0] < args.bptt + 1:
-            raise ValueError(f"{args.data}/ptb.train.txt has {ids['train'].numel()} tokens: too few for batch_size "
-                             f"{args.batch_size} x bptt {args.bptt}")
         for split, data in (("valid", valid_data), ("test", test_data)):
             if data.shape[0] < 2:
                 raise ValueError(f"{args.data}/ptb.{split}.txt has {ids[split].numel()} tokens: too few for "
@@ -163,7 +199,7 @@ def run(args):
             lr = learning_rate(args, epoch)
             for group in opt.param_groups:
                 group["lr"] = lr
-            train_ppl, words, seconds = train_epoch(model, opt, train_data, args, epoch, log)
+            train_ppl, words, seconds = train_epoch(model, opt, training_data, args, epoch, log)
             valid_ppl = evaluate(model, valid_data, args.bptt)
             history.append({"epoch": epoch, "lr": lr, "train_ppl": train_ppl, "valid_ppl": valid_ppl,
                             "words_per_s": words / seconds, "train_seconds": seconds})
@@ -183,11 +219,16 @@ def run(args):
     return history, test_ppl
 
 
+def parse(argv=None):
+    """The command line's options over the recipe's over the defaults, checked."""
+    return parse_command(PROG, __doc__.splitlines()[0], OPTIONS, argv,
+                         at_least_one=("hidden_size", "num_layers", "batch_size", "bptt", "epochs", "eval_batch_size"),
+                         positive=("lr", "lr_decay", "init_range"))
+
+
 def main(argv=None):
     """The command line, returning what ``run`` returns."""
-    return run_command("onmt-structdrop-lm", __doc__.splitlines()[0], OPTIONS, run, argv,
-                       at_least_one=("hidden_size", "num_layers", "batch_size", "bptt", "epochs", "eval_batch_size"),
-                       positive=("lr", "lr_decay", "init_range"))
+    return run_command(PROG, parse, run, argv)
 
 
 def cli(argv=None):

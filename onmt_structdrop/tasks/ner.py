@@ -14,6 +14,8 @@ default, conlleval-compatible mode, on ``dev`` (eng.testa) and ``test`` (eng.tes
 """
 from __future__ import annotations
 
+import functools
+import itertools
 import random
 import re
 import time
@@ -28,7 +30,7 @@ from tqdm import tqdm
 from .. import StructDropLSTM
 from ..linear import StructuredDropoutLinear
 from . import training
-from .config import DROPOUT_OPTIONS, RUN_OPTIONS, Option, boolean, compacts_output, run_command
+from .config import DROPOUT_OPTIONS, RUN_OPTIONS, Option, boolean, compacts_output, parse_command, run_command
 from .conll import iob1_to_iob2, read_conll
 from ..textfile import numbered_lines
 
@@ -53,6 +55,7 @@ OPTIONS = [
     Option("lr_decay", float, 0.0, "lr / (1 + lr_decay * epochs done), as in Ma and Hovy (2016)"),
     Option("momentum", float, 0.9, "SGD momentum"),
 ] + DROPOUT_OPTIONS + RUN_OPTIONS
+PROG = "onmt-structdrop-ner"
 MODEL_KEYS = ("dropout_impl", "mask_mode", "word_dim", "char_filters", "char_dim", "hidden_size", "num_layers",
               "crf", "dropout", "recurrent_dropout")
 DIGITS = re.compile(r"\d")
@@ -262,12 +265,7 @@ def train_epoch(model, opt, groups, indexes, args, epoch, log, cache=None):
     for group in bar:
         batch = make_batch(group, words_ix, chars_ix, tags_ix, args.device, cache)
         start = time.perf_counter()
-        loss = model.loss(batch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-        opt.step()
-        total += loss.item() * len(group)
+        total += training.optimizer_step(model, opt, model.loss(batch), args.max_grad_norm) * len(group)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
         seconds += time.perf_counter() - start
@@ -276,6 +274,43 @@ def train_epoch(model, opt, groups, indexes, args, epoch, log, cache=None):
         bar.set_postfix(loss=f"{total / n_sent:.2f}", wps=f"{n_words / seconds:.0f}")
     log.info("epoch %d trained: loss %.3f per sentence, %.0f words/s", epoch, total / n_sent, n_words / seconds)
     return total / n_sent, n_words, seconds
+
+
+def build(args, indexes, log):
+    """The tagger (on ``args.device``) and its optimizer."""
+    words_ix, chars_ix, tags_ix = indexes
+    model = Tagger(len(words_ix), len(chars_ix), len(tags_ix), args.word_dim, args.char_dim, args.char_filters,
+                   args.hidden_size, args.num_layers, args.dropout, args.recurrent_dropout, args.dropout_impl,
+                   args.mask_mode, args.crf, compacts_output(args))
+    if args.pretrained_embeddings:
+        load_pretrained(model.words, words_ix, args.pretrained_embeddings, log)
+    model.to(args.device)
+    opt = (torch.optim.Adam(model.parameters(), lr=args.lr) if args.optimizer == "adam" else
+           torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum))
+    return model, opt
+
+
+def training_steps(args):
+    """The model ``run`` trains and the steps of its first epoch, for timing them: ``(model, steps)``, ``steps``
+    yielding ``(words, step)`` for each batch of the first epoch in turn (and then again), ``step()`` training on
+    it."""
+    splits = read_splits(args)
+    indexes = build_indexes(splits["train"], args.min_word_count)
+    training.seed_everything(args.seed)
+    model, opt = build(args, indexes, training.log)
+    model.train()
+    groups = batches(splits["train"], args.batch_size, random.Random(args.seed))
+    cache = {}
+
+    def step(batch):
+        training.optimizer_step(model, opt, model.loss(batch), args.max_grad_norm)
+
+    def steps():
+        for n in itertools.count():
+            batch = make_batch(groups[n % len(groups)], *indexes, args.device, cache)
+            yield int(batch["lengths"].sum()), functools.partial(step, batch)
+
+    return model, steps()
 
 
 def run(args):
@@ -289,14 +324,7 @@ def run(args):
             if unknown:  # scored, never predicted
                 log.warning("%s: tags %s never occur in %s", getattr(args, name), ", ".join(unknown), args.train)
         training.seed_everything(args.seed)
-        model = Tagger(len(words_ix), len(chars_ix), len(tags_ix), args.word_dim, args.char_dim, args.char_filters,
-                       args.hidden_size, args.num_layers, args.dropout, args.recurrent_dropout, args.dropout_impl,
-                       args.mask_mode, args.crf, compacts_output(args))
-        if args.pretrained_embeddings:
-            load_pretrained(model.words, words_ix, args.pretrained_embeddings, log)
-        model.to(args.device)
-        opt = (torch.optim.Adam(model.parameters(), lr=args.lr) if args.optimizer == "adam" else
-               torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum))
+        model, opt = build(args, indexes, log)
         rng = random.Random(args.seed)
         vocabularies = {"words": words_ix.items, "chars": chars_ix.items, "tags": tags_ix.items}
         history, start_epoch, state = training.resume_or_start(args, model, opt, MODEL_KEYS, vocabularies, log)
@@ -333,12 +361,17 @@ def run(args):
     return history
 
 
+def parse(argv=None):
+    """The command line's options over the recipe's over the defaults, checked."""
+    return parse_command(PROG, __doc__.splitlines()[0], OPTIONS, argv,
+                         at_least_one=("word_dim", "min_word_count", "hidden_size", "num_layers", "batch_size",
+                                       "epochs"),
+                         positive=("lr",), non_negative=("char_filters", "char_dim", "lr_decay", "momentum"))
+
+
 def main(argv=None):
     """The command line, returning what ``run`` returns."""
-    return run_command("onmt-structdrop-ner", __doc__.splitlines()[0], OPTIONS, run, argv,
-                       at_least_one=("word_dim", "min_word_count", "hidden_size", "num_layers", "batch_size",
-                                     "epochs"),
-                       positive=("lr",), non_negative=("char_filters", "char_dim", "lr_decay", "momentum"))
+    return run_command(PROG, parse, run, argv)
 
 
 def cli(argv=None):

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from ..tools.plotting import save_line_plot
@@ -61,6 +62,16 @@ def run_directory(args):
         if args.threads:
             torch.set_num_threads(args.threads)
         yield run_log, config
+
+
+def optimizer_step(model, opt, loss, max_grad_norm):
+    """What every training step of the tasks ends with: back-propagate ``loss``, clip the gradients' global norm
+    and step. Returns the loss as a float."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
+    opt.step()
+    return loss.item()
 
 
 def seed_everything(seed):
