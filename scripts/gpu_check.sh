@@ -2,9 +2,11 @@
 # The GPU check, in one call on a lent GPU machine (which reaches no package index): set-up from the wheels
 # that scripts/gpu_wheels.sh downloaded into .whl/ (carried beside the working tree), the GPU tests, the layer
 # benchmark (cuDNN nn.LSTM + dropout, dense masks, each mask mode and backend, fp32 with and without TF32, bf16;
-# the cupy backend's two product routes, with and without CUDA graphs), the kept products against cuBLAS, and the
-# OpenNMT-py training step at p = 0.1-0.5. Each part has its own time limit (590 s in all, under the 600 s of one
-# call on a lent machine; about 270 s in all on an H200) and a failing part does not stop the others. Writes
+# the cupy backend's two product routes, with and without CUDA graphs), the kept products against cuBLAS, the
+# OpenNMT-py training step at p = 0.1-0.5, and the PTB and CoNLL recipes against their twins, round-robin (from the
+# data scripts/gpu_wheels.sh copied into .gpu_data/, carried too). Each part has its own time limit (590 s in all,
+# under the 600 s of one call on a lent machine; about 220 s without the task speeds on an H200) and a failing
+# part does not stop the others. Writes
 # OUT/summary.md (versions, each part's exit status and printed tables; rewritten after every part, so that a call
 # cut short still brings back what finished; printed last), OUT/log.txt (everything else) and each benchmark's
 # JSON: 8 files at most, all a lent machine sends back.
@@ -14,7 +16,8 @@
 #   ONLY='tests|profile' scripts/gpu_check.sh   runs only the parts whose names match (a bash regex; set-up and
 #                                              versions always run): a second, shorter call within one lease
 #
-# Env: PY (python3), WHEELS (.whl), SITE (where the wheels and this package are installed, /tmp/onmt_structdrop_site).
+# Env: PY (python3), WHEELS (.whl), SITE (where the wheels and this package are installed, /tmp/onmt_structdrop_site),
+# TASKDATA (.gpu_data: ptb/ptb.{train,valid,test}.txt and conll2003/eng.{train,testa,testb}).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-${OUT:-runs/gpu_check}}
@@ -22,6 +25,7 @@ DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
 WHEELS=${WHEELS:-.whl}
 SITE=${SITE:-/tmp/onmt_structdrop_site}
+TASKDATA=${TASKDATA:-.gpu_data}
 [[ x =~ ${ONLY:-x} ]]
 if [[ $? == 2 ]]; then
     echo "ONLY=$ONLY is not a valid regular expression (bash =~); name the parts, e.g. ONLY='GPU tests|profile'" >&2
@@ -74,7 +78,7 @@ set_up() {
             return 1
         fi
         "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" --find-links "$WHEELS" \
-            OpenNMT-py configargparse pyonmttok rapidfuzz pyahocorasick || return 1
+            OpenNMT-py configargparse pyonmttok rapidfuzz pyahocorasick pytorch-crf || return 1
     fi
     # OpenNMT-py imports spacy and fasttext with every transform module; the check runs neither transform
     mkdir -p "$SITE/standins"
@@ -114,8 +118,26 @@ for key, value in rows.items():
 PY
 }
 
-export DEVICE PY WHEELS SITE
-export -f set_up versions
+task_speed() {  # each task recipe against its twin, one training step of each in turn (no JSON: 8 files at most)
+    local speed=("$PY" -m onmt_structdrop.tasks.speed) ptb=(small medium large) lm=() ner=() steps=(--steps 60)
+    if [[ ! -f $TASKDATA/ptb/ptb.train.txt || ! -f $TASKDATA/conll2003/eng.train ]]; then
+        echo "no PTB or CoNLL files in $TASKDATA: run scripts/gpu_wheels.sh where ../shared/data is, and carry $TASKDATA"
+        return 1
+    fi
+    if [[ $DEVICE != cuda ]]; then  # a rehearsal: the small recipes, smaller, two steps
+        ptb=(small) lm=(-hidden_size 16 -batch_size 4 -bptt 5) ner=(-hidden_size 8 -word_dim 8) steps=(--steps 2 --warmup 1)
+    fi
+    for size in "${ptb[@]}"; do
+        "${speed[@]}" lm "recipes/ptb_$size.yaml" "recipes/ptb_${size}_baseline.yaml" -data "$TASKDATA/ptb" \
+            -device "$DEVICE" ${lm[@]+"${lm[@]}"} "${steps[@]}" || return
+    done
+    "${speed[@]}" ner recipes/conll2003.yaml recipes/conll2003_baseline.yaml -train "$TASKDATA/conll2003/eng.train" \
+        -dev "$TASKDATA/conll2003/eng.testa" -test "$TASKDATA/conll2003/eng.testb" -device "$DEVICE" \
+        ${ner[@]+"${ner[@]}"} "${steps[@]}"
+}
+
+export DEVICE PY WHEELS SITE TASKDATA
+export -f set_up versions task_speed
 if [[ $DEVICE == cuda ]]; then
     LAYER=(--layers 2 --hidden 1024 --batch 64 --seq 50 --repeats 20)
     PRODUCTS=(--rows 64 3200 --inputs 1024 --outputs 4096 --repeats 50)
@@ -127,18 +149,18 @@ else  # a rehearsal: every part, small
     NMT=(--hidden 32 --word-vec-size 32 --batch 8 --src-len 8 --tgt-len 8 --repeats 2 --warmup 1)
     RATES=(0.3)
 fi
-part "set-up" 60 set_up
+part "set-up" 40 set_up
 part "versions" 20 versions
-part "GPU tests" 90 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_cuda_sources.py
+part "GPU tests" 60 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_cuda_sources.py
 # the cupy backend's rows are labelled [cupy] beside the torch backend's. Its products take the cublas route unless
 # ONMT_STRUCTDROP_CUPY_PRODUCTS=kernels; float32 products run as torch sets TF32 (cuBLAS off, cuDNN on) unless --tf32
 CUPY=(env ONMT_STRUCTDROP_CUPY=on)  # whatever the machine's environment says
 BENCH=("$PY" -m onmt_structdrop.tools.bench --device "$DEVICE" "${LAYER[@]}" --dropout 0.5 --recurrent-dropout 0.5)
-part "layer, float32" 60 "${CUPY[@]}" "${BENCH[@]}" --json "$OUT/layer_float32.json"
+part "layer, float32" 45 "${CUPY[@]}" "${BENCH[@]}" --json "$OUT/layer_float32.json"
 part "layer, float32, TF32 for cuBLAS and cuDNN" 40 "${CUPY[@]}" "${BENCH[@]}" --tf32 on --modes time batch \
     --output-size 0 --json "$OUT/layer_float32_tf32.json"
 part "layer, float32, no TF32" 30 "${CUPY[@]}" "${BENCH[@]}" --tf32 off --modes time --output-size 0
-part "layer, bfloat16" 50 "${CUPY[@]}" "${BENCH[@]}" --dtype bfloat16 --json "$OUT/layer_bfloat16.json"
+part "layer, bfloat16" 40 "${CUPY[@]}" "${BENCH[@]}" --dtype bfloat16 --json "$OUT/layer_bfloat16.json"
 part "layer, float32, cupy kernels route" 30 "${CUPY[@]}" ONMT_STRUCTDROP_CUPY_PRODUCTS=kernels "${BENCH[@]}" \
     --modes time batch --output-size 0
 part "layer, float32, cupy without graphs" 25 "${CUPY[@]}" ONMT_STRUCTDROP_CUDA_GRAPHS=0 "${BENCH[@]}" \
@@ -151,7 +173,8 @@ part "kept products, cupy kernels route" 25 "${CUPY[@]}" ONMT_STRUCTDROP_CUPY_PR
     --json "$OUT/products.json"
 part "OpenNMT-py step, cupy step products" 30 "${CUPY[@]}" "$PY" -m onmt_structdrop.tools.nmt_bench \
     --device "$DEVICE" ${NMT[@]+"${NMT[@]}"} --rates 0.3 --modes time --json "$OUT/nmt_step_cupy.json"
-part "OpenNMT-py step" 60 "$PY" -m onmt_structdrop.tools.nmt_bench --device "$DEVICE" ${NMT[@]+"${NMT[@]}"} \
+part "OpenNMT-py step" 50 "$PY" -m onmt_structdrop.tools.nmt_bench --device "$DEVICE" ${NMT[@]+"${NMT[@]}"} \
     --rates "${RATES[@]}" --json "$OUT/nmt_step.json"
+part "task speed, PTB and CoNLL" 85 task_speed
 
 cat "$SUMMARY"

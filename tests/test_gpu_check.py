@@ -8,16 +8,22 @@ from pathlib import Path
 
 import pytest
 
+from task_data import write_conll, write_ptb
+
 pytest.importorskip("onmt")
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = ["set-up", "versions", "GPU tests", "layer, float32", "layer, float32, TF32 for cuBLAS and cuDNN",
          "layer, float32, no TF32", "layer, bfloat16", "layer, float32, cupy kernels route",
          "layer, float32, cupy without graphs", "profile, time mode", "profile, time mode, cupy without graphs",
-         "kept products, cupy kernels route", "OpenNMT-py step, cupy step products", "OpenNMT-py step"]
+         "kept products, cupy kernels route", "OpenNMT-py step, cupy step products", "OpenNMT-py step",
+         "task speed, PTB and CoNLL"]
 
 
 def test_the_gpu_check_rehearses_on_the_cpu(tmp_path):
-    env = dict(os.environ, DEVICE="cpu", PY=sys.executable, SITE=str(tmp_path / "site"))
+    write_ptb(tmp_path / "data" / "ptb")
+    write_conll(tmp_path / "data" / "conll2003")
+    env = dict(os.environ, DEVICE="cpu", PY=sys.executable, SITE=str(tmp_path / "site"),
+               TASKDATA=str(tmp_path / "data"))
     result = subprocess.run(["bash", "scripts/gpu_check.sh", str(tmp_path / "out")], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -26,6 +32,7 @@ def test_the_gpu_check_rehearses_on_the_cpu(tmp_path):
     statuses = re.findall(r"^\| (.+?) \| (\d+)[^|]* \| \d+ s \|$", summary, re.M)
     assert statuses == [(part, "0") for part in PARTS], summary[:2000]
     assert "| OpenNMT-py | 3.5.1 |" in summary and "ideal" in summary
+    assert "recipes/ptb_small_baseline.yaml" in summary and "recipes/conll2003_baseline.yaml" in summary
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert files == {"summary.md", "log.txt", "layer_float32.json", "layer_bfloat16.json", "layer_float32_tf32.json",
                      "products.json", "nmt_step.json", "nmt_step_cupy.json"}  # at most 8 come back from a lent machine
