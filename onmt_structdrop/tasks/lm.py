@@ -147,15 +147,15 @@ def training_steps(args):
     opt = torch.optim.SGD(model.parameters(), lr=args.lr)
     windows, state = (data.shape[0] - 1) // args.bptt, None
 
-    def step(x, y):
+    def step(x, y, first):
         nonlocal state
-        _, state = train_step(model, opt, x, y, state, args.max_grad_norm)
+        _, state = train_step(model, opt, x, y, None if first else state, args.max_grad_norm)
 
     def steps():
         for n in itertools.count():
             i = n % windows * args.bptt
             x, y = data[i:i + args.bptt], data[i + 1:i + 1 + args.bptt]
-            yield y.numel(), functools.partial(step, x, y)
+            yield y.numel(), functools.partial(step, x, y, i == 0)  # each pass starts from no state, as run's epochs
 
     return model, steps()
 
