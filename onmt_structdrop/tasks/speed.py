@@ -24,6 +24,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..tools.bench import cpu_name
+from ..tools.plotting import save_line_plot
 from . import lm, ner
 
 TASKS = {"lm": lm, "ner": ner}
@@ -93,8 +95,12 @@ def main(argv=None):
     except (OSError, ValueError) as err:  # missing or malformed data: one line
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     rows, pairs = summary(recipes, seconds, words)
-    threads = torch.get_num_threads()
-    device = options[0].device if options[0].device != "cpu" else f"cpu, {threads} thread{'s' * (threads > 1)}"
+    device = torch.device(options[0].device)
+    if device.type == "cuda":
+        device = torch.cuda.get_device_name(device)
+    else:
+        threads = torch.get_num_threads()
+        device = f"{cpu_name()}, {threads} thread{'s' * (threads > 1)}"
     head = (f"{args.task}: {args.steps} steps of each recipe in turn after {args.warmup}, {device}, "
             f"torch {torch.__version__}")
     print_table(rows, head)
@@ -104,10 +110,13 @@ def main(argv=None):
                                                                    *(sys.argv[1:] if argv is None else argv)]),
                                          "setup": head, "results": rows, "step_seconds": seconds}, indent=1) + "\n")
     if args.plot:
-        from ..tools.plotting import save_line_plot
         series = [(f"{r} against {recipes[-1].name}", list(range(1, len(p) + 1)), p, {"marker": None, "lw": 0.8})
                   for r, p in zip(recipes[:-1], pairs[:-1])]
-        save_line_plot(args.plot, series, "step pair", "speed (baseline seconds / seconds)", title=head, hline=1.0)
+        try:
+            save_line_plot(args.plot, series, "step pair", "speed (baseline seconds / seconds)", title=head,
+                           hline=1.0)
+        except ImportError:
+            print(f"matplotlib is not installed: no plot {args.plot}", file=sys.stderr)
     return rows
 
 
