@@ -143,8 +143,8 @@ def training_steps(args):
     vocab, ids = load_corpus(args.data)
     data = train_data(args, ids)
     training.seed_everything(args.seed)
-    model = build(args, len(vocab)).train()
-    opt = torch.optim.SGD(model.parameters(), lr=args.lr)
+    model, opt = build(args, len(vocab))
+    model.train()
     windows, state = (data.shape[0] - 1) // args.bptt, None
 
     def step(x, y, first):
@@ -170,11 +170,13 @@ def train_data(args, ids):
 
 
 def build(args, n_vocab):
+    """The language model (on ``args.device``, parameters uniform in +-init_range) and its optimizer."""
     model = LanguageModel(n_vocab, args.hidden_size, args.num_layers, args.dropout, args.recurrent_dropout,
                           args.dropout_impl, args.mask_mode, compacts_output(args))
     for p in model.parameters():
         nn.init.uniform_(p, -args.init_range, args.init_range)
-    return model.to(args.device)
+    model.to(args.device)
+    return model, torch.optim.SGD(model.parameters(), lr=args.lr)
 
 
 def run(args):
@@ -188,8 +190,7 @@ def run(args):
                 raise ValueError(f"{args.data}/ptb.{split}.txt has {ids[split].numel()} tokens: too few for "
                                  f"eval_batch_size {args.eval_batch_size}")
         training.seed_everything(args.seed)
-        model = build(args, len(vocab))
-        opt = torch.optim.SGD(model.parameters(), lr=args.lr)
+        model, opt = build(args, len(vocab))
         history, start_epoch, _ = training.resume_or_start(args, model, opt, MODEL_KEYS, {"vocab": vocab.words},
                                                            log)
         log.info("%s dropout (%s), %d x %d, vocabulary %d, %d training words; epochs %d..%d",
