@@ -53,9 +53,9 @@ class SequenceLinearFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dout):
         x, weight, *saved = ctx.saved_tensors
-        dx, dwt = ops.get(ctx.backend).sequence_backward(x, weight.t(), ctx.mask, dout, ctx.needs_input_grad[0],
-                                                         tuple(saved))
-        return dx, dwt.t(), dout.sum(dim=(0, 1)) if ctx.has_bias else None, None
+        dx, dwt, db = ops.get(ctx.backend).sequence_backward(x, weight.t(), ctx.mask, dout, ctx.needs_input_grad[0],
+                                                             tuple(saved), ctx.has_bias and ctx.needs_input_grad[2])
+        return dx, dwt.t(), db, None
 
 
 def sequence_linear(x, weight, bias, mask):

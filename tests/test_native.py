@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from onmt_structdrop import StructDropLSTM, ops
+from onmt_structdrop.masks import sample_mask
 from onmt_structdrop.ops import native_backend
 
 native, why = native_backend.extension()
@@ -52,6 +53,28 @@ def test_kept_products_match_dense_math(isa, dtype, M, k, N):
     expected = torch.ones(n, N, dtype=torch.float64)
     expected[keep] += a.t() @ dout
     torch.testing.assert_close(dwt.double(), expected, **tol)  # the dropped rows are untouched
+
+
+@needs_native
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("N", [7, 300])  # 300: blocks of columns and a last vector cut short
+def test_sequence_products_of_every_instruction_set_match_dense_math(isa, dtype, N):
+    """A masked linear map of a sequence (the output layer): product, input, weight and bias gradients."""
+    g = torch.Generator().manual_seed(N)
+    T, B, n = 9, 5, 23
+    mask = ops.pack(sample_mask("time", 0.4, n, T, batch=B, generator=g), torch.device("cpu"), dtype)
+    full = mask.dense(torch.float64).unsqueeze(1)
+    a, dout = torch.randn(T, B, n, generator=g, dtype=torch.float64), torch.randn(T, B, N, generator=g,
+                                                                                 dtype=torch.float64)
+    w, bias = torch.randn(N, n, generator=g, dtype=torch.float64), torch.randn(N, generator=g, dtype=torch.float64)
+    out, saved = native_backend.sequence_product(a.to(dtype), w.to(dtype).t(), mask, bias.to(dtype))
+    da, dwt, db = native_backend.sequence_backward(a.to(dtype), w.to(dtype).t(), mask, dout.to(dtype), True, saved,
+                                                   True)
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(out.double(), (a * full) @ w.t() + bias, **tol)
+    torch.testing.assert_close(da.double(), (dout @ w) * full, **tol)
+    torch.testing.assert_close(dwt.double(), (a * full).reshape(-1, n).t() @ dout.reshape(-1, N), **tol)
+    torch.testing.assert_close(db.double(), dout.sum(dim=(0, 1)), **tol)
 
 
 @needs_native

@@ -121,13 +121,16 @@ def test_sequence_products_match_dense_math(backend, name, OUT, layout, monkeypa
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(be.sequence_product(a, wt, mask)[0], expected - bias, rtol=1e-12, atol=1e-12)
     assert all(torch.is_tensor(t) for t in saved)
-    da, dwt = be.sequence_backward(a, wt, mask, dout, True, saved)
+    da, dwt, db = be.sequence_backward(a, wt, mask, dout, True, saved, True)
     torch.testing.assert_close(da, (dout @ wt.t()) * full, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(db, dout.sum(dim=(0, 1)), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(dwt, (a * full).reshape(-1, N).t() @ dout.reshape(-1, OUT), rtol=1e-12,
                                atol=1e-12)
     if backend == "native" and layout != "strided":  # the gradient in the weight's own layout: no transposing copy
         assert dwt.stride() == wt.stride()
-    assert be.sequence_backward(a, wt, mask, dout, need_input_grad=False)[0] is None
+    da, dwt_alone, db = be.sequence_backward(a, wt, mask, dout, need_input_grad=False)
+    assert da is None and db is None
+    torch.testing.assert_close(dwt_alone, dwt, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -317,19 +317,16 @@ Tensor input_gradients(const Kernels<T>& K, const T* dout, const Stored<T>& wt, 
   Tensor da = zeros({T_, B, n}, options);
   T* dap = da.data_ptr<T>();
   at::parallel_for(0, T_, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<T> sums((t1 - t0) * per), part(per);
+    std::vector<T> sums((t1 - t0) * per);
     T* rows = wt.by_columns ? scratch(6, {n, SPAN}, options, false).template data_ptr<T>() : nullptr;
     for (int64_t c0 = 0; c0 < N; c0 += SPAN) {
       const int64_t w = std::min(SPAN, N - c0);
       if (rows) wt.read(K, c0, w, rows, SPAN);
       const T* block = rows ? rows : wt.p + c0;
       const int64_t ldb = rows ? SPAN : N;
-      for (int64_t t = t0; t < t1; ++t) {
-        T* s = sums.data() + (t - t0) * per;
-        K.kept_nt(B, mask.k, dout + t * B * N + c0, N, mask.units(t), block, ldb, w, c0 ? part.data() : s, mask.k);
-        if (c0)
-          for (int64_t i = 0; i < per; ++i) s[i] += part[i];
-      }
+      for (int64_t t = t0; t < t1; ++t)
+        K.kept_nt(B, mask.k, dout + t * B * N + c0, N, mask.units(t), block, ldb, w, sums.data() + (t - t0) * per,
+                  mask.k, c0 > 0);
     }
     for (int64_t t = t0; t < t1; ++t) scatter(B, sums.data() + (t - t0) * per, mask, t, dap + t * B * n, n);
   });
@@ -432,7 +429,7 @@ std::vector<Tensor> layer_backward(const std::vector<Tensor>& saved, const MaskV
     // d h_prev: kept units only, the dropped ones get zero
     std::memset(dhp, 0, a * Hp * sizeof(T));
     at::parallel_for(0, rec.k, 8, [&](int64_t j0, int64_t j1) {
-      K.kept_nt(a, j1 - j0, dg, G4, rec.units(t) + j0, wh, G4, G4, dr + j0, rec.k);
+      K.kept_nt(a, j1 - j0, dg, G4, rec.units(t) + j0, wh, G4, G4, dr + j0, rec.k, false);
     });
     scatter(a, dr, rec, t, dhp, Hp);
   }
@@ -495,26 +492,32 @@ std::vector<Tensor> sequence_forward(const Tensor& a, const Tensor& wt, const Ma
   return {out, ak};
 }
 
-// its gradients from the forward's gathered inputs ak: (da or undefined, dwt stored as wt is)
+// Its gradients from the forward's gathered inputs ak: da (or undefined), dwt stored as wt is, and the bias's (or
+// undefined). The bias's sums run in the weight gradient's sweep over dout, on the block each step has just read.
 template <typename T>
 std::vector<Tensor> sequence_backward(const Tensor& ak, const Tensor& wt, const MaskView<T>& mask, const Tensor& dout,
-                                      int64_t n, bool need_input_grad) {
+                                      int64_t n, bool need_input_grad, bool need_bias_grad) {
   const Kernels<T> K = kernels<T>();
   const int64_t T_ = ak.size(0), B = ak.size(1), N = wt.size(1);
-  Tensor dwt = empty_like_stored(wt);
+  Tensor dwt = empty_like_stored(wt), db = need_bias_grad ? at::empty({N}, ak.options()) : Tensor();
   const Stored<T> dw_out = stored<T>(dwt);
   const Tensor akt = transposed_steps(K, ak, 3);
   const T *aktp = akt.data_ptr<T>(), *dp = dout.data_ptr<T>();
+  T* dbp = need_bias_grad ? db.data_ptr<T>() : nullptr;
   for_each_column_block(N, [&](int64_t c0, int64_t c1) {
     // the block's gradient is summed over the steps in per-thread scratch (it stays in L2), then written out once
     const int64_t w = c1 - c0;
     T* block = scratch(10, {n, w}, ak.options(), true).template data_ptr<T>();
-    for (int64_t t = 0; t < T_; ++t)
-      K.kept_tn(B, mask.k, aktp + t * B * mask.k, B, mask.units(t), dp + t * B * N + c0, N, block, w, 0, w);
+    if (dbp) std::fill_n(dbp + c0, w, T(0));
+    for (int64_t t = 0; t < T_; ++t) {
+      const T* d = dp + t * B * N + c0;
+      K.kept_tn(B, mask.k, aktp + t * B * mask.k, B, mask.units(t), d, N, block, w, 0, w);
+      if (dbp) K.column_sums(B, w, d, N, dbp + c0);
+    }
     dw_out.write(K, c0, w, block, w);
   });
   Tensor da = need_input_grad ? input_gradients(K, dp, stored<T>(wt), mask, T_, B, ak.options()) : Tensor();
-  return {da, dwt};
+  return {da, dwt, db};
 }
 
 // ---- the kept products on their own (benchmarks, tests) -------------------------------------------------------
@@ -568,7 +571,7 @@ void input_grad(const Tensor& dout, const Tensor& keep, const Tensor& wt, Tensor
     const int64_t M = dout.size(0), k = keep.size(0), N = wt.size(1);
     at::parallel_for(0, k, 16, [&](int64_t j0, int64_t j1) {
       kernels<scalar_t>().kept_nt(M, j1 - j0, dout.data_ptr<scalar_t>(), N, keep.data_ptr<int64_t>() + j0,
-                                  wt.data_ptr<scalar_t>(), N, N, out.data_ptr<scalar_t>() + j0, k);
+                                  wt.data_ptr<scalar_t>(), N, N, out.data_ptr<scalar_t>() + j0, k, false);
     });
   });
 }
@@ -692,11 +695,12 @@ Tensor gathered(const Tensor& a, const MaskArgs& mask) {
 }
 
 std::vector<Tensor> sequence_gradients(const Tensor& ak, const Tensor& wt, const MaskArgs& mask, const Tensor& dout,
-                                       int64_t n, bool need_input_grad) {
+                                       int64_t n, bool need_input_grad, bool need_bias_grad) {
   return AT_DISPATCH_FLOATING_TYPES(ak.scalar_type(), "sequence_backward", [&] {
     return sequence_backward<scalar_t>(ak, as_stored(wt),
                                        view<scalar_t>(std::get<0>(mask), std::get<1>(mask), std::get<2>(mask),
-                                                      std::get<3>(mask)), dout.contiguous(), n, need_input_grad);
+                                                      std::get<3>(mask)), dout.contiguous(), n, need_input_grad,
+                                       need_bias_grad);
   });
 }
 

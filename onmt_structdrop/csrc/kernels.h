@@ -24,8 +24,9 @@ struct Kernels {
   void (*kept_nn)(int M, int k, const T* A, int lda, const int64_t* idx, const T* B, int64_t ldb, T* C,
                   int64_t ldc, int64_t n0, int64_t n1, const T* init);
   // O[m * ldo + j] = sum_{n < N} D[m * ldd + n] * B[idx[j] * ldb + n]                   (input gradients)
+  // or, with add, O[m * ldo + j] += the sum
   void (*kept_nt)(int M, int k, const T* D, int64_t ldd, const int64_t* idx, const T* B, int64_t ldb, int64_t N,
-                  T* O, int ldo);
+                  T* O, int ldo, bool add);
   // dB[idx[j] * ldb + n] += sum_m At[j * ldat + m] * D[m * ldd + n], n in [n0, n1)    (weight gradients)
   // with At the gathered block transposed (k x M)
   void (*kept_tn)(int M, int k, const T* At, int ldat, const int64_t* idx, const T* D, int64_t ldd, T* dB,
@@ -38,6 +39,8 @@ struct Kernels {
   // Its gradient: dgates (laid out as act) from dh and dc (the gradient reaching c), and dc becomes that of c_prev.
   void (*cell_backward)(int M, int units, const T* act, int64_t ldg, int64_t gs, const T* c_prev, const T* tanh_c,
                         const T* dh, T* dc, int64_t lds, T* dgates);
+  // out[n] += sum_{m < M} D[m * ldd + n] for n < N                                          (bias gradients)
+  void (*column_sums)(int M, int64_t N, const T* D, int64_t ldd, T* out);
   // dst[c * ldd + r] = src[r * lds + c] for r < rows, c < cols                  (weights into the gate layout)
   void (*transpose)(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, int64_t ldd);
 };

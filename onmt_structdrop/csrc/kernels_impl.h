@@ -235,7 +235,7 @@ inline void nt_kept(int M, int64_t N, const T* D, int64_t ldd, const T* const* r
 
 template <typename T>
 void kept_nt(int M, int k, const T* D, int64_t ldd, const int64_t* idx, const T* B, int64_t ldb, int64_t N, T* O,
-             int ldo) {
+             int ldo, bool add) {
   // the sums run over blocks of NB columns, so that the block of D the tiles share stays in cache
   constexpr int64_t NB = 4096 / sizeof(T);
   const T *rows[NT_JR], *next[NT_JR];
@@ -245,11 +245,11 @@ void kept_nt(int M, int k, const T* D, int64_t ldd, const int64_t* idx, const T*
     int j = 0;
     for (; j + NT_JR <= k; j += NT_JR) {
       for (int q = 0; q < NT_JR; ++q) rows[q] = row(j + q), next[q] = row(j + NT_JR + q);
-      nt_kept<T, NT_JR>(M, nb, D + n0, ldd, rows, O + j, ldo, n0 > 0, next);
+      nt_kept<T, NT_JR>(M, nb, D + n0, ldd, rows, O + j, ldo, add || n0 > 0, next);
     }
     for (; j < k; ++j) {
       rows[0] = row(j);
-      nt_kept<T, 1>(M, nb, D + n0, ldd, rows, O + j, ldo, n0 > 0, nullptr);
+      nt_kept<T, 1>(M, nb, D + n0, ldd, rows, O + j, ldo, add || n0 > 0, nullptr);
     }
   }
 }
@@ -437,6 +437,20 @@ void cell_backward(int M, int units, const T* act, int64_t ldg, int64_t gs, cons
   }
 }
 
+// ---- bias gradients --------------------------------------------------------------------------------------
+template <typename T>
+void column_sums(int M, int64_t N, const T* D, int64_t ldd, T* out) {
+  constexpr int L = Vec<T>::L;
+  int64_t n = 0;
+  for (; n + L <= N; n += L) {
+    V<T> s = load(out + n);
+    for (int m = 0; m < M; ++m) s += load(D + m * ldd + n);
+    store(out + n, s);
+  }
+  for (; n < N; ++n)
+    for (int m = 0; m < M; ++m) out[n] += D[m * ldd + n];
+}
+
 // ---- transposes -----------------------------------------------------------------------------------------
 // An L x L tile in registers by block swaps: stage W exchanges the off-diagonal W x W blocks of every 2W x 2W
 // block, rows i and i + W (i & W == 0); after the stages W = L / 2, ..., 1, row c holds column c.
@@ -478,8 +492,8 @@ void transpose(int64_t rows, int64_t cols, const T* src, int64_t lds, T* dst, in
 
 template <typename T>
 Kernels<T> table() {
-  return Kernels<T>{STRUCTDROP_NAME(STRUCTDROP_ISA), &kept_nn<T>,       &kept_nt<T>,   &kept_tn<T>,
-                    &cell_forward<T>,                &cell_backward<T>, &transpose<T>};
+  return Kernels<T>{STRUCTDROP_NAME(STRUCTDROP_ISA), &kept_nn<T>,       &kept_nt<T>,     &kept_tn<T>,
+                    &cell_forward<T>,                &cell_backward<T>, &column_sums<T>, &transpose<T>};
 }
 
 }  // namespace

@@ -33,7 +33,7 @@ Sequences (``a`` ``[T, B, n]``, ``out`` ``[T, B, n_out]``, time order, any mask 
 multiply the mask in):
 
     sequence_product(a, wt, mask, bias) -> (out, saved)    out[t] = mask_t(a[t]) @ wt + bias   (bias may be None)
-    sequence_backward(a, wt, mask, dout, need_input_grad, saved) -> (da or None, dwt)
+    sequence_backward(a, wt, mask, dout, need_input_grad, saved, need_bias_grad) -> (da or None, dwt, db or None)
 
 ``saved`` (a tuple of tensors, possibly empty) is what the backward may reuse of the forward's work. ``dwt`` comes
 stored as ``wt`` is where the mask is dense or the backend is native (``wt`` the transpose of a contiguous weight:

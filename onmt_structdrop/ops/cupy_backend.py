@@ -303,13 +303,15 @@ def sequence_product(a, wt, mask, bias=None):
     return _steps_product(a.new_empty(T, B, wt.shape[1]), a, wt, mask, bias), ()
 
 
-def sequence_backward(a, wt, mask, dout, need_input_grad=True, saved=()):
+def sequence_backward(a, wt, mask, dout, need_input_grad=True, saved=(), need_bias_grad=False):
     """See :mod:`onmt_structdrop.ops`."""
     if route() == "cublas":
-        return torch_backend.sequence_backward(a, wt, mask.dense(dout.dtype), dout, need_input_grad)
+        return torch_backend.sequence_backward(a, wt, mask.dense(dout.dtype), dout, need_input_grad, (),
+                                               need_bias_grad)
     wt, dout = wt.contiguous(), dout.contiguous()
     da = _steps_input_grad(dout, wt, mask, a.shape[2]) if need_input_grad else None
-    return da, _steps_weight_grad(a.new_zeros(wt.shape), a.contiguous(), dout, mask)
+    dwt = _steps_weight_grad(a.new_zeros(wt.shape), a.contiguous(), dout, mask)
+    return da, dwt, torch_backend.bias_grad(dout, need_bias_grad)
 
 
 def _products(a, wt, mask, bias):
@@ -323,8 +325,8 @@ def _products(a, wt, mask, bias):
 def _product_grads(a, wt, mask, dout, need_input_grad):
     """The gradients of :func:`_products` as ``(da or None, dwt)``."""
     if not isinstance(mask, PackedMask):
-        return torch_backend.sequence_backward(a, wt, mask, dout, need_input_grad)
-    return sequence_backward(a, wt, mask, dout, need_input_grad)
+        return torch_backend.sequence_backward(a, wt, mask, dout, need_input_grad)[:2]
+    return sequence_backward(a, wt, mask, dout, need_input_grad)[:2]
 
 
 def _order(T, reverse):

@@ -144,12 +144,13 @@ def sequence_product(a, wt, mask, bias=None):
     return out, (gathered,)
 
 
-def sequence_backward(a, wt, mask, dout, need_input_grad=True, saved=()):
-    """See :mod:`onmt_structdrop.ops`."""
+def sequence_backward(a, wt, mask, dout, need_input_grad=True, saved=(), need_bias_grad=False):
+    """See :mod:`onmt_structdrop.ops` (the bias's gradient is summed in the same sweep over ``dout``)."""
     mask_args = _mask(mask, a.shape[2], a.shape[0])
     gathered = saved[0] if saved else extension()[0].gathered(a, mask_args)
-    da, dwt = extension()[0].sequence_backward(gathered, wt, mask_args, dout, a.shape[2], need_input_grad)
-    return (da if need_input_grad else None), dwt
+    da, dwt, db = extension()[0].sequence_backward(gathered, wt, mask_args, dout, a.shape[2], need_input_grad,
+                                                   need_bias_grad)
+    return (da if need_input_grad else None), dwt, (db if need_bias_grad else None)
 
 
 def lstm_layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan):

@@ -285,10 +285,16 @@ def sequence_product(a, wt, mask, bias=None):
     return out, (source,)
 
 
-def sequence_backward(a, wt, mask, dout, need_input_grad=True, saved=()):
-    """Gradients of :func:`sequence_product` as ``(da or None, dwt)``; ``dout`` in time order."""
-    return _grouped_backward(a, wt, mask, _reorder(dout.contiguous(), None, mask), need_input_grad,
-                             saved[0] if saved else None)
+def sequence_backward(a, wt, mask, dout, need_input_grad=True, saved=(), need_bias_grad=False):
+    """Gradients of :func:`sequence_product` as ``(da or None, dwt, db or None)``; ``dout`` in time order."""
+    da, dwt = _grouped_backward(a, wt, mask, _reorder(dout.contiguous(), None, mask), need_input_grad,
+                                saved[0] if saved else None)
+    return da, dwt, bias_grad(dout, need_bias_grad)
+
+
+def bias_grad(dout, needed):
+    """The bias's gradient of a sequence's products (None when not needed)."""
+    return dout.sum(dim=(0, 1)) if needed else None
 
 
 # ---- one LSTM layer and direction ------------------------------------------------------------------------
