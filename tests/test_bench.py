@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from onmt_structdrop.tools import bench
+from onmt_structdrop import ops
+from onmt_structdrop.tools import bench, product_bench
 
 CPU = torch.device("cpu")
 
@@ -86,3 +87,27 @@ def test_a_negative_profile_count_is_one_line(capsys):
     with pytest.raises(SystemExit):
         bench.main(["--profile", "-1"])
     assert "--profile must be >= 0 (0: no profile), got -1" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not ops.availability("native")[0], reason="native backend not built")
+def test_product_bench_times_each_kept_product_against_the_dense_one_of_the_same_meaning(tmp_path):
+    path = tmp_path / "products.json"
+    rows = product_bench.main(["--rows", "3", "--inputs", "10", "--outputs", "20", "--rates", "0.3", "0.5",
+                               "--repeats", "2", "--json", str(path)])
+    assert json.loads(path.read_text())["results"] == rows
+    assert [(r["product"], r["p"]) for r in rows] == [(name, p) for p in (0.3, 0.5) for name in product_bench.PRODUCTS]
+    for row in rows:
+        assert row["k"] == round(10 * (1 - row["p"])) and row["kept_ms"] > 0 and row["of_ideal"] > 0
+        if row["product"] == "input gradient":  # writes its output: the dense product does too, no second one
+            assert row["dense_fresh_ms"] == row["dense_ms"]
+
+
+def test_product_bench_dense_products_compute_what_the_kept_ones_do():
+    """The references add into their outputs as the kept forward and weight gradient do; the input gradient's
+    writes its output, so it has no second, fresh form."""
+    fns = product_bench.products(4, 6, 8, 0.5, torch.Generator().manual_seed(0), backend="torch")
+    for name in ("forward", "weight gradient"):
+        dense, _, fresh = fns[name]
+        dense()
+        torch.testing.assert_close(dense(), 2 * fresh())
+    assert fns["input gradient"][2] is None

@@ -3,9 +3,11 @@
 
 For ``a`` (M x n) and a weight ``wt`` (n x N) with k = (1 - p) n kept units: the forward product
 ``a[:, K] @ wt[K]``, the input gradient ``dout @ wt[K]^T`` and the weight gradient into the kept rows
-``a[:, K]^T @ dout``, each timed against the dense torch product of the full shape (MKL on CPU, cuBLAS on GPU).
-The ideal is (1 - p) of the dense time; "of ideal" is the ideal time over the measured one (1.0: the whole
-saving is reached). The native engine's products are its kernels (the input compacted once per sequence), or
+``a[:, K]^T @ dout``, each timed against the dense torch product of the full shape (MKL on CPU, cuBLAS on GPU)
+that computes what the kept one does on every unit: the forward and the weight gradient add into their output
+(a step's gates, the gradient summed over a sequence's steps), so their dense products add too (``addmm_``); the
+dense product into a fresh output (``mm``) is timed beside them ("fresh"). The ideal is (1 - p) of the dense
+time; "of ideal" is the ideal time over the measured one (1.0: the whole saving is reached). The native engine's products are its kernels (the input compacted once per sequence), or
 from 128 rows on a copy of the kept rows and the MKL product; the other backends' are the seam's step
 primitives, the preparation of the kept weight rows (a gather, for the torch backend) included. Variants run
 round-robin in one process; medians.
@@ -26,13 +28,15 @@ PRODUCTS = ("forward", "input gradient", "weight gradient")
 
 
 def products(M, n, N, p, generator, backend="native", device=torch.device("cpu")):
-    """``{name: (dense callable, kept callable)}`` for one shape and rate."""
+    """``{name: (dense callable, kept callable, dense callable into a fresh output)}`` for one shape and rate."""
     k = kept_count(p, n)
     keep = torch.randperm(n, generator=generator)[:k].contiguous().to(device)
     a, wt = (torch.randn(*shape, generator=generator).to(device) for shape in ((M, n), (n, N)))
     dout = torch.randn(M, N, generator=generator).to(device)
     out, dwt = torch.zeros(M, N, device=device), torch.zeros(n, N, device=device)
-    dense = (lambda: torch.mm(a, wt), lambda: torch.mm(dout, wt.t()), lambda: torch.mm(a.t(), dout))
+    out_dense, dwt_dense = out.clone(), dwt.clone()
+    dense = (lambda: out_dense.addmm_(a, wt), lambda: torch.mm(dout, wt.t()), lambda: dwt_dense.addmm_(a.t(), dout))
+    fresh = (lambda: torch.mm(a, wt), None, lambda: torch.mm(a.t(), dout))
     if backend == "native":
         ext = native_backend.extension()[0]
         a_k, da_k = a[:, keep].contiguous(), torch.empty(M, k)
@@ -43,7 +47,7 @@ def products(M, n, N, p, generator, backend="native", device=torch.device("cpu")
         kept = (lambda: b.kept_product(out, a, keep, 1.0, b.kept_rows(wt, keep)),
                 lambda: b.kept_input_grad(da, dout, keep, 1.0, b.kept_rows(wt, keep)),
                 lambda: b.add_kept_rows_grad(dwt, a, dout, keep, 1.0))
-    return dict(zip(PRODUCTS, zip(dense, kept)))
+    return dict(zip(PRODUCTS, zip(dense, kept, fresh)))
 
 
 def serving(backends, device):
@@ -81,25 +85,29 @@ def main(argv=None):
     print(f"device: {device_name(device)}; backends: {', '.join(backends)}"
           f"{f' (native kernels: {kernels})' if kernels else ''}; torch {torch.__version__}; median of {args.repeats}")
     print(f"{'product':<16} {'backend':<7} {'M':>4} {'n -> N':>11} {'p':>4}  {'dense ms':>8}  {'kept ms':>8}  "
-          f"{'of ideal':>8}")
+          f"{'of ideal':>8}  {'fresh ms':>8}  {'of ideal':>8}")
     rows = []
     for M in args.rows:
         for p in args.rates:
             runs = {backend: products(M, args.inputs, args.outputs, p, generator, backend, device)
                     for backend in backends}
-            timed = time_callables({f"{name} {backend} {which}": fn for backend, pairs in runs.items()
-                                    for name, pair in pairs.items() for which, fn in zip(("dense", "kept"), pair)},
+            timed = time_callables({f"{name} {backend} {which}": fn for backend, variants in runs.items()
+                                    for name, fns in variants.items()
+                                    for which, fn in zip(("dense", "kept", "fresh"), fns) if fn is not None},
                                    args.repeats, 3, device)[0]
             for backend in backends:
                 for name in PRODUCTS:
                     dense, kept = timed[f"{name} {backend} dense"], timed[f"{name} {backend} kept"]
-                    k = kept_count(p, args.inputs)
+                    fresh = timed.get(f"{name} {backend} fresh", dense)
+                    share = kept_count(p, args.inputs) / args.inputs
                     row = {"product": name, "backend": backend, "M": M, "n": args.inputs, "N": args.outputs,
-                           "p": p, "k": k, "dense_ms": dense * 1e3, "kept_ms": kept * 1e3,
-                           "of_ideal": k / args.inputs * dense / kept}
+                           "p": p, "k": kept_count(p, args.inputs), "dense_ms": dense * 1e3, "kept_ms": kept * 1e3,
+                           "of_ideal": share * dense / kept, "dense_fresh_ms": fresh * 1e3,
+                           "of_ideal_fresh": share * fresh / kept}
                     rows.append(row)
                     print(f"{name:<16} {backend:<7} {M:>4} {args.inputs:>4} -> {args.outputs:<4} {p:>4}  "
-                          f"{row['dense_ms']:>8.3f}  {row['kept_ms']:>8.3f}  {row['of_ideal']:>7.2f}x")
+                          f"{row['dense_ms']:>8.3f}  {row['kept_ms']:>8.3f}  {row['of_ideal']:>7.2f}x  "
+                          f"{row['dense_fresh_ms']:>8.3f}  {row['of_ideal_fresh']:>7.2f}x")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"device": device_name(device), "kernels": kernels, "torch": torch.__version__,
