@@ -282,24 +282,24 @@ inline void tn_tile(int M, const T* At, int ldat, const int64_t* idx, const T* D
   }
 }
 
-template <typename T, int NV>
-inline void tn_columns(int M, int k, const T* At, int ldat, const int64_t* idx, const T* D, int64_t ldd, T* dB,
-                       int64_t ldb) {
-  int j = 0;
-  for (; j + TN_JR <= k; j += TN_JR) tn_tile<T, TN_JR, NV>(M, At + j * ldat, ldat, idx + j, D, ldd, dB, ldb);
-  for (; j < k; ++j) tn_tile<T, 1, NV>(M, At + j * ldat, ldat, idx + j, D, ldd, dB, ldb);
-}
-
 // A tile of kept rows runs over all the column tiles before the next one: each kept row's part of dB is then read
 // and written in one sweep (a gradient in memory streams row by row) instead of a tile's width at a time with all
 // the other kept rows in between, which brought its lines back from memory for every tile of columns. D's
 // columns [n0, n1) (M rows) stay in cache meanwhile: in L1 for a sequence's blocks of at most 256 columns, in L2 for
-// one step's share of a thread.
+// one step's share of a thread. The last r < L columns, if any, run as one vector right after each tile's sweep,
+// through a zero-padded copy of D's and a padded buffer of sums, while the rows' last lines are still in cache (a
+// separate pass over all kept rows at the end fetched each row's last line again: a tenth of a 20-row product).
 template <typename T>
 void kept_tn(int M, int k, const T* At, int ldat, const int64_t* idx, const T* D, int64_t ldd, T* dB, int64_t ldb,
              int64_t n0, int64_t n1) {
   constexpr int L = Vec<T>::L;
   const int64_t whole = n0 + (n1 - n0) / L * L;
+  const int r = static_cast<int>(n1 - whole);
+  Padded d(r ? sizeof(T) * M * L : 0), sums(r ? sizeof(T) * TN_JR * L : 0);
+  T *dp = static_cast<T*>(d.p), *sp = static_cast<T*>(sums.p);
+  for (int m = 0; r && m < M; ++m) std::memcpy(dp + m * L, D + m * ldd + whole, r * sizeof(T));
+  int64_t rows[TN_JR];  // the sums' rows in their buffer
+  for (int q = 0; q < TN_JR; ++q) rows[q] = q;
   auto sweep = [&](auto jr, int j) {
     column_tiles<T, TN_NV>(
         n0, whole,
@@ -307,22 +307,15 @@ void kept_tn(int M, int k, const T* At, int ldat, const int64_t* idx, const T* D
           tn_tile<T, jr.value, nv.value>(M, At + j * ldat, ldat, idx + j, D + n, ldd, dB + n, ldb);
         },
         [](int64_t, int) {});
+    if (!r) return;
+    std::memset(sp, 0, sizeof(T) * jr.value * L);
+    tn_tile<T, jr.value, 1>(M, At + j * ldat, ldat, rows, dp, L, sp, L);
+    for (int q = 0; q < jr.value; ++q)
+      for (int c = 0; c < r; ++c) dB[idx[j + q] * ldb + whole + c] += sp[q * L + c];
   };
   int j = 0;
   for (; j + TN_JR <= k; j += TN_JR) sweep(std::integral_constant<int, TN_JR>{}, j);
   for (; j < k; ++j) sweep(std::integral_constant<int, 1>{}, j);
-  if (whole < n1) {  // D's last columns into a padded copy; the sums into zeros, then added
-    const int64_t n = whole;
-    const int r = static_cast<int>(n1 - whole);
-    Padded d(sizeof(T) * M * L), sums(sizeof(T) * k * L), order(sizeof(int64_t) * k);
-    T *dp = static_cast<T*>(d.p), *sp = static_cast<T*>(sums.p);
-    int64_t* op = static_cast<int64_t*>(order.p);
-    for (int m = 0; m < M; ++m) std::memcpy(dp + m * L, D + m * ldd + n, r * sizeof(T));
-    for (int q = 0; q < k; ++q) op[q] = q;
-    tn_columns<T, 1>(M, k, At, ldat, op, dp, L, sp, L);
-    for (int q = 0; q < k; ++q)
-      for (int c = 0; c < r; ++c) dB[idx[q] * ldb + n + c] += sp[q * L + c];
-  }
 }
 
 // ---- the cell --------------------------------------------------------------------------------------------
