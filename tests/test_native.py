@@ -148,6 +148,8 @@ def test_the_dispatch_gives_native_the_plans_it_is_fast_on():
 
     x = torch.zeros(1)
     assert ops.select("lstm_layer", x, plan("time", 30)).NAME == "native"
+    assert ops.select("lstm_layer", x, plan("time", 3)).NAME == "native"  # a fresh set per step, however few
+    assert ops.select("lstm_layer", x, plan("pool", 30)).NAME == "torch"  # a few sets shared by the steps
     assert ops.select("lstm_layer", x, plan("batch", 30)).NAME == "torch"  # one kept set: sequence-wide products
     assert ops.select("lstm_layer", x.double(), plan("time", 30)).NAME == "native"
     assert ops.select("lstm_layer", x.bfloat16(), plan("time", 30)).NAME == "torch"
