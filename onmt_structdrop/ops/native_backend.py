@@ -9,9 +9,10 @@ cell's pointwise forward and backward are one pass per step, fused with the recu
 columns. It serves the primitives (the step loops of the input-feed decoder)
 in float32 and float64 on the CPU, and the layer and the masked products of a whole sequence (the output layer)
 in float32 and float64 on the CPU with packed masks, when one of them has a fresh kept set for every step or
-for many steps, and sets of about the same size (``time``, explicit masks); masks with a few sets (``batch``, ``pool``) or
-none are faster in the torch backend's sequence-wide products, regularly strided sets (``rbd``) in its strided
-views, sets of uneven sizes (``tbd``) in its gathers, and dense masks take its masked-dense path.
+for many steps, and sets of about the same size (``time``, explicit masks); masks with a few sets shared by the
+steps (``batch``, ``pool``) or none are faster in the torch backend's sequence-wide products, regularly strided
+sets (``rbd``) in its strided views, sets of uneven sizes (``tbd``) in its gathers, and dense masks take its
+masked-dense path.
 """
 from __future__ import annotations
 

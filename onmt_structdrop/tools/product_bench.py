@@ -7,10 +7,10 @@ For ``a`` (M x n) and a weight ``wt`` (n x N) with k = (1 - p) n kept units: the
 that computes what the kept one does on every unit: the forward and the weight gradient add into their output
 (a step's gates, the gradient summed over a sequence's steps), so their dense products add too (``addmm_``); the
 dense product into a fresh output (``mm``) is timed beside them ("fresh"). The ideal is (1 - p) of the dense
-time; "of ideal" is the ideal time over the measured one (1.0: the whole saving is reached). The native engine's products are its kernels (the input compacted once per sequence), or
-from 128 rows on a copy of the kept rows and the MKL product; the other backends' are the seam's step
-primitives, the preparation of the kept weight rows (a gather, for the torch backend) included. Variants run
-round-robin in one process; medians.
+time; "of ideal" is the ideal time over the measured one (1.0: the whole saving is reached). The native engine's
+products are its kernels (the input compacted once per sequence), or from 128 rows on a copy of the kept rows
+and the MKL product; the other backends' are the seam's step primitives, the preparation of the kept weight rows
+(a gather, for the torch backend) included. Variants run round-robin in one process; medians.
 """
 from __future__ import annotations
 
