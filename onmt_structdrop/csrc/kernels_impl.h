@@ -147,8 +147,8 @@ inline void column_tiles(int64_t n0, int64_t n1, Tile&& tile, Tail&& tail) {
 // compiled once per instruction set, and a template instantiated in each could be linked in from the wrong one.
 struct Padded {
   void* p;
-  explicit Padded(size_t bytes) : p(std::calloc(bytes ? bytes : 1, 1)) {
-    if (!p) throw std::bad_alloc();
+  explicit Padded(size_t bytes) : p(bytes ? std::calloc(bytes, 1) : nullptr) {  // nothing asked: nothing allocated
+    if (bytes && !p) throw std::bad_alloc();
   }
   ~Padded() { std::free(p); }
   Padded(const Padded&) = delete;
