@@ -99,9 +99,10 @@ def main(argv=None):
                 for name in PRODUCTS:
                     dense, kept = timed[f"{name} {backend} dense"], timed[f"{name} {backend} kept"]
                     fresh = timed.get(f"{name} {backend} fresh", dense)
-                    share = kept_count(p, args.inputs) / args.inputs
+                    k = kept_count(p, args.inputs)
+                    share = k / args.inputs
                     row = {"product": name, "backend": backend, "M": M, "n": args.inputs, "N": args.outputs,
-                           "p": p, "k": kept_count(p, args.inputs), "dense_ms": dense * 1e3, "kept_ms": kept * 1e3,
+                           "p": p, "k": k, "dense_ms": dense * 1e3, "kept_ms": kept * 1e3,
                            "of_ideal": share * dense / kept, "dense_fresh_ms": fresh * 1e3,
                            "of_ideal_fresh": share * fresh / kept}
                     rows.append(row)
