@@ -51,6 +51,30 @@ def test_the_command_tables_both_recipes_and_keeps_its_figures(tmp_path, capsys)
     assert saved["results"] == rows and [len(s) for s in saved["step_seconds"]] == [3, 3]
     assert saved["command"].startswith("python -m onmt_structdrop.tasks.speed lm recipes/ptb_small.yaml")
     assert (out / "ptb.png").stat().st_size > 0
+    # the ideal: the baseline's mean step less p times the full-width products the structured dropout shrinks
+    baseline_ms = 1e3 * sum(saved["step_seconds"][1]) / 3
+    shrinkable = saved["ideal"]["shrinkable_ms"]
+    assert list(shrinkable) == ["0.3"] and len(saved["product_seconds"]["0.3"]) == 3
+    assert saved["ideal"]["ms_per_step"] == pytest.approx(baseline_ms - 0.3 * shrinkable["0.3"])
+    assert saved["ideal"]["speed"] == pytest.approx(baseline_ms / saved["ideal"]["ms_per_step"])
+    assert "ideal (baseline - p x shrinkable)" in printed
+
+
+def test_the_ideal_counts_the_products_the_dropout_reaches(tmp_path):
+    args = lm.parse(["-config", "recipes/ptb_small.yaml", *lm_options(tmp_path), "-recurrent_dropout", "0.2"])
+    model, _ = lm.training_steps(args)
+    T, B, H, V = 5, 4, 12, model.embed.num_embeddings
+    shapes = lm.shrinkable_shapes(args, model)
+    flops = {rate: sum(m * n * o * reps for m, n, o, reps in s) for rate, s in shapes.items()}
+    inputs, projection, recurrent = 2 * (T * B) * H * 4 * H, (T * B) * H * V, 2 * T * B * H * 4 * H
+    assert flops == {0.3: inputs + projection, 0.2: recurrent}
+
+
+def test_no_ideal_for_a_recipe_without_structured_dropout(tmp_path, capsys):
+    speed.main(["lm", "recipes/ptb_small_baseline.yaml", "recipes/ptb_small_baseline.yaml", *lm_options(tmp_path),
+                "--steps", "2", "--warmup", "0", "--json", str(tmp_path / "same.json")])
+    assert json.loads((tmp_path / "same.json").read_text())["ideal"] is None
+    assert "ideal" not in capsys.readouterr().out
 
 
 def test_missing_data_is_one_line(tmp_path, capsys):

@@ -160,6 +160,18 @@ def training_steps(args):
     return model, steps()
 
 
+def shrinkable_shapes(args, model):
+    """The products that the structured model's dropout shrinks, as ``{rate: [(m, n, o, repeats), ...]}`` (an
+    ``m x n`` activation times an ``n x o`` weight) shaped as the ordinary model runs them: every layer's input
+    product over the window (``nn.LSTM`` runs it once for all steps), the projection, and where h(t-1) is dropped
+    the recurrent products, a step at a time. ``tasks.speed`` times them for its ideal row."""
+    T, B, H = args.bptt, args.batch_size, args.hidden_size
+    shapes = {args.dropout: [(T * B, H, 4 * H, args.num_layers), (T * B, H, model.embed.num_embeddings, 1)]}
+    if args.recurrent_dropout:
+        shapes.setdefault(args.recurrent_dropout, []).append((B, H, 4 * H, T * args.num_layers))
+    return shapes
+
+
 def train_data(args, ids):
     """The training split as ``[n, batch_size]``, checked to hold one window at least."""
     data = batchify(ids["train"], args.batch_size).to(args.device)

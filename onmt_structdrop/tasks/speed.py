@@ -11,10 +11,17 @@ the same order) and trained one step of each in turn, so that the machine's swin
 own, one after the other, spread by 10-20% on a shared machine. Options other than this command's own go to both
 recipes. Prints each recipe's words/s over the timed steps and its speed against the second recipe, with the median
 and quartiles of the ratios of the step pairs; ``--json`` and ``--plot`` (the pairs' ratios, PNG) keep them.
+
+Where the task names the products its dropout shrinks (``lm``: ``lm.shrinkable_shapes``) and the first recipe is
+structured, the round-robin also times those products at full width, and an ideal row gives what skipping every
+dropped unit's work with no overhead at all would give: the baseline's mean step less the dropout rate times their
+time. Everything else in the step (the loss, embeddings, gates, the optimizer) is the same work with or without
+dropout, so the ideal bounds the speed-up that skipping can give.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -24,7 +31,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..tools.bench import cpu_name
+from ..tools.bench import cpu_name, full_width_products
 from ..tools.plotting import save_line_plot
 from . import lm, ner
 
@@ -58,7 +65,27 @@ def summary(recipes, seconds, words):
     return rows, pairs
 
 
-def print_table(rows, head):
+def shrinkable_products(task, args, model):
+    """``{rate: callable}`` running the products that the recipe's dropout at that rate shrinks, at full width
+    (none where the task does not name them or the recipe is not structured)."""
+    if not hasattr(task, "shrinkable_shapes") or args.dropout_impl != "structured":
+        return {}
+    return {rate: full_width_products(shapes, torch.device(args.device), args.seed)
+            for rate, shapes in task.shrinkable_shapes(args, model).items()}
+
+
+def ideal(baseline_seconds, product_seconds):
+    """The baseline's mean step less each rate times the mean time of the products it shrinks, and its ratio to
+    the baseline (means, as the words/s of the table)."""
+    baseline = statistics.fmean(baseline_seconds)
+    by_rate = {rate: statistics.fmean(s) for rate, s in product_seconds.items()}
+    best = baseline - sum(rate * s for rate, s in by_rate.items())
+    return {"ms_per_step": 1e3 * best, "speed": baseline / best,
+            "shrinkable_ms": {str(rate): 1e3 * s for rate, s in by_rate.items()},
+            "shrinkable_share": sum(by_rate.values()) / baseline}
+
+
+def print_table(rows, head, best=None):
     print(head)
     width = max(len(r["recipe"]) for r in rows)
     print(f"{'recipe':{width}s}  ms/step  words/s   speed  step pairs: median (quartiles)")
@@ -66,6 +93,11 @@ def print_table(rows, head):
         q1, q3 = r["pair_ratio_quartiles"]
         print(f"{r['recipe']:{width}s}  {r['ms_per_step']:7.1f}  {r['words_per_s']:7.0f}  {r['speed']:5.2f}x  "
               f"{r['pair_ratio_median']:.2f}x ({q1:.2f}x-{q3:.2f}x)")
+    if best:
+        print(f"{'ideal (baseline - p x shrinkable)':{width}s}  {best['ms_per_step']:7.1f}  {'':7s}  "
+              f"{best['speed']:5.2f}x")
+        print(f"products the dropout shrinks: {sum(best['shrinkable_ms'].values()):.1f} ms a step at full width, "
+              f"{100 * best['shrinkable_share']:.0f}% of the baseline's mean step")
 
 
 def main(argv=None):
@@ -90,11 +122,15 @@ def main(argv=None):
     if options[0].threads:
         torch.set_num_threads(options[0].threads)
     try:
-        streams = [task.training_steps(o)[1] for o in options]
+        built = [task.training_steps(o) for o in options]
+        products = shrinkable_products(task, options[0], built[0][0])
+        streams = [steps for _, steps in built] + [itertools.repeat((0, run)) for run in products.values()]
         seconds, words = time_pairs(streams, args.steps, args.warmup)
     except (OSError, ValueError) as err:  # missing or malformed data: one line
         parser.exit(2, f"{parser.prog}: error: {err}\n")
-    rows, pairs = summary(recipes, seconds, words)
+    seconds, product_seconds = seconds[:len(recipes)], dict(zip(products, seconds[len(recipes):]))
+    rows, pairs = summary(recipes, seconds, words[:len(recipes)])
+    best = ideal(seconds[-1], product_seconds) if products else None
     device = torch.device(options[0].device)
     if device.type == "cuda":
         device = torch.cuda.get_device_name(device)
@@ -103,12 +139,14 @@ def main(argv=None):
         device = f"{cpu_name()}, {threads} thread{'s' * (threads > 1)}"
     head = (f"{args.task}: {args.steps} steps of each recipe in turn after {args.warmup}, {device}, "
             f"torch {torch.__version__}")
-    print_table(rows, head)
+    print_table(rows, head, best)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"command": " ".join(["python -m onmt_structdrop.tasks.speed",
                                                                    *(sys.argv[1:] if argv is None else argv)]),
-                                         "setup": head, "results": rows, "step_seconds": seconds}, indent=1) + "\n")
+                                         "setup": head, "results": rows, "ideal": best, "step_seconds": seconds,
+                                         "product_seconds": {str(r): s for r, s in product_seconds.items()}},
+                                        indent=1) + "\n")
     if args.plot:
         series = [(f"{r} against {recipes[-1].name}", list(range(1, len(p) + 1)), p, {"marker": None, "lw": 0.8})
                   for r, p in zip(recipes[:-1], pairs[:-1])]

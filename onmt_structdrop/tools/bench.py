@@ -168,6 +168,24 @@ def time_callables(runs, repeats, warmup, device):
     return {name: statistics.median(ts) for name, ts in times.items()}, peaks
 
 
+def full_width_products(shapes, device, seed=0):
+    """A callable running, for each ``(m, n, o, repeats)`` of ``shapes``, an ``m x n`` activation times an
+    ``n x o`` weight with its input and weight gradients, ``repeats`` times, at full width: the products dropout
+    can shrink, timed as the stock model runs them, for the ideal rows of the benchmarks."""
+    g = torch.Generator().manual_seed(seed)
+    rand = lambda *shape: torch.randn(*shape, generator=g).to(device)  # noqa: E731
+    operands = [(rand(m, n), rand(n, o), rand(m, o), reps) for m, n, o, reps in shapes]
+
+    def run():
+        for a, w, dy, reps in operands:
+            for _ in range(reps):
+                a @ w
+                dy @ w.t()
+                a.t() @ dy
+
+    return run
+
+
 def train_step(model, x):
     """One forward and backward of ``model`` on ``x`` (an LSTM's output and final state, or a projection's)."""
     x.grad = None

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .bench import device_name, time_callables
+from .bench import device_name, full_width_products, time_callables
 from ..masks import MASK_MODES, check_rate
 
 PAD = 1
@@ -103,18 +103,7 @@ def shrinkable_shapes(args):
 def shrinkable_products(args, device):
     """A callable running every :func:`shrinkable_shapes` product at full width with its input and weight
     gradients."""
-    g = torch.Generator().manual_seed(args.seed)
-    rand = lambda *shape: torch.randn(*shape, generator=g).to(device)  # noqa: E731
-    operands = [(rand(m, n), rand(n, o), rand(m, o), reps) for m, n, o, reps in shrinkable_shapes(args)]
-
-    def run():
-        for a, w, dy, reps in operands:
-            for _ in range(reps):
-                a @ w
-                dy @ w.t()
-                a.t() @ dy
-
-    return run
+    return full_width_products(shrinkable_shapes(args), device, args.seed)
 
 
 def run(args, device):
