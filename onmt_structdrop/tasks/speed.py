@@ -70,7 +70,12 @@ def shrinkable_products(task, args, model):
     (none where the task does not name them or the recipe is not structured)."""
     if not hasattr(task, "shrinkable_shapes") or args.dropout_impl != "structured":
         return {}
-    return {rate: full_width_products(shapes, torch.device(args.device), args.seed)
+    device = torch.device(args.device)
+
+    def finished(run):  # a training step ends in the loss's .item(); products on a GPU must be waited for too
+        return run if device.type != "cuda" else lambda: (run(), torch.cuda.synchronize(device))
+
+    return {rate: finished(full_width_products(shapes, device, args.seed))
             for rate, shapes in task.shrinkable_shapes(args, model).items()}
 
 
