@@ -14,8 +14,8 @@ and quartiles of the ratios of the step pairs; ``--json`` and ``--plot`` (the pa
 
 Where the task names the products its dropout shrinks (``lm``: ``lm.shrinkable_shapes``) and the first recipe is
 structured, the round-robin also times those products at full width, and an ideal row gives what skipping every
-dropped unit's work with no overhead at all would give: the baseline's mean step less the dropout rate times their
-time. Everything else in the step (the loss, embeddings, gates, the optimizer) is the same work with or without
+dropped unit's work with no overhead at all would give: each baseline step less the dropout rate times the
+products' turn beside it. Everything else in the step (the loss, embeddings, gates, the optimizer) is the same work with or without
 dropout, so the ideal bounds the speed-up that skipping can give.
 """
 from __future__ import annotations
@@ -79,15 +79,16 @@ def shrinkable_products(task, args, model):
             for rate, shapes in task.shrinkable_shapes(args, model).items()}
 
 
-def ideal(baseline_seconds, product_seconds):
-    """The baseline's mean step less each rate times the mean time of the products it shrinks, and its ratio to
-    the baseline (means, as the words/s of the table)."""
-    baseline = statistics.fmean(baseline_seconds)
-    by_rate = {rate: statistics.fmean(s) for rate, s in product_seconds.items()}
-    best = baseline - sum(rate * s for rate, s in by_rate.items())
-    return {"ms_per_step": 1e3 * best, "speed": baseline / best,
-            "shrinkable_ms": {str(rate): 1e3 * s for rate, s in by_rate.items()},
-            "shrinkable_share": sum(by_rate.values()) / baseline}
+def ideal(baseline_seconds, words, product_seconds):
+    """The ideal as a row of the table: every baseline step less each rate times that step's turn of the products
+    it shrinks; its words/s and speed over all steps, as the recipes' (ms a step: the medians')."""
+    total = sum(baseline_seconds) - sum(rate * sum(s) for rate, s in product_seconds.items())
+    medians = {rate: statistics.median(s) for rate, s in product_seconds.items()}
+    step = statistics.median(baseline_seconds)
+    return {"ms_per_step": 1e3 * (step - sum(rate * m for rate, m in medians.items())), "words_per_s": words / total,
+            "speed": sum(baseline_seconds) / total,
+            "shrinkable_ms": {str(rate): 1e3 * m for rate, m in medians.items()},
+            "shrinkable_share": sum(medians.values()) / step}
 
 
 def print_table(rows, head, best=None):
@@ -99,10 +100,10 @@ def print_table(rows, head, best=None):
         print(f"{r['recipe']:{width}s}  {r['ms_per_step']:7.1f}  {r['words_per_s']:7.0f}  {r['speed']:5.2f}x  "
               f"{r['pair_ratio_median']:.2f}x ({q1:.2f}x-{q3:.2f}x)")
     if best:
-        print(f"{'ideal (baseline - p x shrinkable)':{width}s}  {best['ms_per_step']:7.1f}  {'':7s}  "
-              f"{best['speed']:5.2f}x")
+        print(f"{'ideal (baseline - p x shrinkable)':{width}s}  {best['ms_per_step']:7.1f}  "
+              f"{best['words_per_s']:7.0f}  {best['speed']:5.2f}x")
         print(f"products the dropout shrinks: {sum(best['shrinkable_ms'].values()):.1f} ms a step at full width, "
-              f"{100 * best['shrinkable_share']:.0f}% of the baseline's mean step")
+              f"{100 * best['shrinkable_share']:.0f}% of the baseline's step (medians)")
 
 
 def main(argv=None):
@@ -135,7 +136,7 @@ def main(argv=None):
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     seconds, product_seconds = seconds[:len(recipes)], dict(zip(products, seconds[len(recipes):]))
     rows, pairs = summary(recipes, seconds, words[:len(recipes)])
-    best = ideal(seconds[-1], product_seconds) if products else None
+    best = ideal(seconds[-1], words[len(recipes) - 1], product_seconds) if products else None
     device = torch.device(options[0].device)
     if device.type == "cuda":
         device = torch.cuda.get_device_name(device)
