@@ -56,6 +56,29 @@ def test_kept_products_match_dense_math(isa, dtype, M, k, N):
 
 
 @needs_native
+def test_the_weight_gradient_is_the_same_on_any_thread_count(isa):
+    # each thread sweeps the kept rows from a start of its own; every sum is still taken in the same order
+    g = torch.Generator().manual_seed(3)
+    n, N, M = 650, 2600, 20
+    keep = torch.randperm(n, generator=g)[:325].sort().values
+    a, dout = torch.randn(M, 325, generator=g), torch.randn(M, N, generator=g)
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for count in (1, 2, 3):
+            torch.set_num_threads(count)
+            dwt = torch.ones(n, N)
+            native.kept_weight_grad(a, keep, dout, dwt)
+            grads.append(dwt)
+    finally:
+        torch.set_num_threads(threads)
+    expected = torch.ones(n, N, dtype=torch.float64)
+    expected[keep] += a.double().t() @ dout.double()
+    torch.testing.assert_close(grads[0].double(), expected, rtol=1e-4, atol=1e-4)
+    assert all(torch.equal(grads[0], other) for other in grads[1:])
+
+
+@needs_native
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("N", [7, 300])  # 300: blocks of columns and a last vector cut short
 def test_sequence_products_of_every_instruction_set_match_dense_math(isa, dtype, N):

@@ -584,9 +584,17 @@ void weight_grad(const Tensor& a, const Tensor& keep, const Tensor& dout, Tensor
     const int64_t M = a.size(0), k = keep.size(0), N = dout.size(1);
     scalar_t* a_t = scratch(11, {k, M}, a.options(), false).template data_ptr<scalar_t>();
     K.transpose(M, k, a.data_ptr<scalar_t>(), k, a_t, M);  // the kernels read the block transposed
+    // each thread sweeps the kept rows from a starting row of its own (thread i of n from about i k / n, in whole
+    // tiles of rows, then round to its start): with every thread on the same rows at once, each on its share of
+    // the columns, the 20-row product of 650 x 2600 ran 3-6% slower on two threads
+    const int64_t* idx = keep.data_ptr<int64_t>();
+    const scalar_t* d = dout.data_ptr<scalar_t>();
+    scalar_t* dw = dwt.data_ptr<scalar_t>();
     for_each_column_run(N, [&](int64_t c0, int64_t c1, int64_t) {
-      K.kept_tn(M, k, a_t, M, keep.data_ptr<int64_t>(), dout.data_ptr<scalar_t>(), N, dwt.data_ptr<scalar_t>(), N,
-                c0, c1);
+      constexpr int64_t TILES = 12;  // a multiple of every instruction set's tile of kept rows
+      const int64_t first = k * at::get_thread_num() / std::max(1, at::get_num_threads()) / TILES * TILES;
+      K.kept_tn(M, k - first, a_t + first * M, M, idx + first, d, N, dw, N, c0, c1);
+      if (first) K.kept_tn(M, first, a_t, M, idx, d, N, dw, N, c0, c1);
     });
   });
 }
