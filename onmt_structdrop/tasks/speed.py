@@ -15,8 +15,8 @@ and quartiles of the ratios of the step pairs; ``--json`` and ``--plot`` (the pa
 Where the task names the products its dropout shrinks (``lm``: ``lm.shrinkable_shapes``) and the first recipe is
 structured, the round-robin also times those products at full width, and an ideal row gives what skipping every
 dropped unit's work with no overhead at all would give: each baseline step less the dropout rate times the
-products' turn beside it. Everything else in the step (the loss, embeddings, gates, the optimizer) is the same work with or without
-dropout, so the ideal bounds the speed-up that skipping can give.
+products' turn beside it. Everything else in the step (the loss, embeddings, gates, the optimizer) is the same
+work with or without dropout, so the ideal bounds the speed-up that skipping can give.
 """
 from __future__ import annotations
 
@@ -82,11 +82,12 @@ def shrinkable_products(task, args, model):
 def ideal(baseline_seconds, words, product_seconds):
     """The ideal as a row of the table: every baseline step less each rate times that step's turn of the products
     it shrinks; its words/s and speed over all steps, as the recipes' (ms a step: the medians')."""
-    total = sum(baseline_seconds) - sum(rate * sum(s) for rate, s in product_seconds.items())
+    baseline = sum(baseline_seconds)
+    total = baseline - sum(rate * sum(s) for rate, s in product_seconds.items())
     medians = {rate: statistics.median(s) for rate, s in product_seconds.items()}
     step = statistics.median(baseline_seconds)
     return {"ms_per_step": 1e3 * (step - sum(rate * m for rate, m in medians.items())), "words_per_s": words / total,
-            "speed": sum(baseline_seconds) / total,
+            "speed": baseline / total,
             "shrinkable_ms": {str(rate): 1e3 * m for rate, m in medians.items()},
             "shrinkable_share": sum(medians.values()) / step}
 
