@@ -8,6 +8,8 @@ gives one step's product on the kept units (its steps' weight gradients summed i
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
@@ -15,6 +17,22 @@ from torch.nn import functional as F
 from . import ops
 from .accounting import tally
 from .ops import CACHED_SETS, PackedMask
+
+
+def first_order(backward):
+    """``once_differentiable``, and an error as soon as a second-order graph is asked for: the backends compute
+    first-order gradients only, and a gradient without a graph would make a penalty on it contribute nothing."""
+    inner = once_differentiable(backward)
+
+    @functools.wraps(backward)
+    def wrapper(ctx, *grads):
+        if torch.is_grad_enabled():  # backward(create_graph=True) / autograd.grad(create_graph=True)
+            raise RuntimeError("structured dropout has first-order gradients only: create_graph=True (double "
+                               "backward, e.g. a gradient penalty) through a training forward with dropout is "
+                               "not supported; compute the penalty in eval() or with dropout 0")
+        return inner(ctx, *grads)
+
+    return wrapper
 
 
 class LSTMLayerFunction(torch.autograd.Function):
@@ -29,7 +47,7 @@ class LSTMLayerFunction(torch.autograd.Function):
         return y, h_n, c_n
 
     @staticmethod
-    @once_differentiable
+    @first_order
     def backward(ctx, dy, dh_n, dc_n):
         x, h0, c0, w_ih, w_hh, *saved = ctx.saved_tensors
         needs = (*ctx.needs_input_grad[:3], ctx.has_bias)
@@ -50,7 +68,7 @@ class SequenceLinearFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order
     def backward(ctx, dout):
         x, weight, *saved = ctx.saved_tensors
         dx, dwt, db = ops.get(ctx.backend).sequence_backward(x, weight.t(), ctx.mask, dout, ctx.needs_input_grad[0],
@@ -97,7 +115,7 @@ class _CollectFunction(torch.autograd.Function):
         return weight.new_empty(0)
 
     @staticmethod
-    @once_differentiable
+    @first_order
     def backward(ctx, _):
         dwt = ctx.grad.take()
         return (dwt.t() if dwt is not None else None), None
@@ -115,7 +133,7 @@ class _KeptStepFunction(torch.autograd.Function):
         return out
 
     @staticmethod
-    @once_differentiable
+    @first_order
     def backward(ctx, dout):
         x, rows, keep, mult = ctx.saved_tensors
         mult = mult if mult is not None else ctx.mult
@@ -184,7 +202,7 @@ class LSTMCellFunction(torch.autograd.Function):
         return h, c
 
     @staticmethod
-    @once_differentiable
+    @first_order
     def backward(ctx, dh, dc):
         act, c_prev, tanh_c = ctx.saved_tensors
         dh = dh if dh is not None else torch.zeros_like(c_prev)

@@ -9,7 +9,9 @@ from torch.nn import functional as F
 
 from . import ops
 from .functions import SequenceLinearFunction
-from .masks import (DEFAULT_POOL_SIZE, DenseOnRead, PatternOptions, StructuredMask, check_mode, check_pool_size,
+from .mask_checks import check_generator, check_mask, check_no_transform
+from .masks import (DEFAULT_POOL_SIZE, DenseOnRead, PatternOptions, StructuredMask, check_mode, check_pattern,
+                    check_pool_size,
                     check_rate, sample_mask)
 
 
@@ -38,8 +40,8 @@ class StructuredDropoutLinear(nn.Module):
         self.mask_mode = check_mode(mask_mode)
         self.batch_first, self.compact = bool(batch_first), bool(compact)
         self.pool_size = check_pool_size(pool_size)
-        self.generator = generator
-        self.pattern = pattern
+        self.generator = check_generator(generator)
+        self.pattern = check_pattern(pattern, self.mask_mode, [in_features])
         self.last_mask = None
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(out_features, in_features, **factory))
@@ -67,15 +69,17 @@ class StructuredDropoutLinear(nn.Module):
             return y.reshape(*x.shape[:-1], self.out_features)
         if mask is None and (not self.training or self.dropout == 0.0):
             return F.linear(x, self.weight, self.bias)
+        check_no_transform(x, type(self).__name__)
         xt = x.transpose(0, 1) if self.batch_first else x
         T, B, n = xt.shape
+        if T == 0 or B == 0:  # nothing to drop (nn.Linear's empty result), an explicit mask checked all the same
+            check_mask(mask, "mask", T, n, B)
+            return F.linear(x, self.weight, self.bias)
         if mask is None:
             mask = sample_mask(self.mask_mode, self.dropout, n, T, batch=B, generator=self.generator,
                                pool_size=self.pool_size, pattern=self.pattern)
-        elif not isinstance(mask, StructuredMask) and (not torch.is_tensor(mask) or tuple(mask.shape) not in
-                                                       ((T, n), (T, B, n))):
-            got = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
-            raise ValueError(f"mask must have shape ({T}, {n}) or ({T}, {B}, {n}), got {got}")
+        else:
+            mask = check_mask(mask, "mask", T, n, B)
         self.last_mask = DenseOnRead.drawn(mask, x.dtype)
         # an explicit tensor mask is multiplied in, as given
         internal = ops.prepare(mask, x.device, x.dtype, compact=self.compact and isinstance(mask, StructuredMask))

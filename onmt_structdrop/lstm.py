@@ -11,7 +11,8 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 from . import ops
 from .accounting import tally
 from .functions import LSTMLayerFunction
-from .masks import (DEFAULT_POOL_SIZE, DenseOnRead, PatternOptions, StructuredMask, auto_pool_size, check_mode,
+from .mask_checks import check_generator, check_mask, check_no_transform
+from .masks import (DEFAULT_POOL_SIZE, DenseOnRead, PatternOptions, auto_pool_size, check_mode, check_pattern,
                     check_pool_size, check_rate, pool_assignment, sample_mask)
 
 
@@ -74,10 +75,10 @@ class StructDropLSTM(nn.Module):
         self.mask_mode = check_mode(mask_mode)
         self.pool_size = check_pool_size(pool_size)
         self.compact = bool(compact)
-        self.generator = generator
-        if not isinstance(pattern, PatternOptions):
-            raise TypeError(f"pattern must be a PatternOptions, got {type(pattern).__name__}")
-        self.pattern = pattern
+        self.generator = check_generator(generator)
+        self.pattern = check_pattern(pattern, self.mask_mode,
+                                     {input_size, hidden_size} | ({hidden_size * self.num_directions}
+                                                                   if num_layers > 1 else set()))
         self.last_masks = None
         self.site = "lstm"  # how training reports name this LSTM's dropout sites (onmt_structdrop.accounting)
         self.proj_size = 0  # read by code written for nn.LSTM
@@ -158,23 +159,19 @@ class StructDropLSTM(nn.Module):
         return {"input": inputs, "recurrent": recurrent}
 
     def _check_masks(self, masks, T, B):
+        """Explicit masks, each checked (:func:`~onmt_structdrop.mask_checks.check_mask`) and in the form the
+        layers compute with."""
+        H, dirs, L = self.hidden_size, self.num_directions, self.num_layers
         if not isinstance(masks, dict) or set(masks) != {"input", "recurrent"}:
             raise ValueError("masks must be a dict with keys 'input' and 'recurrent'")
-        H, dirs, L = self.hidden_size, self.num_directions, self.num_layers
-        if len(masks["input"]) != L or len(masks["recurrent"]) != L or any(
-                len(r) != dirs for r in masks["recurrent"]):
+        if not isinstance(masks["input"], (list, tuple)) or not isinstance(masks["recurrent"], (list, tuple)) \
+                or len(masks["input"]) != L or len(masks["recurrent"]) != L \
+                or any(not isinstance(r, (list, tuple)) or len(r) != dirs for r in masks["recurrent"]):
             raise ValueError(f"masks must hold {L} input masks and {L} x {dirs} recurrent masks")
-        for name, m, n in [(f"input[{l}]", masks["input"][l], self.input_size if l == 0 else H * dirs)
-                           for l in range(L)] + [(f"recurrent[{l}][{d}]", masks["recurrent"][l][d], H)
-                                                 for l in range(L) for d in range(dirs)]:
-            if m is None or isinstance(m, StructuredMask):
-                continue
-            if not torch.is_tensor(m) or tuple(m.shape) not in ((T, n), (T, B, n)):
-                shape = tuple(m.shape) if torch.is_tensor(m) else type(m).__name__
-                raise ValueError(f"mask {name} must have shape ({T}, {n}) or ({T}, {B}, {n}), got {shape}")
-            if not m.is_floating_point() or not torch.isfinite(m).all() or (m < 0).any():
-                raise ValueError(f"mask {name} must hold finite non-negative numbers (0 drops a unit, a positive "
-                                 f"value keeps it, scaled by that value)")
+        return {"input": [check_mask(m, f"masks['input'][{l}]", T, self.input_size if l == 0 else H * dirs, B)
+                          for l, m in enumerate(masks["input"])],
+                "recurrent": [[check_mask(m, f"masks['recurrent'][{l}][{d}]", T, H, B) for d, m in enumerate(r)]
+                              for l, r in enumerate(masks["recurrent"])]}
 
     # ---- forward -----------------------------------------------------------------------------------------
     def forward(self, input, hx=None, masks: Optional[dict] = None):
@@ -207,8 +204,10 @@ class StructDropLSTM(nn.Module):
         h0, c0 = self._initial_state(hx, B, x, unbatched, sorted_indices)
 
         explicit = masks is not None
+        if explicit or (self.training and (self.dropout or self.recurrent_dropout or self.input_dropout)):
+            check_no_transform(x, type(self).__name__)
         if explicit:
-            self._check_masks(masks, T, B)
+            masks = self._check_masks(masks, T, B)
         else:
             masks = self.sample_masks(T, B)
         if self.training or explicit:

@@ -90,7 +90,8 @@ class StructuredMask:
             step_group = [-1] * self.steps
             for g, steps in enumerate(self.group_steps):
                 for t in steps.tolist():
-                    step_group[t] = g
+                    if 0 <= t < self.steps:  # a step out of range is left to check_mask to report
+                        step_group[t] = g
             self.step_group = step_group
 
     def to(self, device):
@@ -273,6 +274,19 @@ def check_tile_size(tile_size, n):
     if n % tile_size:
         raise ValueError(f"tile_size {tile_size} does not divide the width {n}")
     return tile_size
+
+
+def check_pattern(pattern, mode, widths):
+    """``pattern`` checked for a module whose masks cover each of ``widths`` units: a ``PatternOptions`` whose
+    ``tbd`` tile size, when given, divides every width (found when the module is built, not at its first step)."""
+    if not isinstance(pattern, PatternOptions):
+        raise TypeError(f"pattern must be a PatternOptions, got {type(pattern).__name__}")
+    if mode == "tbd" and pattern.tile_size is not None:
+        for n in widths:
+            if n % pattern.tile_size:
+                raise ValueError(f"tbd tile_size {pattern.tile_size} does not divide the width {n} of a masked "
+                                 f"input; pick a divisor of every width, or None for the automatic size")
+    return pattern
 
 
 def sample_pattern(mode, p, n, steps, generator=None, options=PatternOptions()):

@@ -285,7 +285,7 @@ def test_bad_forward_inputs():
         model(torch.randn(T, B, N_IN), (torch.zeros(2, B, H), torch.zeros(2, B, H, dtype=torch.float64)))
     good = model.sample_masks(T, B)
     bad = {"input": [torch.ones(T, N_IN), torch.ones(T + 1, H)], "recurrent": good["recurrent"]}
-    with pytest.raises(ValueError, match="mask input\\[1\\] must have shape \\(5, 5\\) or \\(5, 3, 5\\), got "
+    with pytest.raises(ValueError, match="masks\\['input'\\]\\[1\\] must have shape \\(5, 5\\) or \\(5, 3, 5\\), got "
                                          "\\(6, 5\\)"):
         model(torch.randn(T, B, N_IN), masks=bad)
     with pytest.raises(ValueError, match="2 input masks and 2 x 1 recurrent masks"):
@@ -325,7 +325,7 @@ def test_proj_size_zero_is_accepted_and_any_other_refused():
 def test_explicit_masks_are_checked(bad, match):
     model = StructDropLSTM(N_IN, H, 1, input_dropout=0.5)
     masks = {"input": [bad], "recurrent": [[None]]}
-    with pytest.raises(ValueError, match=f"mask input\\[0\\] must hold {match}"):
+    with pytest.raises(ValueError, match=f"masks\\['input'\\]\\[0\\] must hold {match}"):
         model(torch.randn(T, B, N_IN), masks=masks)
 
 

@@ -20,6 +20,7 @@ from torch.nn import functional as F
 from ..accounting import tally
 from ..functions import StepProduct, lstm_cell, sequence_linear
 from ..lstm import StructDropLSTM
+from ..masks import check_pattern
 from ..ops import PackedMask
 from .encoders import mask_generator, silence_embedding_dropout
 from .options import Settings
@@ -105,6 +106,7 @@ class _StructDropDecoder:
     """What both decoders share: settings, the output mask and the generator built on it."""
 
     def _setup(self, settings: Settings, embeddings):
+        check_pattern(settings.pattern, settings.mask_mode, [embeddings.embedding_size, self.hidden_size])
         self.settings = settings
         silence_embedding_dropout(embeddings)
         self.output_mask = OutputMask()
