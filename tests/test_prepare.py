@@ -1,5 +1,6 @@
 """nmt_prepare: the IWSLT'14 split made from an archive with the release's layout (fairseq's cleaning and split),
 the checks against the published files, SentencePiece and BPE output, and one-line errors."""
+import gzip
 import io
 import json
 import tarfile
@@ -169,18 +170,91 @@ def test_a_download_lands_whole_or_not_at_all(tmp_path):
     assert not (tmp_path / "never.tgz").exists()
 
 
-def test_the_split_is_made_once_per_archive(archive, tmp_path, monkeypatch):
+def rewritten(archive, path, change=None, extra=()):
+    """A copy of ``archive`` at ``path``: each member's text through ``change(name, text)``, then ``extra``
+    members ``(name, text)``."""
+    with tarfile.open(archive) as src, tarfile.open(path, "w:gz") as dst:
+        for member in src.getmembers():
+            data = src.extractfile(member).read()
+            if change is not None:
+                data = change(member.name, data.decode()).encode()
+            member.size = len(data)
+            dst.addfile(member, io.BytesIO(data))
+        for name, text in extra:
+            info = tarfile.TarInfo(name)
+            info.size = len(text.encode())
+            dst.addfile(info, io.BytesIO(text.encode()))
+    return path
+
+
+def test_the_split_is_made_once_per_archive_content(archive, tmp_path, monkeypatch):
     calls = []
     real = iwslt14.split
     monkeypatch.setattr(iwslt14, "split", lambda members: calls.append(1) or real(members))
+    source = tmp_path / "src" / "de-en.tgz"
+    source.parent.mkdir()
+    source.write_bytes(archive.read_bytes())
     for _ in range(2):
-        prepare.prepare("iwslt14_deen", tmp_path / "out", source=archive, vocab_size=120)
+        prepare.prepare("iwslt14_deen", tmp_path / "out", source=source, vocab_size=120)
     assert len(calls) == 1  # the second run reuses fairseq_split/
-    other = tmp_path / "copy" / "de-en.tgz"
-    other.parent.mkdir()
-    other.write_bytes(archive.read_bytes())
-    prepare.prepare("iwslt14_deen", tmp_path / "out", source=other, vocab_size=120)
-    assert len(calls) == 2  # another archive: made again
+    copy = tmp_path / "copy" / "de-en.tgz"
+    copy.parent.mkdir()
+    copy.write_bytes(archive.read_bytes())
+    prepare.prepare("iwslt14_deen", tmp_path / "out", source=copy, vocab_size=120)
+    assert len(calls) == 1  # the same bytes elsewhere: the same split
+    # another archive at the same path (its size and name unchanged would not matter): made again, from it
+    rewritten(archive, source, lambda name, text: text.replace("Satz Nummer 1-0", "Satz Nummer 9-9"))
+    prepare.prepare("iwslt14_deen", tmp_path / "out", source=source, vocab_size=120)
+    assert len(calls) == 2
+    assert "satz nummer 9-9" in (tmp_path / "out" / "train.src").read_text()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip", "a member twice"])
+def test_a_damaged_or_ambiguous_archive_is_one_line(archive, tmp_path, capsys, damage):
+    broken = tmp_path / "de-en.tgz"
+    if damage == "truncated":
+        broken.write_bytes(archive.read_bytes()[: archive.stat().st_size // 2])
+    elif damage == "not gzip":
+        broken.write_bytes(b"<html>404 Not Found</html>\n" * 50)
+    else:
+        rewritten(archive, broken, extra=[("other/train.tags.de-en.de", "Ein anderer Satz.\n")])
+    with pytest.raises(SystemExit) as exit_info:
+        prepare.main(["iwslt14_deen", "--source", str(broken), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    expected = {"truncated": "is not a complete tar archive", "not gzip": "is not a complete tar archive",
+                "a member twice": "holds train.tags.de-en.de twice (de-en/train.tags.de-en.de and "
+                                  "other/train.tags.de-en.de): which one is the release's is ambiguous"}[damage]
+    assert expected in err and str(broken) in err
+
+
+def test_a_last_line_without_newline_and_a_byte_order_mark(tmp_path):
+    """The last line used to be dropped (1999 of 2000 pairs, exit 0), and a BOM kept in the prepared text."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for stem in ("train", "val", "test_2016_flickr"):
+        (source / f"{stem}.de").write_text("\ufeffEin Hund läuft.\nZwei Katzen schlafen.", encoding="utf-8")
+        (source / f"{stem}.en").write_text("A dog runs.\nTwo cats sleep.\n", encoding="utf-8")
+    info = prepare.prepare("multi30k_deen", tmp_path / "out", source=source, vocab_size=40)
+    assert info["pairs"] == {"train": 2, "valid": 2, "test": 2}
+    assert (tmp_path / "out" / "train.src").read_text(encoding="utf-8") == "ein hund läuft.\nzwei katzen schlafen.\n"
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not gzip"])
+def test_a_damaged_gzip_file_is_one_line(tmp_path, capsys, damage):
+    source = tmp_path / "src"
+    source.mkdir()
+    for path in prepare_sample().iterdir():
+        if path.suffix in (".de", ".en"):
+            data = gzip.compress(path.read_bytes())
+            (source / (path.name + ".gz")).write_bytes(data)
+    bad = source / "train.en.gz"
+    bad.write_bytes(bad.read_bytes()[:200] if damage == "truncated" else b"plain text, not gzip\n")
+    with pytest.raises(SystemExit) as exit_info:
+        prepare.main(["multi30k_deen", "--source", str(source), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    assert f"{bad}: not a complete gzip file" in err and err.endswith("; fetch it again\n")
 
 
 def test_a_vocabulary_too_small_for_the_corpus_is_one_line(tmp_path, capsys):

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from .. import StructDropLSTM
 from ..linear import StructuredDropoutLinear
+from ..textfile import atomic_file
 from . import training
 from .config import DROPOUT_OPTIONS, RUN_OPTIONS, Option, boolean, compacts_output, parse_command, run_command
 from .conll import iob1_to_iob2, read_conll
@@ -351,7 +352,8 @@ def run(args):
                      "(epoch %d, test %.2f)", epoch, lr, dev["f1"], dev["precision"], dev["recall"], test["f1"],
                      n_words / seconds, best["dev_f1"], best["epoch"], best["test_f1"])
             if best["epoch"] == epoch:
-                torch.save(model.state_dict(), args.save_dir / "best.pt")
+                with atomic_file(args.save_dir / "best.pt", "wb") as fh:
+                    torch.save(model.state_dict(), fh)
             training.save_checkpoint(args.save_dir, model=model.state_dict(), optimizer=opt.state_dict(),
                                      epoch=epoch, history=history, config=config, rng=training.rng_state(),
                                      batch_rng=rng.getstate(), **vocabularies)

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
+from ..textfile import atomic_file, write_text
 from .conll import read_conll
 from .corpus import read_words
 
@@ -67,7 +68,7 @@ def fetch(name: str, source: Optional[Path], url: Optional[str], into: Path) -> 
         return path
     target = into / name
     try:
-        with urllib.request.urlopen(f"{url}/{name}", timeout=60) as response, target.open("wb") as out:
+        with urllib.request.urlopen(f"{url}/{name}", timeout=60) as response, atomic_file(target, "wb") as out:
             shutil.copyfileobj(response, out)
     except OSError as err:
         raise OSError(f"download of {url}/{name} failed: {err}") from None
@@ -87,10 +88,11 @@ def prepare(task: str, out: Path, source: Optional[Path] = None, url: Optional[s
             path = fetch(name, source, url, Path(tmp))
             dataset.check(path)  # malformed content: an error naming the file and line
             digest = sha256(path)
-            shutil.copyfile(path, out / name)
+            with open(path, "rb") as src, atomic_file(out / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
             record["files"][name] = {"sha256": digest, "matches_known_copy": digest == expected}
             print(f"{name}: {'same bytes as' if digest == expected else 'DIFFERS from'} the known copy")
-    (out / "prepare.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_text(out / "prepare.json", json.dumps(record, indent=2) + "\n")
     return record
 
 

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from ..tools.bench import cpu_name, full_width_products
 from ..tools.plotting import save_line_plot
+from ..textfile import write_text
 from . import lm, ner
 
 TASKS = {"lm": lm, "ner": ner}
@@ -149,7 +150,7 @@ def main(argv=None):
     print_table(rows, head, best)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"command": " ".join(["python -m onmt_structdrop.tasks.speed",
+        write_text(args.json, json.dumps({"command": " ".join(["python -m onmt_structdrop.tasks.speed",
                                                                    *(sys.argv[1:] if argv is None else argv)]),
                                          "setup": head, "results": rows, "ideal": best, "step_seconds": seconds,
                                          "product_seconds": {str(r): s for r, s in product_seconds.items()}},

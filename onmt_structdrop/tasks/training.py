@@ -1,10 +1,13 @@
 """What every task run shares: its directory (log, history, checkpoints, curve plot), seeding and resuming."""
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
+import os
 import pickle
 import random
+import socket
 import zipfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,11 +17,13 @@ from torch import nn
 from tqdm import tqdm
 
 from ..tools.plotting import save_line_plot
+from ..textfile import atomic_file, write_text
 
 log = logging.getLogger("onmt_structdrop.tasks")
 
 CHECKPOINT = "last.pt"
 HISTORY = "history.json"
+LOCK = ".lock"
 
 
 class _ProgressBarFriendlyHandler(logging.StreamHandler):
@@ -53,12 +58,30 @@ class RunLogger:
 
 
 @contextmanager
+def folder_lock(save_dir: Path):
+    """Hold ``save_dir/.lock`` while a run owns the folder, so that a second run started there stops at once
+    instead of overwriting the first one's checkpoints and history. The lock dies with its process."""
+    fd = os.open(save_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    with os.fdopen(fd, "r+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = fh.read().strip() or "another process"
+            raise FileExistsError(f"{save_dir} is in use by another run ({owner}): wait for it to end, or choose "
+                                  f"another save_dir") from None
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        fh.flush()
+        yield
+
+
+@contextmanager
 def run_directory(args):
-    """Open a run: ``save_dir`` created, its log attached, torch's thread count set. Yields the logger and the
-    run's options as strings (what checkpoints and history.json record)."""
+    """Open a run: ``save_dir`` created and locked, its log attached, torch's thread count set. Yields the logger
+    and the run's options as strings (what checkpoints and history.json record)."""
     args.save_dir.mkdir(parents=True, exist_ok=True)
     config = {k: str(v) for k, v in sorted(vars(args).items()) if k != "config"}
-    with RunLogger(args.save_dir) as run_log:
+    with folder_lock(args.save_dir), RunLogger(args.save_dir) as run_log:
         if args.threads:
             torch.set_num_threads(args.threads)
         yield run_log, config
@@ -90,9 +113,8 @@ def set_rng_state(state):
 
 def save_checkpoint(save_dir: Path, **state):
     """Write ``last.pt`` atomically: a run killed while saving keeps its previous checkpoint."""
-    tmp = save_dir / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(save_dir / CHECKPOINT)
+    with atomic_file(save_dir / CHECKPOINT, "wb") as fh:
+        torch.save(state, fh)
 
 
 def load_checkpoint(path: Path, keys=("model", "optimizer", "rng", "config", "history", "epoch")):
@@ -143,12 +165,13 @@ def resume_or_start(args, model, opt, model_keys, data, log):
     model.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
+    write_history(args.save_dir, state["history"], state["config"])  # one cut short by a kill is whole again
     log.info("resumed %s after epoch %d", checkpoint, state["epoch"])
     return list(state["history"]), state["epoch"] + 1, state
 
 
 def write_history(save_dir: Path, history, config):
-    (save_dir / HISTORY).write_text(json.dumps({"config": config, "epochs": history}, indent=2) + "\n")
+    write_text(save_dir / HISTORY, json.dumps({"config": config, "epochs": history}, indent=2) + "\n")
 
 
 def read_history(run_dir: Path):

@@ -19,6 +19,7 @@ from tqdm import tqdm
 from .. import StructDropLSTM, ops
 from ..linear import StructuredDropoutLinear
 from ..masks import DEFAULT_POOL_SIZE, MASK_MODES, STRUCTURED_MODES, check_rate, kept_count, sample_mask
+from ..textfile import write_text
 from .plotting import save_line_plot
 
 
@@ -371,8 +372,7 @@ def main(argv=None):
         print_report(reports[-1])
         print()
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(reports[0] if not args.rates else {"sweep": reports}, fh, indent=2)
+        write_text(args.json, json.dumps(reports[0] if not args.rates else {"sweep": reports}, indent=2))
     if args.plot:
         plot_sweep(reports, args.plot)
         print(f"plot: {args.plot}")

@@ -11,13 +11,16 @@ What the script does, step by step, and so what this module does:
 """
 from __future__ import annotations
 
-import io
+import hashlib
 import re
 import tarfile
+import zlib
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 from tqdm import tqdm
+
+from ..textfile import write_text
 
 LANGS = ("de", "en")
 TEST_SETS = ("IWSLT14.TED.dev2010", "IWSLT14.TEDX.dev2012", "IWSLT14.TED.tst2010", "IWSLT14.TED.tst2011",
@@ -53,14 +56,40 @@ def read_members(source: Path) -> Dict[str, str]:
         return {name: _decode(folder / name, (folder / name).read_bytes()) for name in member_names()}
     try:
         with tarfile.open(source, "r:*") as archive:
-            found = {Path(m.name).name: m for m in archive.getmembers() if m.isfile()}
+            found = {}
+            for member in archive.getmembers():
+                name = Path(member.name).name
+                if member.isfile() and name in member_names():
+                    if name in found:
+                        raise ArchiveError(f"{source} holds {name} twice ({found[name].name} and {member.name}): "
+                                           f"which one is the release's is ambiguous; pass IWSLT 2014's de-en.tgz "
+                                           f"as released")
+                    found[name] = member
             missing = [name for name in member_names() if name not in found]
             if missing:
                 raise ArchiveError(f"{source} lacks {', '.join(missing)}: is it IWSLT 2014's de-en.tgz?")
             return {name: _decode(f"{source}:{found[name].name}", archive.extractfile(found[name]).read())
                     for name in member_names()}
-    except tarfile.TarError as err:
-        raise ArchiveError(f"{source} is not a readable tar archive ({err}); download de-en.tgz again") from None
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as err:  # not a tar, not gzip, or cut short
+        reason = str(err).splitlines()[0].rstrip(":") if str(err) else type(err).__name__
+        raise ArchiveError(f"{source} is not a complete tar archive ({reason}); download de-en.tgz again") from None
+
+
+def fingerprint(source: Path) -> str:
+    """SHA-256 of what :func:`read_members` reads from ``source`` (the archive's bytes, or the member files'),
+    so that a split made from it is reused only for the same content."""
+    digest = hashlib.sha256()
+    if source.is_dir() and not (source / "de-en.tgz").is_file():
+        folder = source / "de-en" if (source / "de-en").is_dir() else source
+        files = [folder / name for name in member_names()]
+    else:
+        files = [source / "de-en.tgz" if source.is_dir() else source]
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def _decode(where, data: bytes) -> str:
@@ -166,7 +195,6 @@ def write_split(splits, directory: Path) -> Dict[str, Path]:
     for name, sides in splits.items():
         for lang, lines in zip(LANGS, sides):
             path = directory / f"{name}.{lang}"
-            with io.open(path, "w", encoding="utf-8", newline="\n") as f:
-                f.writelines(line + "\n" for line in lines)
+            write_text(path, "".join(line + "\n" for line in lines))
             paths[path.name] = path
     return paths

@@ -22,6 +22,7 @@ from ..masks import STRUCTURED_MODES, check_rate
 from .plotting import save_line_plot
 from ..tasks.corpus import Vocabulary, batchify, read_words
 from ..tasks.lm import LanguageModel, evaluate
+from ..textfile import write_text
 
 log = logging.getLogger("onmt_structdrop.tools.lm_demo")
 
@@ -151,8 +152,8 @@ def _run(args):
     for r in results:
         r["speedup"] = r["tokens_per_s"] / base_speed
         print(f"{r['variant']:<22} {r['tokens_per_s']:>11.0f} {r['speedup']:>7.2f}x {r['valid_ppl']:>9.2f}")
-    (args.out / "results.json").write_text(json.dumps({"config": {k: str(v) for k, v in vars(args).items()},
-                                                       "results": results}, indent=2))
+    write_text(args.out / "results.json", json.dumps({"config": {k: str(v) for k, v in vars(args).items()},
+                                                     "results": results}, indent=2))
     plot(results, args.out / "perplexity.png")
     print(f"log, results.json and perplexity.png in {args.out}")
     return results

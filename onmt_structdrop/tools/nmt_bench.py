@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from .bench import device_name, full_width_products, time_callables
 from ..masks import MASK_MODES, check_rate
+from ..textfile import write_text
 
 PAD = 1
 
@@ -206,8 +207,7 @@ def main(argv=None):
         print()
     result = {"sweep": reports} if args.rates else reports[0]
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
+        write_text(args.json, json.dumps(result, indent=2))
     if args.plot:
         plot_sweep(reports, args.plot)
         print(f"plot: {args.plot}")

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import yaml
 
+from ..textfile import write_text
+
 from . import nmt_evaluate as evaluate
 from .onmt_runs import alternating_speed, onmt
 
@@ -58,7 +60,7 @@ def write_twin(config_path: Path, config: dict) -> Path:
     twin = stock_twin(config)
     path = Path(twin["save_model"]).parent / f"{config_path.stem}_stock.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"# The stock twin of {config_path} (python -m onmt_structdrop.tools.nmt_compare)\n"
+    write_text(path, f"# The stock twin of {config_path} (python -m onmt_structdrop.tools.nmt_compare)\n"
                     + yaml.safe_dump(twin, sort_keys=False))
     return path
 
@@ -107,8 +109,8 @@ def main(argv=None):
         table += (f"\n\nTraining speed (target tokens/s): {args.speed_rounds} alternating rounds of "
                   f"{args.speed_steps} steps per model, {args.threads} thread(s) each.\n\n{speed}")
     print(table)
-    out.with_suffix(".md").write_text(table + "\n")
-    out.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    write_text(out.with_suffix(".md"), table + "\n")
+    write_text(out.with_suffix(".json"), json.dumps(results, indent=1))
     print(f"written to {out}.md and {out}.json")
 
 

@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from ..resources import data_path
+from ..textfile import write_text
 from . import nmt_evaluate as evaluate, nmt_prepare as prepare
 from .onmt_runs import alternating_speed, onmt
 
@@ -34,7 +35,7 @@ MODELS = {
 def write_config(work: Path, name: str, model: str, steps: int, hidden: int = 128, report_every: int = 25) -> Path:
     """A small training config in ``work`` (paths relative to it) for the data prepared in ``work/data``."""
     config = work / f"{name}.yaml"
-    config.write_text(f"""save_data: runs/{name}/data
+    write_text(config, f"""save_data: runs/{name}/data
 src_vocab: runs/vocab.src
 tgt_vocab: runs/vocab.tgt
 overwrite: true
@@ -109,8 +110,8 @@ def main(argv=None):
              f"thread(s) each; the ratio is the structured model's to the stock one's in the same round.\n\n"
              f"{speed}")
     print(table)
-    (work / "results.md").write_text(table + "\n")
-    (work / "results.json").write_text(json.dumps(results, indent=1))
+    write_text(work / "results.md", table + "\n")
+    write_text(work / "results.json", json.dumps(results, indent=1))
     print(f"results in {work / 'results.md'} and results.json; logs in {work / 'runs'}")
 
 

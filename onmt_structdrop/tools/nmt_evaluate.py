@@ -19,6 +19,8 @@ from pathlib import Path
 
 import yaml
 
+from ..textfile import read_lines, write_text
+
 from .nmt_prepare import make_tokenizer
 
 _STEP = re.compile(r"Step\s+(\d+)/\s*\d+;.*?(\d+)/\s*(\d+) tok/s")
@@ -47,7 +49,7 @@ def training_log(path: Path, skip_first: int = 1) -> dict:
         raise SystemExit(f"training log {path} not found (log_file in the recipe)")
     steps, src, tgt, valid = [], [], [], []
     last_step = 0
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in read_lines(path):
         m = _STEP.search(line)
         if m:
             last_step = int(m.group(1))
@@ -96,12 +98,12 @@ def translate_and_score(recipe: dict, checkpoint: Path, out_dir: Path, beam: int
     subprocess.run([sys.executable, "-m", "onmt.bin.translate", "-model", str(checkpoint), "-src", str(src),
                     "-output", str(pred), "-beam_size", str(beam), "-batch_size", "32", "-max_length", "200",
                     *transforms], check=True)
-    hyps = pred.read_text(encoding="utf-8").splitlines()
+    hyps = read_lines(pred)
     if not transforms:
         tokenizer = make_tokenizer(data_dir)
         hyps = [tokenizer.detokenize(line.split()) for line in hyps]
-        (out_dir / "test.pred").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
-    refs = ref.read_text(encoding="utf-8").splitlines()
+        write_text(out_dir / "test.pred", "".join(h + "\n" for h in hyps))
+    refs = read_lines(ref)
     if len(hyps) != len(refs):
         raise SystemExit(f"{pred} has {len(hyps)} lines for {len(refs)} references in {ref}")
     metric = sacrebleu.BLEU()
@@ -117,7 +119,7 @@ def evaluate(config: Path, beam: int = 5, log: Path = None, src: Path = None, re
               "encoder_type": recipe.get("encoder_type"), "decoder_type": recipe.get("decoder_type"),
               **training_log(log or Path(recipe["log_file"])),
               **translate_and_score(recipe, checkpoint, out_dir, beam, src, ref)}
-    (out_dir / "eval.json").write_text(json.dumps(result, indent=1))
+    write_text(out_dir / "eval.json", json.dumps(result, indent=1))
     return result
 
 

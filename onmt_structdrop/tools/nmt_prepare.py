@@ -25,7 +25,7 @@ from typing import Dict, List, Optional, Tuple
 
 from tqdm import tqdm
 
-from ..textfile import NotUTF8, read_text
+from ..textfile import BadDataFile, atomic_file, read_lines, write_text
 from . import iwslt14
 
 
@@ -96,10 +96,6 @@ def normalise(line: str, lowercase: bool) -> str:
     return line.lower() if lowercase else line
 
 
-def read_lines(path: Path) -> List[str]:
-    return read_text(path).split("\n")[:-1] if path.stat().st_size else []
-
-
 def find_file(directory: Path, stem: str, lang: str) -> Path:
     for name in (f"{stem}.{lang}", f"{stem}.{lang}.gz"):
         if (directory / name).is_file():
@@ -136,20 +132,24 @@ def download(corpus: Corpus, directory: Path) -> Path:
 
 def split_from_archive(source: Path, out: Path) -> Path:
     """The fairseq split of IWSLT'14 (see :mod:`.iwslt14`) in ``out/fairseq_split``, made from ``source`` once
-    (again when ``source`` changes); a ``source`` that already holds that split (fairseq's ``tmp/`` output) is
-    used as it is."""
+    (again when its content changes: the split is keyed by its SHA-256); a ``source`` that already holds that
+    split (fairseq's ``tmp/`` output) is used as it is."""
     if source.is_dir() and all((source / name).is_file() for name in FAIRSEQ_IWSLT14):
         return source
-    split_dir, origin = out / "fairseq_split", str(source.resolve())
-    stamp = split_dir / "made_from.txt"  # what the split was made from
-    if stamp.is_file() and stamp.read_text() == origin and all((split_dir / n).is_file() for n in FAIRSEQ_IWSLT14):
-        return split_dir
+    split_dir = out / "fairseq_split"
+    stamp = split_dir / "made_from.txt"  # the SHA-256 of what the split was made from, then its path
     try:
-        members = iwslt14.read_members(source)
-        iwslt14.write_split(iwslt14.split(members), split_dir)
+        made_from = f"{iwslt14.fingerprint(source)} {source.resolve()}"
+        if stamp.is_file() and stamp.read_text().split(" ")[0] == made_from.split(" ")[0] \
+                and all((split_dir / n).is_file() for n in FAIRSEQ_IWSLT14):
+            return split_dir
+        stamp.unlink(missing_ok=True)  # a split cut short is never taken for a whole one
+        iwslt14.write_split(iwslt14.split(iwslt14.read_members(source)), split_dir)
     except iwslt14.ArchiveError as err:
         raise DataError(str(err)) from None
-    stamp.write_text(origin)
+    except OSError as err:
+        raise DataError(f"cannot read {source}: {err.strerror or err}") from None
+    write_text(stamp, made_from)
     return split_dir
 
 
@@ -236,13 +236,13 @@ def learn_bpe(corpus: Corpus, train, out: Path, merges: int):
         for line in side:
             learner.ingest(line)
     tokenizer = learner.learn(str(out / "bpe.model"))
-    (out / "tokenizer.json").write_text(json.dumps(
+    write_text(out / "tokenizer.json", json.dumps(
         {**args, "bpe_model_path": str((out / "bpe.model").resolve())}, indent=1))
     return (lambda line: " ".join(tokenizer.tokenize(line)[0])), {"tokenizer": args, "bpe_merges": merges}
 
 
 def write_lines(path: Path, lines, desc: str):
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
+    with atomic_file(path, "w", encoding="utf-8", newline="\n") as f:
         for line in tqdm(lines, desc=desc, unit=" lines", leave=False):
             f.write(line + "\n")
 
@@ -283,7 +283,7 @@ def prepare(name: str, out: Path, source: Optional[Path] = None, max_train: Opti
         counts[split] = len(src)
     write_lines(out / "test.ref", splits["test"][1], "test.ref")
     info["pairs"] = counts
-    (out / "prepare.json").write_text(json.dumps(info, indent=1))
+    write_text(out / "prepare.json", json.dumps(info, indent=1))
     return info
 
 
@@ -311,7 +311,7 @@ def main(argv=None):
     try:
         info = prepare(args.corpus, args.out, None if args.download else args.source, args.max_train,
                        args.subword, args.vocab_size, args.bpe_merges)
-    except (DataError, NotUTF8) as err:  # one line, exit 2
+    except (DataError, BadDataFile) as err:  # one line, exit 2
         parser.exit(2, f"{parser.prog}: error: {err}\n")
     print(json.dumps(info))
 

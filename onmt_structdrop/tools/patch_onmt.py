@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..resources import data_path
+from ..textfile import write_text
 
 ONMT_VERSION = "3.5.1"
 PATCH_DIR = data_path("patches") / f"opennmt-{ONMT_VERSION}"
@@ -161,9 +162,9 @@ def apply(root: Optional[Path] = None, patch_dir: Path = PATCH_DIR, reverse: boo
             if reverse:
                 target.unlink()
             else:
-                target.write_text("".join(fp.hunks[0].new), encoding="utf-8")
+                write_text(target, "".join(fp.hunks[0].new))
         else:
-            target.write_text("".join(_apply_hunks(_read(target), fp.hunks, reverse)), encoding="utf-8")
+            write_text(target, "".join(_apply_hunks(_read(target), fp.hunks, reverse)))
         changed.append(fp.path)
     return changed
 

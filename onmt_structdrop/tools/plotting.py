@@ -1,6 +1,10 @@
 """Line plots saved as PNG files, for results people would rather see than read."""
 from __future__ import annotations
 
+from pathlib import Path
+
+from ..textfile import atomic_file
+
 
 def save_line_plot(path, series, xlabel, ylabel, title=None, log_y=False, hline=None):
     """``series``: ``[(label, xs, ys, style)]`` with matplotlib line ``style`` keywords."""
@@ -25,5 +29,6 @@ def save_line_plot(path, series, xlabel, ylabel, title=None, log_y=False, hline=
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_file(path, "wb") as fh:
+        fig.savefig(fh, dpi=120, format=Path(path).suffix.lstrip(".") or "png")
     plt.close(fig)

@@ -22,6 +22,7 @@ import torch
 from .. import ops
 from ..masks import check_rate, kept_count
 from ..ops import native_backend
+from ..textfile import write_text
 from .bench import device_name, time_callables
 
 PRODUCTS = ("forward", "input gradient", "weight gradient")
@@ -110,9 +111,8 @@ def main(argv=None):
                           f"{row['dense_ms']:>8.3f}  {row['kept_ms']:>8.3f}  {row['of_ideal']:>7.2f}x  "
                           f"{row['dense_fresh_ms']:>8.3f}  {row['of_ideal_fresh']:>7.2f}x")
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({"device": device_name(device), "kernels": kernels, "torch": torch.__version__,
-                       "results": rows}, fh, indent=2)
+        write_text(args.json, json.dumps({"device": device_name(device), "kernels": kernels, "torch": torch.__version__,
+                                          "results": rows}, indent=2))
     return rows
 
 
