@@ -81,7 +81,7 @@ setup(
     cmdclass={"build_py": BuildPyWithData, **BUILD_EXT},
     python_requires=">=3.9",
     # OpenNMT-py 3.5.1 pins torch<2.3; it is installed separately without its dependencies (scripts/setup_env.sh).
-    install_requires=["torch>=2.4", "numpy", "tqdm", "pyyaml"],
+    install_requires=["torch>=2.6", "numpy", "tqdm", "pyyaml"],
     extras_require={"cuda": [cupy_for_torch()], "cuda12": ["cupy-cuda12x"], "cuda13": ["cupy-cuda13x"],
                     "plot": ["matplotlib"], "test": ["pytest>=7"], "tasks": ["pytorch-crf", "seqeval"]},
     entry_points={

@@ -285,7 +285,7 @@ def check_pattern(pattern, mode, widths):
         for n in widths:
             if n % pattern.tile_size:
                 raise ValueError(f"tbd tile_size {pattern.tile_size} does not divide the width {n} of a masked "
-                                 f"input; pick a divisor of every width, or None for the automatic size")
+                                 f"input; pick a divisor of every width, or the automatic size (None; sd_tile_size 0)")
     return pattern
 
 

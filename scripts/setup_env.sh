@@ -28,7 +28,7 @@ try:
 except ImportError:
     sys.exit(1)
 major, minor = (int(v) for v in torch.__version__.split(".")[:2])
-sys.exit(0 if (major, minor) >= (2, 4) else 1)  # 2.4: torch.serialization.add_safe_globals
+sys.exit(0 if (major, minor) >= (2, 6) else 1)  # 2.6: torch.load is weights-only unless asked, so no file runs code
 PY
 then
     echo "setup: keeping torch $("$VENV/bin/python" -c 'import torch; print(torch.__version__)')"

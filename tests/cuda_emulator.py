@@ -5,6 +5,7 @@ themselves are checked against torch on a GPU (test_cuda.py)."""
 import functools
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from onmt_structdrop import ops
 from onmt_structdrop.ops import cuda_graphs, cupy_backend
@@ -20,6 +21,8 @@ def _scaled(a, keep, mult):
 
 
 def launch(module_name, function, grid, block, device, *args):
+    if _Recorder.active is not None:  # in a capture: recorded as one launch, its host values frozen
+        return _Recorder.active.launch(module_name, function, grid, block, device, *args)
     assert all(a.device == device for a in args if torch.is_tensor(a))
     if function == "gather_k_matmul":
         a, wt, keep, mult, out, M, n, n_out, k, alpha, beta = args
@@ -78,17 +81,77 @@ def launch(module_name, function, grid, block, device, *args):
     assert function in cupy_backend.KERNELS[module_name]
 
 
+class _Recorder(TorchDispatchMode):
+    """Records the operations of a capture as a CUDA graph does: each torch operation and kernel launch with its
+    arguments as they were then (host values frozen, tensors by identity). Reading a device value on the host
+    (``.item()``, ``int()``, ``.tolist()``) fails, as it does in a real capture."""
+
+    active = None
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __enter__(self):
+        _Recorder.active = self
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        _Recorder.active = None
+        return super().__exit__(*exc)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            raise AssertionError("a capture read a device value on the host, which a CUDA graph cannot replay")
+        out = func(*args, **(kwargs or {}))
+        self.calls.append((func, args, kwargs or {}, out))
+        return out
+
+    def launch(self, *args):
+        _Recorder.active = None  # the kernel's own work (in torch here) is one launch, not a list of operations
+        try:
+            with torch.utils._python_dispatch._disable_current_modes():
+                launch(*args)
+        finally:
+            _Recorder.active = self
+        self.calls.append((launch, args, {}, None))
+
+
+class RecordedGraph:
+    """What a CUDA graph replays, without CUDA: the capture's operations and launches (:class:`_Recorder`) run
+    again in order on whatever their tensors hold now, each result written into the tensor the capture produced
+    (a graph's memory pool gives its outputs the same addresses). A host value read while capturing (a sizes
+    tuple, a Python scalar) stays what it was then, so a capture that bakes in a value of one call shows as wrong
+    results at the next."""
+
+    def capture(self, fn):
+        with _Recorder() as recorder:
+            outputs = fn()
+        self.calls = recorder.calls
+        return outputs
+
+    def replay(self):
+        for func, args, kwargs, out in self.calls:
+            new = func(*args, **kwargs)
+            if func is launch:
+                continue
+            returns = func._schema.returns
+            for captured, fresh, ret in zip(out if isinstance(out, (tuple, list)) else (out,),
+                                            new if isinstance(new, (tuple, list)) else (new,), returns):
+                if torch.is_tensor(captured) and ret.alias_info is None:  # a fresh tensor, not a view or in place
+                    captured.copy_(fresh)
+
+
 def emulate(monkeypatch):
     """Let the cupy backend serve CPU tensors, its launches computed by :func:`launch` and its layers' graphs
-    replayed by re-running them (for the test that asks: ``monkeypatch`` undoes it, a fresh availability cache
-    included)."""
+    recorded and replayed as CUDA graphs are (:class:`RecordedGraph`; for the test that asks: ``monkeypatch``
+    undoes it, a fresh availability cache included)."""
     monkeypatch.setattr(ops, "availability", functools.lru_cache(maxsize=None)(ops.availability.__wrapped__))
     monkeypatch.setattr(cupy_backend, "available", lambda: (True, ""))
     monkeypatch.setattr(cupy_backend, "declines", lambda op, device, dtype, plan=None: cupy_backend.plan_declines(
         op, plan))
     monkeypatch.setattr(cupy_backend, "launch", launch)
-    # a replay re-runs the captured function on the static buffers (cuda_graphs.RerunGraph)
-    monkeypatch.setattr(cupy_backend, "GRAPHS", cuda_graphs.GraphCache(cuda_graphs.RerunGraph))
+    monkeypatch.setattr(cupy_backend, "GRAPHS", cuda_graphs.GraphCache(RecordedGraph))
 
 
 def graphed_and_eager_runs(model, make_input, monkeypatch, steps=3, seed=7):

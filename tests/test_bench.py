@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from torch import nn
 
 from onmt_structdrop import ops
 from onmt_structdrop.tools import bench, product_bench
@@ -113,3 +114,41 @@ def test_product_bench_dense_products_compute_what_the_kept_ones_do():
         dense()
         torch.testing.assert_close(dense(), 2 * fresh())
     assert fns["input gradient"][2] is None
+
+
+def _lstm_of(model):
+    """The module a layer-benchmark variant runs (inside its backend wrapper)."""
+    return model.model if isinstance(model, bench.Preferred) else model
+
+
+def _sites(model):
+    """A variant's non-recurrent dropout sites: (rate on the input, rate between layers) and the recurrent rate."""
+    model = _lstm_of(model)
+    if isinstance(model, bench.NNLSTMWithDropout):
+        return model.drop.p, model.lstm.dropout, 0.0
+    return model.input_dropout, model.dropout, model.recurrent_dropout
+
+
+def test_every_variant_of_a_benchmark_is_timed_alike(monkeypatch):
+    """Both sides of each comparison (the layer, the output layer) see the same input tensor, the same parameter
+    shapes and the same dropout sites and rates, all in training mode; the structured side adds the recurrent
+    dropout that nn.LSTM lacks, and only where --recurrent-dropout asks for it."""
+    seen = []
+    real = bench.train_step
+    monkeypatch.setattr(bench, "train_step", lambda model, x: seen.append((model, x)) or real(model, x))
+    bench.main(["--hidden", "8", "--layers", "2", "--batch", "3", "--seq", "4", "--repeats", "1", "--warmup", "0",
+                "--dropout", "0.4", "--recurrent-dropout", "0.2", "--output-size", "12"])
+    by_input = {}
+    for model, x in seen:
+        assert model.training
+        by_input.setdefault(id(x), {})[id(model)] = model
+    layer, output = (list(group.values()) for group in by_input.values())  # one input tensor per benchmark
+    for group in (layer, output):
+        assert len(group) >= 3  # the nn.* alternative, dense masks and a structured row at least
+        assert len({tuple(sorted(tuple(p.shape) for p in m.parameters())) for m in group}) == 1
+    for model in layer:
+        input_p, between_p, recurrent_p = _sites(model)
+        assert (input_p, between_p) == (0.4, 0.4)
+        assert recurrent_p == (0.0 if isinstance(model, bench.NNLSTMWithDropout) else 0.2)
+    for model in output:
+        assert (model[0].p if isinstance(model, nn.Sequential) else _lstm_of(model).dropout) == 0.4

@@ -235,13 +235,55 @@ def test_unbatched_input():
     _assert_close([y, h, c], [y_ref, h_ref, c_ref])
 
 
-def test_float32_batch_first_training_step_has_finite_gradients():
+def test_float32_batch_first_training_step_matches_the_reference():
+    torch.manual_seed(3)
     model = StructDropLSTM(8, 16, 2, dropout=0.5, recurrent_dropout=0.5, input_dropout=0.2,
                            mask_mode="pool", batch_first=True)
-    y, (h, c) = model(torch.randn(4, 7, 8))
+    x = torch.randn(4, 7, 8, requires_grad=True)
+    y, (h, c) = model(x)
     (y.square().mean() + h.mean()).backward()
     assert y.shape == (4, 7, 16) and h.shape == (2, 4, 16)
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    params = {k: v.detach().double().requires_grad_() for k, v in model.named_parameters()}
+    masks = {"input": [m.double() for m in model.last_masks["input"]],
+             "recurrent": [[m.double() for m in r] for r in model.last_masks["recurrent"]]}
+    xr = x.detach().double().transpose(0, 1).requires_grad_()
+    yr, (hr, _) = reference_lstm(params, xr, masks, num_layers=2)
+    (yr.square().mean() + hr.mean()).backward()
+    torch.testing.assert_close(y.double(), yr.transpose(0, 1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad.double(), xr.grad.transpose(0, 1), rtol=1e-4, atol=1e-6)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad.double(), params[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("mode", ["time", "batch", "bernoulli"])
+def test_training_with_input_and_between_layer_dropout_matches_nn_lstm_on_the_masked_inputs(mode):
+    """Where nn.LSTM can apply the same masks (every mask but the recurrent one), its own kernel on the masked
+    inputs, a layer at a time, gives the structured layer's outputs and gradients: the stock computation, in
+    training, with dropout."""
+    torch.manual_seed(4)
+    ours = StructDropLSTM(N_IN, H, 2, bidirectional=True, input_dropout=0.4, dropout=0.5, mask_mode=mode).double()
+    stock = [nn.LSTM(N_IN if l == 0 else 2 * H, H, bidirectional=True).double() for l in range(2)]
+    for l, layer in enumerate(stock):
+        layer.load_state_dict({k.replace(f"_l{l}", "_l0"): v for k, v in ours.state_dict().items() if f"_l{l}" in k})
+    x, h0, c0 = _inputs(False, True, 2)
+    outs, grads = _run_module(ours, x, h0, c0, False, False)
+    masks = ours.last_masks["input"]
+
+    x = x.clone().requires_grad_()
+    h0s, c0s = (s.clone().requires_grad_() for s in (h0, c0))
+    layer_in, h_n, c_n = x, [], []
+    for l, layer in enumerate(stock):
+        m = masks[l]
+        layer_in, (h, c) = layer(layer_in * (m.unsqueeze(1) if m.dim() == 2 else m), (h0s[2 * l:2 * l + 2],
+                                                                                     c0s[2 * l:2 * l + 2]))
+        h_n.append(h)
+        c_n.append(c)
+    h_n, c_n = torch.cat(h_n), torch.cat(c_n)
+    _loss(layer_in, h_n, c_n).backward()
+    _assert_close(outs, [layer_in.detach(), h_n.detach(), c_n.detach()])
+    stock_grads = {k.replace("_l0", f"_l{l}"): p.grad for l, layer in enumerate(stock)
+                   for k, p in layer.named_parameters()}
+    _assert_close(grads, [x.grad, h0s.grad, c0s.grad] + [stock_grads[k] for k, _ in ours.named_parameters()])
 
 
 # ---- bad input -------------------------------------------------------------------------------------------

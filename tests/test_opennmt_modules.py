@@ -225,14 +225,26 @@ def test_encoder_in_eval_is_the_stock_encoder_with_merged_states(cls, stock_brnn
     assert h.shape == (L, B, H) and torch.allclose(h, ref_h, atol=1e-12) and torch.allclose(c, ref_c, atol=1e-12)
 
 
-def test_encoder_trains_with_structured_dropout_and_silenced_embedding_dropout():
-    enc = StructDropBiRNNEncoder.from_opt(make_opt("time", bridge=True), embeddings()).double().train()
+@pytest.mark.parametrize("mode", ["time", "pool", "bernoulli"])
+def test_encoder_trains_with_structured_dropout_and_silenced_embedding_dropout(mode):
+    enc = initialised(StructDropBiRNNEncoder.from_opt(make_opt(mode), embeddings()).double()).train()
     assert enc.embeddings.dropout_p == 0.0 and enc.rnn.input_dropout == pytest.approx(0.4)
-    src = torch.randint(2, V, (B, S, 1))
+    src = torch.randint(2, V, (B, S, 1), generator=torch.Generator().manual_seed(4))
     out, (h, c), _ = enc(src, SRC_LEN)
     assert out.shape == (B, S, H) and h.shape == (L, B, H)
-    assert enc.rnn.last_masks["recurrent"][0][0] is not None
-    (out.sum() + h.sum()).backward()
+    masks = enc.rnn.last_masks
+    assert masks["input"][0] is not None and masks["recurrent"][0][0] is not None
+    params = list(enc.parameters())
+    got = grads_of((out * weights(out.shape, 1)).sin().sum() + (h * c).sum(), params)
+
+    # the stock parts (embeddings without dropout, lengths) around the float64 reference with the same masks
+    named = dict(enc.rnn.named_parameters())
+    ref, (ref_h, ref_c) = reference_lstm(named, enc.embeddings(src).transpose(0, 1), masks, SRC_LEN.tolist(),
+                                         num_layers=L, bidirectional=True)
+    ref = ref.transpose(0, 1)
+    ref_h, ref_c = (torch.cat([s[0::2], s[1::2]], 2) for s in (ref_h, ref_c))  # directions merged, as returned
+    assert torch.allclose(out, ref, atol=1e-12) and torch.allclose(h, ref_h, atol=1e-12)
+    check_close(got, grads_of((ref * weights(out.shape, 1)).sin().sum() + (ref_h * ref_c).sum(), params), "grad")
 
 
 def test_update_dropout_follows_the_schedule():
@@ -282,12 +294,33 @@ def test_unknown_or_abbreviated_plugin_options_are_refused(where, name, hint, tm
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"unknown option -{name}" in err and hint in err
-    config.write_text(required + "sd_seed: 3\n")  # the exact names still parse, each way
+    config.write_text(required + "encoder_type: sd_brnn\nsd_seed: 3\n")  # the exact names still parse, each way
     parser = ArgumentParser()
     opts.train_opts(parser)
     opt, _ = parser.parse_known_args(["-config", str(config), "-sd_mask_mode", "batch", "--sd_recurrent_dropout=0.2"])
     assert opt.sd_seed == 3
     assert opt.sd_mask_mode == "batch" and opt.sd_recurrent_dropout == [0.2]
+
+
+@pytest.mark.parametrize("config, args, message", [
+    ("encoder_type: sd_brnn\n", ["--sd-mask-mode", "batch"], "unknown option --sd-mask-mode (on the command line or "
+                                                             "as a config key): did you mean -sd_mask_mode?"),
+    ("encoder_type: sd_brnn\nSD_MASK_MODE: batch\n", [], "unknown option --SD_MASK_MODE (on the command line or as a "
+                                                        "config key): did you mean -sd_mask_mode?"),
+    ("encoder_type: brnn\nsd_mask_mode: batch\n", ["-sd_seed", "3"],
+     "-sd_mask_mode, -sd_seed apply to the structured-dropout models only, but this one is brnn + rnn: set "
+     "encoder_type sd_brnn or sd_rnn and decoder_type sd_ifrnn or sd_rnn, or remove them"),
+])
+def test_options_that_would_do_nothing_are_refused(config, args, message, tmp_path, capsys):
+    """Other spellings of the plugin's options, and its options on a stock model, used to be silently ignored."""
+    path = tmp_path / "run.yaml"
+    path.write_text("src_vocab: vocab.src\ndata:\n  corpus_1:\n    path_src: a.src\n    path_tgt: a.tgt\n" + config)
+    parser = ArgumentParser()
+    opts.train_opts(parser)
+    with pytest.raises(SystemExit) as exit_info:
+        parser.parse_known_args(["-config", str(path), *args])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and message in err, err
 
 
 @pytest.mark.parametrize("lines, message", [

@@ -39,14 +39,19 @@ def test_the_timed_steps_are_the_runs_own_steps(tmp_path, task, recipe, options)
         assert torch.equal(state[name], value), name
 
 
-def test_the_command_tables_both_recipes_and_keeps_its_figures(tmp_path, capsys):
+def test_the_command_tables_both_recipes_and_keeps_its_figures(tmp_path, capsys, monkeypatch):
     out = tmp_path / "speed"
+    timed = []
+    real = speed.time_pairs
+    monkeypatch.setattr(speed, "time_pairs", lambda *args: timed.append(real(*args)) or timed[-1])
     rows = speed.main(["lm", "recipes/ptb_small.yaml", "recipes/ptb_small_baseline.yaml", *lm_options(tmp_path),
                        "--steps", "3", "--warmup", "1", "--json", str(out / "ptb.json"), "--plot",
                        str(out / "ptb.png")])
     printed = capsys.readouterr().out
     assert [r["recipe"] for r in rows] == ["recipes/ptb_small.yaml", "recipes/ptb_small_baseline.yaml"]
     assert rows[1]["speed"] == 1.0 and rows[0]["speed"] > 0 and "1 thread" in printed
+    (seconds, words), = timed
+    assert words[0] == words[1] == 3 * 4 * 5  # both recipes stepped over the same 3 windows of 4 x 5 words
     saved = json.loads((out / "ptb.json").read_text())
     assert saved["results"] == rows and [len(s) for s in saved["step_seconds"]] == [3, 3]
     assert saved["command"].startswith("python -m onmt_structdrop.tasks.speed lm recipes/ptb_small.yaml")

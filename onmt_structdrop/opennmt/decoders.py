@@ -23,7 +23,7 @@ from ..lstm import StructDropLSTM
 from ..masks import check_pattern
 from ..ops import PackedMask
 from .encoders import mask_generator, silence_embedding_dropout
-from .options import Settings
+from .options import Settings, built_from_options
 
 
 def dense(mask, dtype):
@@ -93,6 +93,9 @@ class StructuredOutputDropout(nn.Module):
         self.p, self.settings, self.generator = p, settings, generator
         self.last_mask = None
 
+    def extra_repr(self):
+        return f"p={self.p}, mask_mode={self.settings.mask_mode!r}"
+
     def forward(self, x):
         mask = self.settings.sample(self.p, x.shape[2], x.shape[1], x.shape[0], self.generator, x.device,
                                     x.dtype) if self.training else None
@@ -142,8 +145,9 @@ class StructDropStdRNNDecoder(_StructDropDecoder, StdRNNDecoder):
 
     @classmethod
     def from_opt(cls, opt, embeddings):
-        return cls(opt.brnn, opt.dec_layers, opt.dec_hid_size, Settings(opt), opt.global_attention,
-                   opt.global_attention_function, opt.context_gate, embeddings)
+        with built_from_options():
+            return cls(opt.brnn, opt.dec_layers, opt.dec_hid_size, Settings(opt), opt.global_attention,
+                       opt.global_attention_function, opt.context_gate, embeddings)
 
     @property
     def _out_mask(self):
@@ -176,9 +180,16 @@ class StructDropInputFeedDecoder(_StructDropDecoder, InputFeedRNNDecoder):
 
     @classmethod
     def from_opt(cls, opt, embeddings):
-        return cls(opt.brnn, opt.dec_layers, opt.dec_hid_size, Settings(opt), opt.global_attention,
-                   opt.global_attention_function, opt.coverage_attn, opt.copy_attn, embeddings,
-                   opt.reuse_copy_attn, opt.copy_attn_type)
+        with built_from_options():
+            return cls(opt.brnn, opt.dec_layers, opt.dec_hid_size, Settings(opt), opt.global_attention,
+                       opt.global_attention_function, opt.coverage_attn, opt.copy_attn, embeddings,
+                       opt.reuse_copy_attn, opt.copy_attn_type)
+
+    def extra_repr(self):
+        s = self.settings
+        return (f"structured dropout={s.dropout}, recurrent_dropout={s.recurrent_dropout}, mask_mode={s.mask_mode!r} "
+                f"(in training the cells' weights run in compacted step products; the Dropout modules below serve "
+                f"no step)")
 
     def _run_forward_pass(self, tgt, enc_out, src_len=None):
         s = self.settings

@@ -10,7 +10,7 @@ import torch
 from onmt.encoders.rnn_encoder import RNNEncoder
 
 from ..lstm import StructDropLSTM
-from .options import Settings
+from .options import Settings, built_from_options
 
 
 def mask_generator(seed, offset):
@@ -50,7 +50,8 @@ class StructDropRNNEncoder(RNNEncoder):
 
     @classmethod
     def from_opt(cls, opt, embeddings):
-        return cls(opt.enc_layers, opt.enc_hid_size, embeddings, Settings(opt), opt.bridge)
+        with built_from_options():
+            return cls(opt.enc_layers, opt.enc_hid_size, embeddings, Settings(opt), opt.bridge)
 
     def forward(self, src, src_len=None):
         enc_out, (h, c), src_len = super().forward(src, src_len)

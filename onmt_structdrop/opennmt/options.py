@@ -6,9 +6,11 @@ The non-recurrent rate is OpenNMT's own ``dropout`` (with ``dropout_steps``); th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 
 import torch
+from onmt.utils.errors import InputError
 
 from .. import ops
 from ..accounting import tally
@@ -104,19 +106,26 @@ def add_opts(parser):
 
 def refuse_unknown_options(parser, names):
     """Make ``parser`` refuse any ``-sd_*`` option (or YAML key, which configargparse turns into one) that is not
-    exactly one of ``names``. OpenNMT-py parses with ``parse_known_args``, which ignores unknown options, and
-    argparse takes a prefix of an option for the option: a misspelt ``-sd_recurent_dropout`` would silently train
-    without recurrent dropout, and ``sd_mask_mod`` would mean ``sd_mask_mode``. One line, close matches, exit 2."""
+    exactly one of ``names``, in any other spelling too (``--sd-mask-mode``, ``SD_MASK_MODE``). OpenNMT-py parses
+    with ``parse_known_args``, which ignores unknown options, and argparse takes a prefix of an option for the
+    option: a misspelt ``-sd_recurent_dropout`` would silently train without recurrent dropout, and
+    ``sd_mask_mod`` would mean ``sd_mask_mode``. One line, close matches, exit 2. The names given are kept in
+    ``parser.sd_options_given`` (see :func:`check_when_parsed`)."""
     parse_optional = parser._parse_optional  # argparse's one entry for every option string it reads
+    parser.sd_options_given = set()
 
     def checked(arg_string):
         name = arg_string.lstrip("-").split("=", 1)[0]
-        if arg_string.startswith("-") and name.startswith("sd_") and name not in names:
-            close = difflib.get_close_matches(name, names, n=2, cutoff=0.6)
-            hint = (f"did you mean {' or '.join('-' + c for c in close)}?" if close
-                    else f"the structured-dropout options are {', '.join('-' + n for n in names)}")
-            parser.exit(2, f"{parser.prog}: error: unknown option -{name} (on the command line or as a config key): "
-                           f"{hint}\n")
+        spelt = name.lower().replace("-", "_")
+        if arg_string.startswith("-") and spelt.startswith("sd_"):
+            if name not in names:
+                close = difflib.get_close_matches(spelt, names, n=2, cutoff=0.6)
+                hint = (f"did you mean {' or '.join('-' + c for c in close)}?" if close
+                        else f"the structured-dropout options are {', '.join('-' + n for n in names)}")
+                shown = f"-{name}" if name == spelt else arg_string.split("=", 1)[0]  # another spelling as given
+                parser.exit(2, f"{parser.prog}: error: unknown option {shown} (on the command line or as a config "
+                               f"key): {hint}\n")
+            parser.sd_options_given.add(name)
         return parse_optional(arg_string)
 
     parser._parse_optional = checked
@@ -132,6 +141,7 @@ def check_when_parsed(parser):
     parse_known_args = parser.parse_known_args
 
     def checked(*args, **kwargs):
+        parser.sd_options_given.clear()
         opt, rest = parse_known_args(*args, **kwargs)
         encoder, decoder = getattr(opt, "encoder_type", None), getattr(opt, "decoder_type", None)
         try:
@@ -140,6 +150,11 @@ def check_when_parsed(parser):
                     raise ValueError(f"unknown {kind} {name!r}; the structured-dropout ones are {', '.join(known)}")
             if encoder in ENCODERS or decoder in DECODERS:
                 check(opt)
+            elif parser.sd_options_given and not getattr(opt, "train_from", None):
+                given = ", ".join(f"-{n}" for n in sorted(parser.sd_options_given))
+                raise ValueError(f"{given} apply to the structured-dropout models only, but this one is "
+                                 f"{encoder} + {decoder}: set encoder_type sd_brnn or sd_rnn and decoder_type sd_ifrnn "
+                                 f"or sd_rnn, or remove them")
         except ValueError as err:
             parser.exit(2, f"{parser.prog}: error: {err}\n")
         return opt, rest
@@ -152,7 +167,9 @@ def _first(value):
 
 
 def check(opt):
-    """Raise ValueError for option combinations argparse cannot see (run when a model is built)."""
+    """Raise ValueError for option combinations argparse cannot see, and for the package's environment variables
+    (run when the options are parsed, and when a model is built)."""
+    ops.check_environment()
     rates = list(getattr(opt, "sd_recurrent_dropout", DEFAULTS["sd_recurrent_dropout"]))
     dropout = opt.dropout if isinstance(opt.dropout, (list, tuple)) else [opt.dropout]
     if len(rates) not in (1, len(dropout)):
@@ -176,6 +193,20 @@ def check(opt):
                          "coverage_attn; use sd_ifrnn")
     if decoder == "sd_ifrnn" and getattr(opt, "context_gate", None) is not None:
         raise ValueError("sd_ifrnn does not support context_gate (the stock ifrnn decoder does)")
+
+
+class OptionError(InputError, ValueError):
+    """Options that cannot build the model: OpenNMT-py's one-line InputError, and a ValueError."""
+
+
+@contextlib.contextmanager
+def built_from_options():
+    """A module built from the options: a ValueError there (what no check at parse time sees, such as a tile size
+    that does not divide a layer's width) becomes OpenNMT-py's InputError, one line from the command."""
+    try:
+        yield
+    except ValueError as err:
+        raise OptionError(str(err)) from None
 
 
 class Settings:

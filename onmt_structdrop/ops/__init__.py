@@ -118,9 +118,34 @@ def preferred(name):
         _preferred.pop()
 
 
+def env_flag(name, default):
+    """A switch read from the environment variable ``name``: 1/on/true/yes or 0/off/false/no in any case, unset or
+    empty for ``default``; any other word is an error naming the variable (never taken for "on")."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "on", "true", "yes"):
+        return True
+    if value in ("0", "off", "false", "no"):
+        return False
+    raise ValueError(f"{name}={os.environ[name]!r} is not a switch: set it to 1/on/true/yes or 0/off/false/no")
+
+
+def check_environment():
+    """The package's environment variables, checked where a command starts: a ValueError naming the first bad one
+    (an unknown or unavailable backend, a switch that is not one), so that it never surfaces at the first step."""
+    try:
+        forced()
+    except BackendUnavailable as err:
+        raise ValueError(str(err)) from None
+    from . import cuda_graphs
+    cuda_graphs.enabled()
+    get("cupy").settings()
+
+
 def forced():
-    """The backend a :func:`preferred` block or ``ONMT_STRUCTDROP_BACKEND`` names, or None."""
-    name = _preferred[-1] if _preferred else os.environ.get(ENV, "").strip()
+    """The backend a :func:`preferred` block or ``ONMT_STRUCTDROP_BACKEND`` names (in any case), or None."""
+    name = _preferred[-1] if _preferred else os.environ.get(ENV, "").strip().lower()
     if not name:
         return None
     get(name)  # checks the name

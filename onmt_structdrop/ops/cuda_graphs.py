@@ -11,11 +11,11 @@ pick each step's kept set on the device, so the grouping of steps into sets is n
 from __future__ import annotations
 
 import dataclasses
-import os
 from collections import OrderedDict
 
 import torch
 
+from . import env_flag
 from .packed import PackedMask
 
 ENV = "ONMT_STRUCTDROP_CUDA_GRAPHS"
@@ -24,7 +24,7 @@ MAX_SEEN = 256  # keys seen once, remembered so that their second call captures
 
 
 def enabled():
-    return os.environ.get(ENV, "1") != "0"
+    return env_flag(ENV, True)
 
 
 class CudaGraph:
@@ -43,21 +43,6 @@ class CudaGraph:
 
     def replay(self):
         self.graph.replay()
-
-
-class RerunGraph:
-    """What a replay computes, without CUDA: ``fn`` run again on the static buffers, its results copied into the
-    captured outputs (a capture that read a host value of another call would show here too)."""
-
-    def capture(self, fn):
-        self.fn = fn
-        self.outputs = fn()
-        return self.outputs
-
-    def replay(self):
-        for out, new in zip(self.outputs, self.fn()):
-            if out is not None:
-                out.copy_(new)
 
 
 def mask_key(mask):

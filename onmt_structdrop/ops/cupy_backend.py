@@ -28,7 +28,7 @@ import os
 import torch
 
 from ..resources import data_path
-from . import cuda_graphs, torch_backend
+from . import cuda_graphs, env_flag, torch_backend
 from .packed import PackedMask
 
 NAME = "cupy"
@@ -74,11 +74,17 @@ def route():
     return value
 
 
+def settings():
+    """The backend's environment variables, checked (see :func:`onmt_structdrop.ops.check_environment`)."""
+    env_flag(SWITCH_ENV, True)
+    route()
+
+
 def declines(op, device, dtype, plan=None):
     if device.type != "cuda":
         return f"tensors on {device}"
-    if os.environ.get(SWITCH_ENV, "on") == "off":
-        return f"{SWITCH_ENV}=off"
+    if not env_flag(SWITCH_ENV, True):
+        return f"{SWITCH_ENV}={os.environ[SWITCH_ENV]}"
     if route() == "kernels" and dtype != torch.float32:
         return f"its kernels are float32 only, not {dtype} ({ROUTE_ENV}=cublas serves {dtype})"
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):

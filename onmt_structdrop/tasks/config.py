@@ -155,6 +155,10 @@ def check_values(parser, args, at_least_one=(), positive=(), non_negative=(), ra
         except ValueError as err:
             parser.error(str(err))
     try:
+        ops.check_environment()
+    except ValueError as err:
+        parser.error(str(err))
+    try:
         device = torch.device(args.device)
     except RuntimeError:
         parser.error(f"device must be cpu, cuda or cuda:N, got {args.device!r}")

@@ -118,7 +118,7 @@ def train_epoch(model, opt, data, args, epoch, log):
     if args.max_steps_per_epoch:
         steps = min(steps, args.max_steps_per_epoch)
     state, total_loss, words, seconds = None, 0.0, 0, 0.0
-    bar = tqdm(range(steps), desc=f"epoch {epoch}", unit="batch", mininterval=2, leave=False)
+    bar = tqdm(range(steps), desc=f"epoch {epoch}", unit="batch", mininterval=2, leave=False, disable=None)
     for step in bar:
         start = time.perf_counter()
         i = step * args.bptt
@@ -129,7 +129,7 @@ def train_epoch(model, opt, data, args, epoch, log):
             torch.cuda.synchronize()
         seconds += time.perf_counter() - start
         words += y.numel()
-        bar.set_postfix(ppl=f"{math.exp(total_loss / words):.1f}", wps=f"{words / seconds:.0f}")
+        bar.set_postfix(ppl=f"{math.exp(total_loss / words):.1f}", wps=f"{words / seconds:.0f}", refresh=False)
         if (step + 1) % max(steps // 10, 1) == 0:
             log.info("epoch %d %5.1f%% train ppl %.2f, %.0f words/s", epoch, 100 * (step + 1) / steps,
                      math.exp(total_loss / words), words / seconds)

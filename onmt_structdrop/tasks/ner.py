@@ -238,7 +238,15 @@ def load_pretrained(embedding, index, path, log):
                              f"(word_dim), got {len(fields) - 1}")
         i = index.ids.get(fields[0])
         if i is not None and i > 1:
-            embedding.weight.data[i] = torch.tensor([float(v) for v in fields[1:]])
+            try:
+                vector = torch.tensor([float(v) for v in fields[1:]])
+            except ValueError as err:
+                raise ValueError(f"{path}:{number}: the vector of {fields[0]!r} holds a value that is not a number "
+                                 f"({err})") from None
+            if not torch.isfinite(vector).all():
+                raise ValueError(f"{path}:{number}: the vector of {fields[0]!r} holds nan or inf, which would make "
+                                 f"training diverge; fix or drop the line")
+            embedding.weight.data[i] = vector
             found += 1
     log.info("pretrained embeddings: %d of %d words found in %s", found, len(index) - 2, path)
 
@@ -262,7 +270,7 @@ def train_epoch(model, opt, groups, indexes, args, epoch, log, cache=None):
     if args.max_steps_per_epoch:
         groups = groups[: args.max_steps_per_epoch]
     total, n_sent, n_words, seconds = 0.0, 0, 0, 0.0
-    bar = tqdm(groups, desc=f"epoch {epoch}", unit="batch", mininterval=2, leave=False)
+    bar = tqdm(groups, desc=f"epoch {epoch}", unit="batch", mininterval=2, leave=False, disable=None)
     for group in bar:
         batch = make_batch(group, words_ix, chars_ix, tags_ix, args.device, cache)
         start = time.perf_counter()
@@ -272,7 +280,7 @@ def train_epoch(model, opt, groups, indexes, args, epoch, log, cache=None):
         seconds += time.perf_counter() - start
         n_sent += len(group)
         n_words += int(batch["lengths"].sum())
-        bar.set_postfix(loss=f"{total / n_sent:.2f}", wps=f"{n_words / seconds:.0f}")
+        bar.set_postfix(loss=f"{total / n_sent:.2f}", wps=f"{n_words / seconds:.0f}", refresh=False)
     log.info("epoch %d trained: loss %.3f per sentence, %.0f words/s", epoch, total / n_sent, n_words / seconds)
     return total / n_sent, n_words, seconds
 

@@ -43,7 +43,7 @@ def time_pairs(step_streams, steps, warmup):
     """Seconds and words of each stream's next ``steps`` steps after ``warmup``, one step of each in turn."""
     seconds = [[] for _ in step_streams]
     words = [0 for _ in step_streams]
-    for n in tqdm(range(warmup + steps), desc="steps", unit="pair", mininterval=2, leave=False):
+    for n in tqdm(range(warmup + steps), desc="steps", unit="pair", mininterval=2, leave=False, disable=None):
         for i, stream in enumerate(step_streams):
             count, step = next(stream)
             start = time.perf_counter()

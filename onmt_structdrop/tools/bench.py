@@ -155,7 +155,7 @@ def time_callables(runs, repeats, warmup, device):
     for run in runs.values():
         for _ in range(warmup):
             run()
-    for _ in tqdm(range(repeats), desc="timing", leave=False):
+    for _ in tqdm(range(repeats), desc="timing", leave=False, disable=None):
         for name, run in runs.items():
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()

@@ -153,7 +153,7 @@ def _lines(text: str) -> List[str]:
 def train_lines(text: str, tokenize: Tokenizer, desc: str) -> List[str]:
     lines = [_TITLE_TAGS.sub("", line) for line in _lines(text)
              if not any(header in line for header in DROPPED_HEADERS)]
-    return [tokenize(line) for line in tqdm(lines, desc=desc, unit=" lines", leave=False)]
+    return [tokenize(line) for line in tqdm(lines, desc=desc, unit=" lines", leave=False, disable=None)]
 
 
 def test_lines(xml: str, tokenize: Tokenizer) -> List[str]:

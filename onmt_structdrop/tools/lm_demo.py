@@ -47,7 +47,7 @@ def train(model, train_data, valid_data, args, name):
     opt = (torch.optim.Adam(model.parameters(), lr=args.lr) if args.optimizer == "adam" else
            torch.optim.SGD(model.parameters(), lr=args.lr))
     curve, state, seconds, tokens, i = [], None, 0.0, 0, 0
-    for step in tqdm(range(1, args.steps + 1), desc=name, leave=False):
+    for step in tqdm(range(1, args.steps + 1), desc=name, leave=False, disable=None):
         if i + args.bptt + 1 > train_data.shape[0]:
             i, state = 0, None
         x, y = train_data[i:i + args.bptt], train_data[i + 1:i + 1 + args.bptt]

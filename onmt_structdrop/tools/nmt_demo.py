@@ -80,11 +80,15 @@ def main(argv=None):
     parser.add_argument("--recurrent-dropout", type=float, default=0.0, help="sd_recurrent_dropout (on h(t-1))")
     parser.add_argument("--speed-rounds", type=int, default=2, help="alternating rounds timed for the speed ratio")
     parser.add_argument("--speed-steps", type=int, default=60, help="training steps of each model per round")
-    parser.add_argument("--threads", type=int, default=1, help="threads of each timed run (OMP_NUM_THREADS)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads of every run, trained, timed or translating (OMP_NUM_THREADS)")
     args = parser.parse_args(argv)
     for name in ("steps", "speed_rounds", "speed_steps", "threads"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    # every command below runs in a child process: one thread each unless asked, so that a loaded machine is not
+    # oversubscribed (torch's default of a thread per core, spinning, slows both models several-fold there)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     work = args.out.resolve()
     work.mkdir(parents=True, exist_ok=True)
     print(f"preparing the sample from {SAMPLE} in {work / 'data'}", flush=True)

@@ -107,7 +107,7 @@ def fetch(url: str, target: Path) -> Path:
     """``url`` saved as ``target`` (once: an existing file is kept), with a progress bar."""
     if not target.exists():
         partial = target.with_name(target.name + ".part")
-        with tqdm(desc=f"downloading {url}", unit="B", unit_scale=True, leave=False) as bar:
+        with tqdm(desc=f"downloading {url}", unit="B", unit_scale=True, leave=False, disable=None) as bar:
             def progress(blocks, block_size, total):
                 bar.total = total if total > 0 else None
                 bar.update(blocks * block_size - bar.n)
@@ -243,7 +243,7 @@ def learn_bpe(corpus: Corpus, train, out: Path, merges: int):
 
 def write_lines(path: Path, lines, desc: str):
     with atomic_file(path, "w", encoding="utf-8", newline="\n") as f:
-        for line in tqdm(lines, desc=desc, unit=" lines", leave=False):
+        for line in tqdm(lines, desc=desc, unit=" lines", leave=False, disable=None):
             f.write(line + "\n")
 
 
