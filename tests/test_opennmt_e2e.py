@@ -4,6 +4,7 @@ transform, beam search and -replace_unk, -train_from, checkpoint contents, sacre
 and the refusal of a checkpoint that would run code."""
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -218,10 +219,17 @@ def test_prepare_names_a_line_that_is_not_utf8(tmp_path, capsys):
 
 
 def test_compare_trains_a_config_and_its_stock_twin_in_one_command(work, monkeypatch, capsys):
+    """A config as the README's "Your own config" shows it (no log_file) used to die with KeyError: 'log_file'
+    after training both models, and a second run into the same folder scored the old checkpoints."""
     from onmt_structdrop.tools import nmt_compare
     monkeypatch.chdir(work)
-    write_config(work, "sd_rnn", 4)
+    shutil.rmtree(work / "runs" / "sd_rnn", ignore_errors=True)  # another test trained this config
+    config = write_config(work, "sd_rnn", 4)
+    config.write_text("".join(line for line in config.read_text().splitlines(keepends=True)
+                              if not line.startswith("log_file:")))
     nmt_compare.main(["sd_rnn.yaml", "--beam", "1", "--speed-rounds", "1", "--speed-steps", "4"])
+    for log in (work / "runs" / "sd_rnn" / "train.log", work / "runs" / "sd_rnn" / "stock" / "train.log"):
+        assert re.search(r"Step\s+4/", log.read_text())  # each run's log beside its checkpoints
     twin = work / "runs" / "sd_rnn" / "stock" / "sd_rnn_stock.yaml"
     lines = twin.read_text().splitlines()
     assert "encoder_type: rnn" in lines and not any(line.startswith("sd_") for line in lines)
@@ -234,3 +242,78 @@ def test_compare_trains_a_config_and_its_stock_twin_in_one_command(work, monkeyp
     assert re.search(r"\| sd_rnn \| 1 \| \d+ \| \d\.\d\dx \|", table)  # the alternating round's ratio
     assert sorted(p.name for p in (work / "runs" / "sd_rnn" / "speed").glob("*.log")) == [
         "sd_rnn_baseline_r1.log", "sd_rnn_r1.log"]
+    with pytest.raises(SystemExit) as exit_info:
+        nmt_compare.main(["sd_rnn.yaml", "--beam", "1", "--speed-rounds", "0"])
+    assert exit_info.value.code == 2
+    assert "runs/sd_rnn/model_step_4.pt is a checkpoint of an earlier run, which would be scored in place of this " \
+           "run's" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "nowhere.pt not found"),
+    ("empty", "bad.pt is empty (a run killed while saving it?)"),
+    ("truncated", "bad.pt is truncated or not written by torch.save at all"),
+    ("a directory", "bad.pt is a directory: name the .pt file itself"),
+    ("not a checkpoint", "bad.pt is not an OpenNMT-py checkpoint (it lacks the model or its options)"),
+])
+def test_a_bad_model_file_is_one_line_from_translate(damage, message, trained, work):
+    bad = work / "bad.pt"
+    shutil.rmtree(bad, ignore_errors=True) if bad.is_dir() else bad.unlink(missing_ok=True)
+    if damage == "empty":
+        bad.write_bytes(b"")
+    elif damage == "truncated":
+        bad.write_bytes(trained.read_bytes()[:5000])
+    elif damage == "a directory":
+        bad.mkdir()
+    elif damage == "not a checkpoint":
+        torch.save({"weights": torch.zeros(2)}, bad)
+    result = onmt("translate", "-model", "nowhere.pt" if damage == "missing" else "bad.pt", "-src", "data/test.src",
+                  "-output", "x.txt", cwd=work, check=False)
+    assert result.returncode == 2 and message in one_line_error(result.stderr)
+
+
+@pytest.mark.parametrize("command", ["build_vocab", "translate"])
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "-src_subword_model data/nowhere.model: not found"),
+    ("empty", "-src_subword_model data/nowhere.model is not a SentencePiece model"),
+    ("a directory", "-src_subword_model data/nowhere.model: is a directory"),
+])
+def test_a_bad_sentencepiece_model_is_one_line(command, damage, message, trained, work):
+    bad = work / "data" / "nowhere.model"
+    shutil.rmtree(bad, ignore_errors=True) if bad.is_dir() else bad.unlink(missing_ok=True)
+    if damage == "empty":
+        bad.write_bytes(b"")
+    elif damage == "a directory":
+        bad.mkdir()
+    if command == "build_vocab":
+        (work / "spm_bad.yaml").write_text((work / "sd_ifrnn.yaml").read_text().replace(
+            "src_subword_model: data/spm.model", "src_subword_model: data/nowhere.model"))
+        result = onmt("build_vocab", "-config", "spm_bad.yaml", "-n_sample", "5", "-save_data", "runs/spm_bad",
+                      cwd=work, check=False)
+    else:
+        result = onmt("translate", "-model", trained, "-src", "data/test.src", "-output", "x.txt", "-transforms",
+                      "sentencepiece", "-src_subword_model", "data/nowhere.model", "-tgt_subword_model",
+                      "data/spm.model", cwd=work, check=False)
+    assert result.returncode == 2 and message in one_line_error(result.stderr)
+
+
+def test_pretrained_word_vectors_that_would_run_code_are_refused(trained, work):
+    marker = work / "pwned_by_vectors"
+    torch.save({"vectors": _RunsCode(marker)}, work / "vectors.pt")
+    result = onmt("train", "-config", "sd_ifrnn.yaml", "-pre_word_vecs_enc", "vectors.pt", "-train_steps", "1",
+                  "-save_model", "runs/vectors/model", cwd=work, check=False)
+    assert result.returncode == 2 and "error: refusing to load vectors.pt" in one_line_error(result.stderr)
+    assert not marker.exists()
+
+
+def test_train_from_a_checkpoint_of_another_model_names_what_is_used(trained, work):
+    """OpenNMT-py builds the checkpoint's model (unless -override_opts); that used to happen without a word."""
+    write_config(work, "stock", 4)
+    (work / "stock_sd.yaml").write_text((work / "stock.yaml").read_text().replace(
+        "encoder_type: brnn", "encoder_type: sd_brnn").replace("decoder_type: rnn", "decoder_type: sd_ifrnn"))
+    result = onmt("train", "-config", "stock_sd.yaml", "-train_from", trained, "-train_steps", "7",
+                  "-sd_mask_mode", "batch", "-save_model", "runs/from/model", "-save_checkpoint_steps", "7", cwd=work)
+    warning = [line for line in result.stderr.splitlines() if "-train_from" in line]
+    assert len(warning) == 1 and "the model is built as the checkpoint says" in warning[0]
+    assert "sd_mask_mode 'pool' (the config: 'batch')" in warning[0]
+    assert safe_load(work / "runs" / "from" / "model_step_7.pt")["opt"].sd_mask_mode == "pool"
