@@ -1,5 +1,6 @@
 """Autograd functions of structured dropout: each hands its tensors to the backend that
-:func:`onmt_structdrop.ops.select` picks and returns what it computes; none does arithmetic of its own.
+:func:`onmt_structdrop.ops.choose` picked for the call and returns what it computes; none does arithmetic of its
+own.
 
 ``LSTMLayerFunction`` runs one LSTM layer and direction; ``SequenceLinearFunction`` a masked linear map of a
 whole sequence; for code that runs step by step under autograd (the input-feed decoder), :class:`StepProduct`
@@ -36,13 +37,13 @@ def first_order(backward):
 
 
 class LSTMLayerFunction(torch.autograd.Function):
-    """``(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan) -> (y, h_n, c_n)``; ``x`` is ``[T, B, n]``."""
+    """``(x, h0, c0, w_ih, w_hh, b_ih, b_hh, choice) -> (y, h_n, c_n)``; ``x`` is ``[T, B, n]``, ``choice`` the
+    seam's :class:`~onmt_structdrop.ops.Choice` for the layer (its backend and :class:`~onmt_structdrop.ops.LayerPlan`)."""
 
     @staticmethod
-    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan: ops.LayerPlan):
-        backend = ops.select("lstm_layer", x, plan)
-        y, h_n, c_n, saved = backend.lstm_layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan)
-        ctx.plan, ctx.backend, ctx.has_bias = plan, backend.NAME, b_ih is not None
+    def forward(ctx, x, h0, c0, w_ih, w_hh, b_ih, b_hh, choice: ops.Choice):
+        y, h_n, c_n, saved = choice.backend.lstm_layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, choice.plan)
+        ctx.choice, ctx.has_bias = choice, b_ih is not None
         ctx.save_for_backward(x, h0, c0, w_ih, w_hh, *saved)
         return y, h_n, c_n
 
@@ -51,19 +52,19 @@ class LSTMLayerFunction(torch.autograd.Function):
     def backward(ctx, dy, dh_n, dc_n):
         x, h0, c0, w_ih, w_hh, *saved = ctx.saved_tensors
         needs = (*ctx.needs_input_grad[:3], ctx.has_bias)
-        dx, dh0, dc0, dw_ih, dw_hh, db = ops.get(ctx.backend).lstm_layer_backward(
-            ctx.plan, x, h0, c0, w_ih, w_hh, tuple(saved), dy, dh_n, dc_n, needs)
+        dx, dh0, dc0, dw_ih, dw_hh, db = ctx.choice.backend.lstm_layer_backward(
+            ctx.choice.plan, x, h0, c0, w_ih, w_hh, tuple(saved), dy, dh_n, dc_n, needs)
         return dx, dh0, dc0, dw_ih, dw_hh, db, db, None
 
 
 class SequenceLinearFunction(torch.autograd.Function):
-    """``y[t] = mask_t(x[t]) @ W^T + b`` for ``x`` ``[T, B, n]`` (``mask``: see :mod:`onmt_structdrop.ops`)."""
+    """``y[t] = mask_t(x[t]) @ W^T + b`` for ``x`` ``[T, B, n]``; ``choice``: the seam's
+    :class:`~onmt_structdrop.ops.Choice` for the ``sequence`` product (its backend and the mask's form)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, mask):
-        backend = ops.select("sequence", x, mask)
-        out, saved = backend.sequence_product(x, weight.t(), mask, bias)
-        ctx.mask, ctx.backend, ctx.has_bias = mask, backend.NAME, bias is not None
+    def forward(ctx, x, weight, bias, choice: ops.Choice):
+        out, saved = choice.backend.sequence_product(x, weight.t(), choice.plan, bias)
+        ctx.choice, ctx.has_bias = choice, bias is not None
         ctx.save_for_backward(x, weight, *saved)
         return out
 
@@ -71,20 +72,26 @@ class SequenceLinearFunction(torch.autograd.Function):
     @first_order
     def backward(ctx, dout):
         x, weight, *saved = ctx.saved_tensors
-        dx, dwt, db = ops.get(ctx.backend).sequence_backward(x, weight.t(), ctx.mask, dout, ctx.needs_input_grad[0],
-                                                             tuple(saved), ctx.has_bias and ctx.needs_input_grad[2])
+        dx, dwt, db = ctx.choice.backend.sequence_backward(
+            x, weight.t(), ctx.choice.plan, dout, ctx.needs_input_grad[0], tuple(saved),
+            ctx.has_bias and ctx.needs_input_grad[2])
         return dx, dwt.t(), db, None
 
 
 def sequence_linear(x, weight, bias, mask):
-    """``F.linear`` of ``x`` ``[T, B, n]`` with ``mask`` applied per step (compacted when it is packed)."""
+    """``F.linear`` of ``x`` ``[T, B, n]`` with ``mask`` applied per step (a packed mask compacted where the seam
+    finds that it pays, :func:`onmt_structdrop.ops.choose`)."""
+    if mask is None:
+        if tally.active:
+            tally.product(x.shape[0] * x.shape[1], x.shape[2], weight.shape[0])
+            tally.backend(ops.plain().NAME)
+        return F.linear(x, weight, bias)
+    choice = ops.choose("sequence", x, mask)
     if tally.active:
         T, B, n = x.shape
-        tally.product(T * B, n, weight.shape[0], mask, T)
-        tally.backend("torch" if mask is None else ops.select("sequence", x, mask).NAME)
-    if mask is None:
-        return F.linear(x, weight, bias)
-    return SequenceLinearFunction.apply(x.contiguous(), weight, bias, mask)
+        tally.product(T * B, n, weight.shape[0], choice.plan, T)
+        tally.backend(choice.name)
+    return SequenceLinearFunction.apply(x.contiguous(), weight, bias, choice)
 
 
 class _StepWeightGrad:
@@ -161,7 +168,7 @@ class StepProduct:
         self.mask = mask.unscaled() if scaled and isinstance(mask, PackedMask) else mask
         self._rows = {}
         if isinstance(mask, PackedMask):
-            self._backend = ops.select("primitives", weight)
+            self._backend = ops.choose("primitives", weight, mask).backend
             self._cached = mask.num_sets <= CACHED_SETS
             self._wt = weight.detach().t().contiguous()  # one copy per call, read by every step
             self._grad = _StepWeightGrad(self._wt.shape)
@@ -173,7 +180,7 @@ class StepProduct:
             packed = isinstance(mask, PackedMask)
             tally.product(x.shape[0], x.shape[1], self.weight.shape[0],
                           fraction=mask.sizes[mask.step_sets[t]] / x.shape[1] if packed else 1.0)
-            tally.backend(self._backend.NAME if packed else "torch")
+            tally.backend((self._backend if packed else ops.plain()).NAME)
         if mask is None or (self.scaled and not isinstance(mask, PackedMask)):
             return F.linear(x, self.weight)
         if not isinstance(mask, PackedMask):  # the masked-dense path
@@ -195,9 +202,9 @@ class LSTMCellFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gates, c_prev):
-        backend = ops.select("primitives", gates)
+        backend = ops.choose("primitives", gates).backend
         act, c, tanh_c, h = backend.cell_forward(gates, c_prev)
-        ctx.backend = backend.NAME
+        ctx.backend = backend
         ctx.save_for_backward(act, c_prev, tanh_c)
         return h, c
 
@@ -207,7 +214,7 @@ class LSTMCellFunction(torch.autograd.Function):
         act, c_prev, tanh_c = ctx.saved_tensors
         dh = dh if dh is not None else torch.zeros_like(c_prev)
         dc = dc.clone() if dc is not None else torch.zeros_like(c_prev)
-        dgates = ops.get(ctx.backend).cell_backward(act, c_prev, tanh_c, dh, dc)
+        dgates = ctx.backend.cell_backward(act, c_prev, tanh_c, dh, dc)
         return dgates, dc
 
 

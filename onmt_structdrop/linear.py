@@ -8,7 +8,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import ops
-from .functions import SequenceLinearFunction
+from .functions import sequence_linear
 from .mask_checks import check_generator, check_mask, check_no_transform
 from .masks import (DEFAULT_POOL_SIZE, DenseOnRead, PatternOptions, StructuredMask, check_mode, check_pattern,
                     check_pool_size,
@@ -83,5 +83,5 @@ class StructuredDropoutLinear(nn.Module):
         self.last_mask = DenseOnRead.drawn(mask, x.dtype)
         # an explicit tensor mask is multiplied in, as given
         internal = ops.prepare(mask, x.device, x.dtype, compact=self.compact and isinstance(mask, StructuredMask))
-        y = SequenceLinearFunction.apply(xt.contiguous(), self.weight, self.bias, internal)
+        y = sequence_linear(xt, self.weight, self.bias, internal)
         return y.transpose(0, 1) if self.batch_first else y

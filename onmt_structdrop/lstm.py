@@ -266,11 +266,11 @@ class StructDropLSTM(nn.Module):
             for d in range(self.num_directions):
                 k = layer * self.num_directions + d
                 plan = ops.LayerPlan(in_mask, internal(masks["recurrent"][layer][d]), batch_sizes, reverse=d == 1)
+                choice = ops.choose("lstm_layer", x, plan)
                 if tally.active:
-                    self._count(layer, plan.input_mask, plan.recurrent_mask, x.shape[0],
-                                sum(batch_sizes) if batch_sizes else x.shape[0] * x.shape[1],
-                                ops.select("lstm_layer", x, plan).NAME)
-                y, h, c = LSTMLayerFunction.apply(layer_input, h0[k], c0[k], *self._weights(layer, d), plan)
+                    self._count(layer, choice.plan.input_mask, choice.plan.recurrent_mask, x.shape[0],
+                                sum(batch_sizes) if batch_sizes else x.shape[0] * x.shape[1], choice.name)
+                y, h, c = LSTMLayerFunction.apply(layer_input, h0[k], c0[k], *self._weights(layer, d), choice)
                 outputs.append(y)
                 h_n.append(h)
                 c_n.append(c)

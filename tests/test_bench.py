@@ -53,7 +53,7 @@ def test_backends_are_timed_side_by_side(tmp_path):
 def test_a_backend_gets_rows_only_for_the_modes_it_serves():
     shape = bench.argparse.Namespace(dropout=0.5, hidden=16, seq=35, batch=3, pool_size=None)
     assert bench.serves("torch", "lstm_layer", "batch", shape, CPU, torch.float32)
-    if "native" in bench.backends(CPU):
+    if "native" in ops.serving(CPU):
         assert bench.serves("native", "lstm_layer", "time", shape, CPU, torch.float32)
         assert not bench.serves("native", "lstm_layer", "batch", shape, CPU, torch.float32)  # torch would serve
 

@@ -35,24 +35,30 @@ def isa(request):
 @pytest.mark.parametrize("M,k,N", [(1, 1, 1), (5, 7, 13), (13, 0, 70), (20, 33, 130), (7, 64, 257), (150, 40, 70),
                                    (150, 0, 9)])
 def test_kept_products_match_dense_math(isa, dtype, M, k, N):
+    """The step primitives of the seam's contract (what the input-feed decoder and the product benchmark run)."""
     g = torch.Generator().manual_seed(M * 100 + k)
     n = k + 5
     keep = torch.randperm(n, generator=g)[:k].contiguous()
+    values = torch.rand(k, generator=g, dtype=torch.float64) + 0.5
     wt = torch.randn(n, N, generator=g, dtype=torch.float64)
-    a, dout = torch.randn(M, k, generator=g, dtype=torch.float64), torch.randn(M, N, generator=g, dtype=torch.float64)
+    a, dout = torch.randn(M, n, generator=g, dtype=torch.float64), torch.randn(M, N, generator=g, dtype=torch.float64)
     tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4, atol=1e-4)
-    start = torch.randn(M, N, generator=g, dtype=torch.float64)
-    out = start.to(dtype, copy=True)
-    native.kept_product(a.to(dtype), keep, wt.to(dtype), out)
-    torch.testing.assert_close(out.double(), start + a @ wt[keep], **tol)
-    grad = torch.full((M, k), float("nan"), dtype=dtype)
-    native.kept_input_grad(dout.to(dtype), keep, wt.to(dtype), grad)
-    torch.testing.assert_close(grad.double(), dout @ wt[keep].t(), **tol)
-    dwt = torch.ones(n, N, dtype=dtype)
-    native.kept_weight_grad(a.to(dtype), keep, dout.to(dtype), dwt)
-    expected = torch.ones(n, N, dtype=torch.float64)
-    expected[keep] += a.t() @ dout
-    torch.testing.assert_close(dwt.double(), expected, **tol)  # the dropped rows are untouched
+    for mult, m in ((1.5, 1.5), (values.to(dtype), values)):
+        start = torch.randn(M, N, generator=g, dtype=torch.float64)
+        out = start.to(dtype, copy=True)
+        rows = native_backend.kept_rows(wt.to(dtype), keep)
+        native_backend.kept_product(out, a.to(dtype), keep, mult, rows)
+        torch.testing.assert_close(out.double(), start + (a[:, keep] * m) @ wt[keep], **tol)
+        grad = torch.full((M, n), float("nan"), dtype=dtype)
+        native_backend.kept_input_grad(grad, dout.to(dtype), keep, mult, rows)
+        expected = torch.zeros(M, n, dtype=torch.float64)
+        expected[:, keep] = (dout @ wt[keep].t()) * m
+        torch.testing.assert_close(grad.double(), expected, **tol)  # the dropped columns are zero
+        dwt = torch.ones(n, N, dtype=dtype)
+        native_backend.add_kept_rows_grad(dwt, a.to(dtype), dout.to(dtype), keep, mult)
+        expected = torch.ones(n, N, dtype=torch.float64)
+        expected[keep] += (a[:, keep] * m).t() @ dout
+        torch.testing.assert_close(dwt.double(), expected, **tol)  # the dropped rows are untouched
 
 
 @needs_native
@@ -61,19 +67,17 @@ def test_the_weight_gradient_is_the_same_on_any_thread_count(isa):
     g = torch.Generator().manual_seed(3)
     n, N, M = 650, 2600, 20
     keep = torch.randperm(n, generator=g)[:325].sort().values
-    a, dout = torch.randn(M, 325, generator=g), torch.randn(M, N, generator=g)
+    a, dout = torch.randn(M, n, generator=g), torch.randn(M, N, generator=g)
     threads = torch.get_num_threads()
     grads = []
     try:
         for count in (1, 2, 3):
             torch.set_num_threads(count)
-            dwt = torch.ones(n, N)
-            native.kept_weight_grad(a, keep, dout, dwt)
-            grads.append(dwt)
+            grads.append(native_backend.add_kept_rows_grad(torch.ones(n, N), a, dout, keep, 1.0))
     finally:
         torch.set_num_threads(threads)
     expected = torch.ones(n, N, dtype=torch.float64)
-    expected[keep] += a.double().t() @ dout.double()
+    expected[keep] += a[:, keep].double().t() @ dout.double()
     torch.testing.assert_close(grads[0].double(), expected, rtol=1e-4, atol=1e-4)
     assert all(torch.equal(grads[0], other) for other in grads[1:])
 
@@ -136,14 +140,14 @@ def test_unknown_or_missing_instruction_sets_are_refused():
 
 
 @needs_native
-def test_the_kept_product_bindings_refuse_mismatched_operands():
+def test_the_step_primitives_refuse_mismatched_operands():
     wt, keep = torch.randn(6, 4), torch.tensor([0, 5])
     with pytest.raises(RuntimeError, match="keep holds a unit outside \\[0, 6\\)"):
-        native.kept_product(torch.randn(3, 2), torch.tensor([0, 6]), wt, torch.zeros(3, 4))
+        native_backend.kept_product(torch.zeros(3, 4), torch.randn(3, 6), torch.tensor([0, 6]), 1.0, wt)
     with pytest.raises(RuntimeError, match="got \\[3, 5\\] for one of them"):
-        native.kept_product(torch.randn(3, 2), keep, wt, torch.zeros(3, 5))
+        native_backend.kept_product(torch.zeros(3, 5), torch.randn(3, 6), keep, 1.0, wt)
     with pytest.raises(RuntimeError, match="keep must be 1-D int64"):
-        native.kept_weight_grad(torch.randn(3, 2), keep.int(), torch.randn(3, 4), torch.zeros(6, 4))
+        native_backend.add_kept_rows_grad(torch.zeros(6, 4), torch.randn(3, 6), torch.randn(3, 4), keep.int(), 1.0)
 
 
 def test_without_the_extension_the_torch_backend_serves_and_says_why(monkeypatch, caplog):

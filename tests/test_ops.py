@@ -414,3 +414,35 @@ def test_the_emulated_graph_replays_what_was_captured_and_nothing_else():
     torch.testing.assert_close(out, (torch.tensor([5.0, 7.0]) * 3.0).sin() + 1)
     with pytest.raises(AssertionError, match="a capture read a device value on the host"):
         cuda_emulator.RecordedGraph().capture(lambda: (x * int(x[0]),))
+
+
+# ---- the seam's one question: which backend, and does compacting pay -------------------------------------------
+def test_the_seam_compacts_where_the_serving_backend_finds_that_it_pays(monkeypatch):
+    x = torch.zeros(6, 3, N)
+    mask = lambda mode: ops.prepare(sample_mask(mode, 0.4, N, 6, batch=3, generator=torch.Generator().manual_seed(1)),  # noqa: E731
+                                    CPU, torch.float32)
+    with ops.preferred("torch"):
+        one = ops.choose("sequence", x, mask("batch"))  # one kept set for every step: one smaller product
+        assert (one.name, one.compact) == ("torch", True) and one.plan.num_sets == 1
+        per_step = ops.choose("sequence", x, mask("time"))  # a set per step: gathers cost more than they save
+        assert (per_step.name, per_step.compact) == ("torch", False)
+        torch.testing.assert_close(per_step.plan, mask("time").dense(torch.float32))  # the same masks, dense
+        with ops.always_compact():
+            assert ops.choose("sequence", x, mask("time")).compact
+    for mode in ("batch", "time"):  # a layer and a step: compacted on every backend
+        layer = ops.LayerPlan(mask(mode), mask(mode), None, False)
+        assert ops.choose("lstm_layer", x, layer).compact and ops.choose("primitives", x, mask(mode)).compact
+    # the rows of a batch-major block: one product where one kept set serves every step, else dense
+    assert ops.choose("rows", x, mask("batch")).compact and not ops.choose("rows", x, mask("time")).compact
+    if ops.availability("native")[0]:  # its kernels read each step's kept rows in place: compacting pays
+        assert ops.choose("sequence", x, mask("time")).name == "native"
+        assert ops.choose("sequence", x, mask("time")).compact
+    use("cupy", monkeypatch, "primitives", x)  # (emulated here) a sequence's per-step sets: dense on a GPU
+    monkeypatch.setattr(ops.get("cupy"), "declines", lambda op, device, dtype, plan=None: None)
+    chosen = ops.choose("sequence", x, mask("time"))
+    assert not chosen.compact and not isinstance(chosen.plan, ops.PackedMask)
+
+
+def test_the_benchmarks_list_the_backends_through_the_seam():
+    assert ops.serving(CPU)[-1] == "torch" and "cupy" not in ops.serving(CPU)
+    assert ("native" in ops.serving(CPU)) == ops.availability("native")[0]

@@ -5,7 +5,8 @@ import shutil
 import pytest
 
 from onmt_structdrop import opennmt as plugin
-from onmt_structdrop.tools import patch_onmt as patching
+from onmt_structdrop.opennmt import patches as patching
+from onmt_structdrop.tools.patch_onmt import main as patch_command
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def contents(root):
 
 def test_installed_opennmt_is_patched():
     assert patching.is_applied()
-    assert patching.main(["check"]) == 0
+    assert patch_command(["check"]) == 0
 
 
 def test_revert_apply_round_trip_and_idempotence(onmt_copy):
@@ -55,7 +56,7 @@ def test_another_opennmt_version_is_refused(monkeypatch):
     monkeypatch.setattr(importlib.metadata, "version", lambda name: "3.4.3")
     with pytest.raises(patching.PatchError, match="for OpenNMT-py 3.5.1, but 3.4.3 is installed"):
         patching.onmt_root()
-    assert patching.main(["apply"]) == 2
+    assert patch_command(["apply"]) == 2
 
 
 def test_unpatched_opennmt_says_how_to_patch(monkeypatch):

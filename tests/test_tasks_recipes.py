@@ -7,7 +7,7 @@ import pytest
 
 from onmt_structdrop import ops
 from onmt_structdrop.tasks import lm, ner, prepare, report
-from onmt_structdrop.tasks.config import build_parser, compacts_output, parse_options, read_recipe
+from onmt_structdrop.tasks.config import DROPOUT_OPTIONS, build_parser, compacts_output, parse_options, read_recipe
 
 from task_data import write_conll, write_ptb
 
@@ -137,25 +137,14 @@ def test_the_console_commands_exit_with_status_zero(tmp_path):
                      "-epochs", "1"]) is None
 
 
-@pytest.mark.parametrize("setting, mode, device, native, expected", [
-    ("auto", "batch", "cpu", False, True),     # one kept set: one smaller product anywhere
-    ("auto", "time", "cpu", True, True),       # the native kernels read each step's kept rows in place
-    ("auto", "time", "cpu", False, False),     # the torch backend would gather them at every step
-    ("auto", "time", "cuda", True, False),
-    ("auto", "pool", "cpu", True, False),
-    ("true", "time", "cuda", False, True),
-    ("false", "batch", "cpu", True, False),
-])
-def test_compact_output_auto_compacts_where_it_pays(monkeypatch, setting, mode, device, native, expected):
-    monkeypatch.setattr(ops, "availability", lambda name: (native and name == "native", ""))
-    args = argparse.Namespace(compact_output=setting, mask_mode=mode, device=device)
-    assert compacts_output(args) is expected
+@pytest.mark.parametrize("setting, expected", [("auto", True), ("false", False)])
+def test_compact_output_gives_the_seam_packed_masks_or_dense_ones(setting, expected):
+    """``auto`` hands the output layer packed masks, which the seam compacts where it pays (test_ops.py:
+    test_the_seam_compacts_where_the_serving_backend_finds_that_it_pays); ``false`` multiplies the masks in."""
+    assert compacts_output(argparse.Namespace(compact_output=setting)) is expected
 
 
-def test_compact_output_auto_leaves_time_masks_dense_under_a_forced_torch_backend(monkeypatch):
-    monkeypatch.setattr(ops, "availability", lambda name: (True, ""))
-    monkeypatch.setenv(ops.ENV, "torch")
-    args = argparse.Namespace(compact_output="auto", mask_mode="time", device="cpu")
-    assert compacts_output(args) is False
-    monkeypatch.setenv(ops.ENV, "native")
-    assert compacts_output(args) is True
+def test_compact_output_true_is_refused_with_its_choices(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        parse_options(build_parser("x", "x", DROPOUT_OPTIONS), DROPOUT_OPTIONS, ["-compact_output", "true"])
+    assert "invalid choice: 'true' (choose from 'auto', 'false')" in capsys.readouterr().err

@@ -520,9 +520,9 @@ std::vector<Tensor> sequence_backward(const Tensor& ak, const Tensor& wt, const 
   return {da, dwt, db};
 }
 
-// ---- the kept products on their own (benchmarks, tests) -------------------------------------------------------
-// The kept products on their own, on tensors: a (the gathered, scaled [M, k] block), keep [k], wt [n, N].
-// Every operand a contiguous 2-D tensor of the first one's dtype, of the given size (-1: any):
+// ---- the kept products on a gathered block (the step primitives') -----------------------------------------
+// The step primitives' operands: every operand a contiguous 2-D tensor of the first one's dtype, of the given
+// size (-1: any)
 void check_tensors(std::initializer_list<std::tuple<const Tensor*, int64_t, int64_t>> operands) {
   const auto dtype = std::get<0>(*operands.begin())->scalar_type();
   for (const auto& [t, rows, cols] : operands)
@@ -550,8 +550,8 @@ void check_operands(const Tensor& keep, const Tensor& wt,
 // and MKL 0.7 to 0.95; at M = 64 the two are even, and below it the kernels are ahead)
 constexpr int64_t LIBRARY_ROWS = 128;
 
-// The three kept products on a gathered, scaled block a [M, k] (operands as check_operands takes them), shared by
-// the bindings below and the step primitives.
+// The three kept products on a gathered, scaled block a [M, k] (operands as check_operands takes them), for the
+// step primitives below.
 // out += a @ wt[keep]
 void product(const Tensor& a, const Tensor& keep, const Tensor& wt, Tensor& out) {
   if (a.size(0) >= LIBRARY_ROWS) return void(out.addmm_(a, wt.index_select(0, keep)));
@@ -597,21 +597,6 @@ void weight_grad(const Tensor& a, const Tensor& keep, const Tensor& dout, Tensor
       if (first) K.kept_tn(M, first, a_t, M, idx, d, N, dw, N, c0, c1);
     });
   });
-}
-
-void kept_product(const Tensor& a, const Tensor& keep, const Tensor& wt, Tensor& out) {
-  check_operands(keep, wt, {{&wt, -1, -1}, {&a, -1, keep.size(0)}, {&out, a.size(0), wt.size(1)}});
-  product(a, keep, wt, out);
-}
-
-void kept_input_grad(const Tensor& dout, const Tensor& keep, const Tensor& wt, Tensor& out) {
-  check_operands(keep, wt, {{&wt, -1, -1}, {&dout, -1, wt.size(1)}, {&out, dout.size(0), keep.size(0)}});
-  input_grad(dout, keep, wt, out);
-}
-
-void kept_weight_grad(const Tensor& a, const Tensor& keep, const Tensor& dout, Tensor& dwt) {
-  check_operands(keep, dwt, {{&dwt, -1, -1}, {&a, -1, keep.size(0)}, {&dout, a.size(0), dwt.size(1)}});
-  weight_grad(a, keep, dout, dwt);
 }
 
 // ---- one step's primitives (the seam's kept products and cell, for step-by-step loops under autograd) ------
@@ -783,9 +768,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "onmt_structdrop's native CPU engine (see onmt_structdrop/ops/native_backend.py)";
   m.def("isa", [] { return structdrop::isa_name(); }, "the instruction set the kernels run with");
   m.def("set_isa", &structdrop::set_isa, "run the kernels built for another instruction set (tests)");
-  m.def("kept_product", &structdrop::kept_product);
-  m.def("kept_input_grad", &structdrop::kept_input_grad);
-  m.def("kept_weight_grad", &structdrop::kept_weight_grad);
   m.def("sequence_product", &structdrop::sequence_product);
   m.def("sequence_backward", &structdrop::sequence_gradients);
   m.def("gathered", &structdrop::gathered, "the kept columns of every step, multipliers applied");

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 def require_patched_onmt():
     """Raise with the command to run when OpenNMT-py lacks the patch set (checked without importing onmt)."""
-    from ..tools.patch_onmt import APPLY_HINT, PatchError, is_applied
+    from .patches import APPLY_HINT, PatchError, is_applied
     try:
         applied = is_applied()
     except PatchError as err:

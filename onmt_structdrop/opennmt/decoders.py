@@ -21,6 +21,7 @@ from ..accounting import tally
 from ..functions import StepProduct, lstm_cell, sequence_linear
 from ..lstm import StructDropLSTM
 from ..masks import check_pattern
+from .. import ops
 from ..ops import PackedMask
 from .encoders import mask_generator, silence_embedding_dropout
 from .options import Settings, built_from_options
@@ -72,16 +73,14 @@ class StructDropGenerator(nn.Linear):
 
     def forward(self, x):
         found = self.output_mask.lookup(x) if self.training else None
-        # With several kept sets the steps' rows interleave in the batch-major output, and reordering the
-        # logits costs more than the skipped work (measured on CPU): the dense product, exact since the dropped
-        # units are zeros, is faster there.
-        if found is None or found[0].num_sets > 1:
+        # the rows of the decoder's batch-major output: compacted where the seam finds that it pays (one product
+        # of a one-step mask), else the dense product, exact since the dropped units are zeros
+        if found is None or not ops.choose("rows", x, found[0]).compact:
             if tally.active:
                 tally.product(x.shape[0], self.in_features, self.out_features)
-                tally.backend("torch")
+                tally.backend(ops.plain().NAME)
             return F.linear(x, self.weight, self.bias)
-        mask, B, T = found  # one kept set: one product over every row, on the kept units only
-        # (sequence_linear counts it for the training report)
+        mask, B, T = found  # (sequence_linear counts it for the training report)
         return sequence_linear(x.view(1, B * T, -1), self.weight, self.bias, mask.one_step().unscaled())[0]
 
 

@@ -1,11 +1,22 @@
 """The kernel seam: the operations structured dropout computes with, and the one place that picks a backend.
 
 Backends (``torch``, ``native``, ``cupy``) are modules side by side in this package, each with the functions
-below under the same names and meanings, and two more: ``available() -> (bool, reason)`` and
-``declines(op, device, dtype, plan) -> reason or None``. :func:`select` asks them in the order ``cupy``,
-``native``, ``torch``; the first that is available and does not decline serves (``torch`` serves everything).
-``ONMT_STRUCTDROP_BACKEND=torch|native|cupy`` puts one first (``with ops.preferred(name):`` does so for a block);
-forcing a backend that is not available is an error that says why.
+below under the same names and meanings, and three more: ``available() -> (bool, reason)``,
+``declines(op, device, dtype, plan) -> reason or None`` and ``compaction_pays(op, plan) -> bool`` (whether its
+products on the kept units beat the dense ones for this plan: the thresholds it measured live there, with the
+figures behind them). The callers ask one question, :func:`choose`: which backend serves an operation, and in
+which form its masks are computed with (packed, the dropped units' work skipped, where that pays on the backend
+that serves; dense, multiplied in, the same result, where it does not). It asks the backends in the order
+``cupy``, ``native``, ``torch``; the first that is available and does not decline serves (``torch`` serves
+everything). ``ONMT_STRUCTDROP_BACKEND=torch|native|cupy`` puts one first (``with ops.preferred(name):`` does so
+for a block); forcing a backend that is not available is an error that says why. :func:`serving` lists the
+backends of a device (the benchmarks time each).
+
+The operations (``OPS``): ``primitives`` (one step's products and cell, for step-by-step loops), ``sequence`` (a
+masked product of a whole time-major sequence), ``lstm_layer`` (a layer and direction), and ``rows`` (a product
+over the rows of a batch-major ``[B * T, n]`` block whose steps' kept sets interleave, as a decoder's generator
+reads its output: a question only, answered by ``compaction_pays``; where it pays, the caller runs the rows as one
+``sequence`` product of a one-step mask).
 
 Masks (:mod:`.packed`). A structured mask is a :class:`~.packed.PackedMask`: kept units ``K`` and multipliers
 ``s`` per kept set, and each step's set. A dense mask (``compact=False``, ``bernoulli``) is a ``[T, n]`` or
@@ -55,6 +66,7 @@ outputs are zero.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib
 import logging
@@ -66,7 +78,7 @@ from .packed import Mask, PackedMask, pack, prepare  # noqa: F401
 
 BACKENDS = ("cupy", "native", "torch")
 ENV = "ONMT_STRUCTDROP_BACKEND"
-OPS = ("primitives", "sequence", "lstm_layer")
+OPS = ("primitives", "sequence", "lstm_layer", "rows")
 CACHED_SETS = 8  # a mask with at most this many kept sets gets each set's kept rows prepared once per call
 logger = logging.getLogger(__name__)
 
@@ -170,6 +182,74 @@ def select(op, tensor, plan=None):
         if name == first:
             _log_decline(name, op, reason)
     raise BackendUnavailable(f"no backend serves {op} on {tensor.device} {tensor.dtype}")  # torch serves all
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The seam's answer for one call (:func:`choose`): the backend that serves it, the plan in the form that
+    backend computes with (for ``sequence`` and ``rows`` the mask itself, for ``lstm_layer`` a :class:`LayerPlan`),
+    and whether that form skips the dropped units' work (some mask is packed)."""
+
+    backend: object
+    plan: object
+    compact: bool
+
+    @property
+    def name(self):
+        return self.backend.NAME
+
+
+_always_compact = []  # the stack of :func:`always_compact` blocks
+
+
+@contextlib.contextmanager
+def always_compact():
+    """``with ops.always_compact(): ...`` keeps packed masks packed whether or not compacting pays on the serving
+    backend (tests of every compacted path, benchmarks of them)."""
+    _always_compact.append(True)
+    try:
+        yield
+    finally:
+        _always_compact.pop()
+
+
+def _masks(op, plan):
+    return (plan.input_mask, plan.recurrent_mask) if op == "lstm_layer" and plan is not None else (plan,)
+
+
+def _dense_plan(op, plan, dtype):
+    """``plan`` with its packed masks made dense (multiplied in: the same result)."""
+    dense = lambda m: m.dense(dtype) if isinstance(m, PackedMask) else m  # noqa: E731
+    if op == "lstm_layer":
+        return dataclasses.replace(plan, input_mask=dense(plan.input_mask), recurrent_mask=dense(plan.recurrent_mask))
+    return dense(plan)
+
+
+def choose(op, tensor, plan=None) -> Choice:
+    """Which backend serves ``op`` (one of ``OPS``) on ``tensor``'s device and dtype with ``plan``, and in which
+    form: packed masks stay packed where the serving backend's ``compaction_pays``, else they are made dense and
+    the backend that serves the dense form is chosen. A caller asks once per call and reports what was chosen."""
+    backend = select(op, tensor, plan)
+    packed = any(isinstance(m, PackedMask) for m in _masks(op, plan))
+    if packed and not _always_compact and not backend.compaction_pays(op, plan):
+        plan, packed = _dense_plan(op, plan, tensor.dtype), False
+        backend = select(op, tensor, plan)
+    return Choice(backend, plan, packed)
+
+
+def plain():
+    """The backend a plain product belongs to (no mask, or ``F.linear`` of an input the mask was multiplied into):
+    torch's own operations, whatever the device."""
+    return get("torch")
+
+
+def serving(device, dtype=None):
+    """The names of the backends that are available and serve ``device`` (and ``dtype``, float32 when None), in
+    the order the dispatch asks them."""
+    import torch
+    device = torch.device(device)
+    return [name for name in BACKENDS if availability(name)[0]
+            and get(name).declines("primitives", device, dtype or torch.float32) is None]
 
 
 @functools.lru_cache(maxsize=64)

@@ -74,10 +74,23 @@ def route():
     return value
 
 
+def compaction_pays(op, plan):
+    """A layer's and a step's products: always. A whole sequence's product: no; the default (cublas) route
+    multiplies the masks in and runs all steps as one product, as gathering a set per step costs more than it
+    saves; its kernels route reads the kept rows in place at 0.1-0.3 of the ideal on an H200
+    (docs/benchmarks.md, "GPU")."""
+    return op not in ("sequence", "rows")
+
+
 def settings():
     """The backend's environment variables, checked (see :func:`onmt_structdrop.ops.check_environment`)."""
     env_flag(SWITCH_ENV, True)
     route()
+
+
+def details():
+    """What this backend computes with, for a benchmark's report: the products' route."""
+    return f"products by {route()}"
 
 
 def declines(op, device, dtype, plan=None):

@@ -45,6 +45,14 @@ def available():
     return ext is not None, reason
 
 
+def details():
+    """What this backend computes with, for a benchmark's report: the kernels' instruction set."""
+    try:
+        return f"kernels {extension()[0].isa()}"
+    except RuntimeError as err:  # ONMT_STRUCTDROP_ISA names kernels this CPU cannot run
+        return f"unusable: {err}"
+
+
 def declines(op, device, dtype, plan=None):
     """Why this backend cannot serve ``op`` on ``device``/``dtype`` with ``plan`` (None: it can)."""
     if op not in SERVES:
@@ -64,6 +72,14 @@ def declines(op, device, dtype, plan=None):
     if any(m is not None and not isinstance(m, PackedMask) for m in masks):
         return "dense masks take the torch backend's masked-dense path"
     return _faster_elsewhere(masks) if ONLY_WHERE_FASTER else None
+
+
+def compaction_pays(op, plan):
+    """Always, where this engine serves (it declines the plans the torch backend runs faster,
+    :func:`_faster_elsewhere`): its products read the kept rows in place, so a fresh set per step costs no gather
+    (the output layer of PTB and CoNLL compacted: level with the dense product at p = 0.3, 1.2x faster at p = 0.5;
+    docs/benchmarks.md, "Design decisions")."""
+    return True
 
 
 def _faster_elsewhere(masks):

@@ -20,9 +20,26 @@ def available():
     return True, ""
 
 
+def details():
+    """What this backend computes with, for a benchmark's report."""
+    return ""
+
+
 def declines(op, device, dtype, plan=None):
     """Why this backend cannot serve ``op`` (None: it can). The torch backend serves everything."""
     return None
+
+
+def compaction_pays(op, plan):
+    """Whether this backend's products on the kept units beat its dense ones for ``plan``. A whole sequence's
+    product (``sequence``, ``rows``): only with one kept set for every step (``batch``: one product on the kept
+    units). With a set per step, gathering each step's kept weight rows costs more than it saves (PTB's 200 ->
+    10000 output layer at p = 0.3 on one CPU thread: 0.71x of ``nn.Linear`` compacted, 0.89x with the masks
+    multiplied in; docs/benchmarks.md, "Design decisions"), and rows whose steps' sets interleave would have their
+    outputs reordered besides. A layer's and a step's products: always."""
+    if op in ("sequence", "rows"):
+        return plan.num_sets == 1
+    return True
 
 
 # ---- primitives ------------------------------------------------------------------------------------------

@@ -42,10 +42,10 @@ def optional_int(text):
 
 
 COMPACT_OUTPUT = Option(
-    "compact_output", str, "auto", "skip the dropped inputs' share of the output layer's product: auto = in batch "
-    "mode (one kept set for all steps: one smaller product) and in time mode on the CPU with the native engine "
-    "(its kernels read each step's kept rows in place; elsewhere per-step sets cost more in gathers than they "
-    "save), true, false (same results, multiplied by the masks)", ("auto", "true", "false"))
+    "compact_output", str, "auto", "skip the dropped inputs' share of the output layer's product: auto = where the "
+    "backend that serves it finds that it pays (onmt_structdrop.ops.choose; e.g. one product on the kept units in "
+    "batch mode, the native engine's kernels in time mode on the CPU), false = multiply by the masks (same results)",
+    ("auto", "false"))
 
 
 DROPOUT_OPTIONS = [
@@ -68,12 +68,8 @@ RUN_OPTIONS = [
 
 
 def compacts_output(args):
-    if args.compact_output != "auto":
-        return args.compact_output == "true"
-    # (a backend forced by ONMT_STRUCTDROP_BACKEND serves the compacted product instead of the native engine)
-    native = (args.mask_mode == "time" and torch.device(args.device).type == "cpu" and ops.forced() in (None, "native")
-              and ops.availability("native")[0])
-    return args.mask_mode == "batch" or native
+    """Whether the output layer is given packed masks (the seam then compacts where it pays)."""
+    return args.compact_output == "auto"
 
 
 def build_parser(prog, description, options):

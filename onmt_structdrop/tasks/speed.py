@@ -31,8 +31,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..tools.bench import cpu_name, full_width_products
-from ..tools.plotting import save_line_plot
+from ..measuring import cpu_name, full_width_products
+from ..plotting import save_line_plot
 from ..textfile import write_text
 from . import lm, ner
 

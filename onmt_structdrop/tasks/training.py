@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..tools.plotting import save_line_plot
+from ..plotting import save_line_plot
 from ..textfile import atomic_file, write_text
 
 log = logging.getLogger("onmt_structdrop.tasks")

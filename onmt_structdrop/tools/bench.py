@@ -8,19 +8,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import statistics
 import time
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from .. import StructDropLSTM, ops
 from ..linear import StructuredDropoutLinear
 from ..masks import DEFAULT_POOL_SIZE, MASK_MODES, STRUCTURED_MODES, check_rate, kept_count, sample_mask
+from ..measuring import device_name, time_callables
+from ..plotting import save_line_plot
 from ..textfile import write_text
-from .plotting import save_line_plot
 
 
 class NNLSTMWithDropout(nn.Module):
@@ -33,17 +31,6 @@ class NNLSTMWithDropout(nn.Module):
 
     def forward(self, x):
         return self.lstm(self.drop(x))
-
-
-def cpu_name():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def ideal_ratio(args):
@@ -71,12 +58,6 @@ class Preferred(nn.Module):
             return self.model(*args)
 
 
-def backends(device):
-    """The backends of the seam that are available for ``device``, in the order the dispatch asks them."""
-    wanted = ("cupy", "torch") if device.type == "cuda" else ("native", "torch")
-    return [name for name in wanted if ops.availability(name)[0]]
-
-
 def serves(name, op, mode, args, device, dtype):
     """Whether backend ``name``, put first, serves ``op`` for masks of ``mode`` at the benchmark's shape (a
     backend that declines would have its row timed on the next one)."""
@@ -88,14 +69,14 @@ def serves(name, op, mode, args, device, dtype):
 
 
 def structured_variants(make, args, device, op="lstm_layer"):
-    """One variant per structured mode and backend that serves it (``structured time [native]``), the other
-    modes once."""
+    """One variant per structured mode and backend that serves it (``structured time [torch]``), the other modes
+    once."""
     variants = {}
     for mode in args.modes:
         if mode not in STRUCTURED_MODES:
             variants[f"{mode} (dense)"] = make(mask_mode=mode)
             continue
-        for name in args.backends or backends(device):
+        for name in args.backends or ops.serving(device):
             if name == "torch" or serves(name, op, mode, args, device, getattr(torch, args.dtype)):
                 variants[f"structured {mode} [{name}]"] = Preferred(make(mask_mode=mode), name)
     return variants
@@ -131,60 +112,10 @@ def _results(medians, peaks, base_key="vs_nn_lstm"):
              **({"peak_mib": peaks[n] / 2**20} if n in peaks else {})} for n in names]
 
 
-def device_name(device):
-    """The device, and on CUDA whether float32 products may run on TF32 tensor cores (torch's switches)."""
-    if device.type != "cuda":
-        return f"{cpu_name()}, {torch.get_num_threads()} threads"
-    on_off = lambda flag: "on" if flag else "off"  # noqa: E731
-    return (f"{torch.cuda.get_device_name(device)} (float32 products on TF32: cuBLAS "
-            f"{on_off(torch.backends.cuda.matmul.allow_tf32)}, cuDNN {on_off(torch.backends.cudnn.allow_tf32)})")
-
-
 def set_tf32(choice):
     """``--tf32``: ``torch`` leaves torch's defaults (cuBLAS off, cuDNN on); ``on``/``off`` set both alike."""
     if choice != "torch":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = choice == "on"
-
-
-def time_callables(runs, repeats, warmup, device):
-    """Median seconds of each callable in ``runs`` (name -> callable), warmed up, then run round-robin so that
-    machine noise hits all alike; with peak GPU memory per name on CUDA."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = {name: [] for name in runs}
-    peaks = {}
-    for run in runs.values():
-        for _ in range(warmup):
-            run()
-    for _ in tqdm(range(repeats), desc="timing", leave=False, disable=None):
-        for name, run in runs.items():
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            sync()
-            start = time.perf_counter()
-            run()
-            sync()
-            times[name].append(time.perf_counter() - start)
-            if device.type == "cuda":
-                peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated())
-    return {name: statistics.median(ts) for name, ts in times.items()}, peaks
-
-
-def full_width_products(shapes, device, seed=0):
-    """A callable running, for each ``(m, n, o, repeats)`` of ``shapes``, an ``m x n`` activation times an
-    ``n x o`` weight with its input and weight gradients, ``repeats`` times, at full width: the products dropout
-    can shrink, timed as the stock model runs them, for the ideal rows of the benchmarks."""
-    g = torch.Generator().manual_seed(seed)
-    rand = lambda *shape: torch.randn(*shape, generator=g).to(device)  # noqa: E731
-    operands = [(rand(m, n), rand(n, o), rand(m, o), reps) for m, n, o, reps in shapes]
-
-    def run():
-        for a, w, dy, reps in operands:
-            for _ in range(reps):
-                a @ w
-                dy @ w.t()
-                a.t() @ dy
-
-    return run
 
 
 def train_step(model, x):

@@ -19,7 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..masks import STRUCTURED_MODES, check_rate
-from .plotting import save_line_plot
+from ..plotting import save_line_plot
 from ..tasks.corpus import Vocabulary, batchify, read_words
 from ..tasks.lm import LanguageModel, evaluate
 from ..textfile import write_text

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .bench import device_name, full_width_products, time_callables
+from ..measuring import device_name, full_width_products, time_callables
 from ..masks import MASK_MODES, check_rate
 from ..textfile import write_text
 
@@ -147,7 +147,7 @@ def print_report(report):
 
 def plot_sweep(reports, path):
     """Speed-up over the stock step against the dropout rate, each variant and the ideal."""
-    from .plotting import save_line_plot
+    from ..plotting import save_line_plot
     rates = [r["config"]["dropout"] for r in reports]
     names = [x["variant"] for x in reports[0]["results"][1:]]
     ratio = lambda r, name: next(x["vs_stock"] for x in r["results"] if x["variant"] == name)  # noqa: E731

@@ -153,7 +153,7 @@ def main(argv=None):
     results = [evaluate(config, args.beam, log) for config, log in zip(args.config, logs)]
     print(comparison_table(results))
     if args.plot:
-        from .plotting import save_line_plot
+        from ..plotting import save_line_plot
         series = [(Path(r["recipe"]).stem, [s for s, _ in r["valid_ppl"]], [p for _, p in r["valid_ppl"]], {})
                   for r in results if r["valid_ppl"]]
         save_line_plot(args.plot, series, "training step", "validation perplexity", log_y=True)

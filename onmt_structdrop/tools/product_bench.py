@@ -7,10 +7,11 @@ For ``a`` (M x n) and a weight ``wt`` (n x N) with k = (1 - p) n kept units: the
 that computes what the kept one does on every unit: the forward and the weight gradient add into their output
 (a step's gates, the gradient summed over a sequence's steps), so their dense products add too (``addmm_``); the
 dense product into a fresh output (``mm``) is timed beside them ("fresh"). The ideal is (1 - p) of the dense
-time; "of ideal" is the ideal time over the measured one (1.0: the whole saving is reached). The native engine's
-products are its kernels (the input compacted once per sequence), or from 128 rows on a copy of the kept rows
-and the MKL product; the other backends' are the seam's step primitives, the preparation of the kept weight rows
-(a gather, for the torch backend) included. Variants run round-robin in one process; medians.
+time; "of ideal" is the ideal time over the measured one (1.0: the whole saving is reached). Each backend's kept
+products are the seam's step primitives (what a step-by-step loop runs), the gather of the input's kept columns
+and the preparation of the kept weight rows (a gather, for the torch backend; none for the native engine, whose
+kernels read them in place, or from 128 rows copy them for an MKL product) included. Variants run round-robin in
+one process; medians.
 """
 from __future__ import annotations
 
@@ -21,15 +22,15 @@ import torch
 
 from .. import ops
 from ..masks import check_rate, kept_count
-from ..ops import native_backend
 from ..textfile import write_text
-from .bench import device_name, time_callables
+from ..measuring import device_name, time_callables
 
 PRODUCTS = ("forward", "input gradient", "weight gradient")
 
 
-def products(M, n, N, p, generator, backend="native", device=torch.device("cpu")):
-    """``{name: (dense callable, kept callable, dense callable into a fresh output)}`` for one shape and rate."""
+def products(M, n, N, p, generator, backend="torch", device=torch.device("cpu")):
+    """``{name: (dense callable, kept callable, dense callable into a fresh output)}`` for one shape and rate, the
+    kept ones through backend ``backend``'s step primitives."""
     k = kept_count(p, n)
     keep = torch.randperm(n, generator=generator)[:k].contiguous().to(device)
     a, wt = (torch.randn(*shape, generator=generator).to(device) for shape in ((M, n), (n, N)))
@@ -38,23 +39,11 @@ def products(M, n, N, p, generator, backend="native", device=torch.device("cpu")
     out_dense, dwt_dense = out.clone(), dwt.clone()
     dense = (lambda: out_dense.addmm_(a, wt), lambda: torch.mm(dout, wt.t()), lambda: dwt_dense.addmm_(a.t(), dout))
     fresh = (lambda: torch.mm(a, wt), None, lambda: torch.mm(a.t(), dout))
-    if backend == "native":
-        ext = native_backend.extension()[0]
-        a_k, da_k = a[:, keep].contiguous(), torch.empty(M, k)
-        kept = (lambda: ext.kept_product(a_k, keep, wt, out), lambda: ext.kept_input_grad(dout, keep, wt, da_k),
-                lambda: ext.kept_weight_grad(a_k, keep, dout, dwt))
-    else:
-        b, da = ops.get(backend), torch.empty(M, n, device=device)
-        kept = (lambda: b.kept_product(out, a, keep, 1.0, b.kept_rows(wt, keep)),
-                lambda: b.kept_input_grad(da, dout, keep, 1.0, b.kept_rows(wt, keep)),
-                lambda: b.add_kept_rows_grad(dwt, a, dout, keep, 1.0))
+    b, da = ops.get(backend), torch.empty(M, n, device=device)
+    kept = (lambda: b.kept_product(out, a, keep, 1.0, b.kept_rows(wt, keep)),
+            lambda: b.kept_input_grad(da, dout, keep, 1.0, b.kept_rows(wt, keep)),
+            lambda: b.add_kept_rows_grad(dwt, a, dout, keep, 1.0))
     return dict(zip(PRODUCTS, zip(dense, kept, fresh)))
-
-
-def serving(backends, device):
-    """Those of ``backends`` that are available and serve float32 step products on ``device``."""
-    return [name for name in backends if ops.availability(name)[0]
-            and ops.get(name).declines("primitives", device, torch.float32) is None]
 
 
 def main(argv=None):
@@ -67,7 +56,8 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--backends", nargs="+", choices=ops.BACKENDS, default=None,
-                        help="default: native on CPU, every backend that serves on a GPU")
+                        help="default: the first that serves the device (the native engine on a CPU where it is "
+                             "built), every one that serves on a GPU")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     for rate in args.rates:
@@ -75,16 +65,18 @@ def main(argv=None):
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda, but torch sees no CUDA device")
-    backends = serving(args.backends or (["native"] if device.type == "cpu" else list(ops.BACKENDS)), device)
+    serving = ops.serving(device)
+    backends = [name for name in args.backends if name in serving] if args.backends else (
+        serving[:1] if device.type == "cpu" else serving)
     if not backends:
-        parser.error(f"none of {', '.join(args.backends or ['native'])} serves float32 products on {device} "
+        parser.error(f"none of {', '.join(args.backends)} serves float32 products on {device} "
                      f"(python -m onmt_structdrop.tools.bench --help lists why a backend is unavailable)")
     if args.threads:
         torch.set_num_threads(args.threads)
     generator = torch.Generator().manual_seed(0)
-    kernels = native_backend.extension()[0].isa() if "native" in backends else None
-    print(f"device: {device_name(device)}; backends: {', '.join(backends)}"
-          f"{f' (native kernels: {kernels})' if kernels else ''}; torch {torch.__version__}; median of {args.repeats}")
+    about = "; ".join(f"{name}: {ops.get(name).details()}" for name in backends if ops.get(name).details())
+    print(f"device: {device_name(device)}; backends: {', '.join(backends)}{f' ({about})' if about else ''}; "
+          f"torch {torch.__version__}; median of {args.repeats}")
     print(f"{'product':<16} {'backend':<7} {'M':>4} {'n -> N':>11} {'p':>4}  {'dense ms':>8}  {'kept ms':>8}  "
           f"{'of ideal':>8}  {'fresh ms':>8}  {'of ideal':>8}")
     rows = []
@@ -111,7 +103,8 @@ def main(argv=None):
                           f"{row['dense_ms']:>8.3f}  {row['kept_ms']:>8.3f}  {row['of_ideal']:>7.2f}x  "
                           f"{row['dense_fresh_ms']:>8.3f}  {row['of_ideal_fresh']:>7.2f}x")
     if args.json:
-        write_text(args.json, json.dumps({"device": device_name(device), "kernels": kernels, "torch": torch.__version__,
+        write_text(args.json, json.dumps({"device": device_name(device), "backends": {
+            name: ops.get(name).details() for name in backends}, "torch": torch.__version__,
                                           "results": rows}, indent=2))
     return rows
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..textfile import atomic_file
+from .textfile import atomic_file
 
 
 def save_line_plot(path, series, xlabel, ylabel, title=None, log_y=False, hline=None):
