@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from onmt_structdrop import ops
 from onmt_structdrop.tasks import lm, ner, prepare, report
 from onmt_structdrop.tasks.config import DROPOUT_OPTIONS, build_parser, compacts_output, parse_options, read_recipe
 
