@@ -124,8 +124,9 @@ ROUTES = ("cublas", "kernels")  # cupy_backend.ROUTES: its product routes
 def _trial(monkeypatch, route="cublas"):
     _cupy_or_skip()
     from onmt_structdrop import ops
+    from onmt_structdrop.ops import cupy_backend
     monkeypatch.setenv("ONMT_STRUCTDROP_CUPY", "on")
-    monkeypatch.setenv("ONMT_STRUCTDROP_CUPY_PRODUCTS", route)
+    monkeypatch.setattr(cupy_backend, "ROUTE", cupy_backend.ROUTES[route])
     monkeypatch.setenv(ops.ENV, "cupy")
     ops.availability.cache_clear()
     backend = ops.select("primitives", torch.zeros(1, device="cuda"))

@@ -27,7 +27,7 @@ def use(backend, monkeypatch, op, tensor, plan=None):
     """Put ``backend`` first (``name:route`` for a cupy route), or skip saying why it cannot serve ``op`` here."""
     backend, _, route = backend.partition(":")
     if backend == "cupy":
-        monkeypatch.setenv(cupy_backend.ROUTE_ENV, route or "cublas")
+        monkeypatch.setattr(cupy_backend, "ROUTE", cupy_backend.ROUTES[route or "cublas"])
         if tensor.device.type == "cpu":
             cuda_emulator.emulate(monkeypatch)
     ok, reason = ops.availability(backend)

@@ -9,7 +9,8 @@ cell launch; the backward likewise; both replayed from CUDA graphs, :mod:`.cuda_
 (``compact=False``, ``bernoulli``) are multiplied in on the same graphed loops; packed sequences go to the
 ``torch`` backend.
 
-The products take one of two routes (``ONMT_STRUCTDROP_CUPY_PRODUCTS``):
+The products take one of two routes (``ONMT_STRUCTDROP_CUPY_PRODUCTS``, read once, when the backend is first
+imported; :data:`ROUTE`):
 - ``cublas`` (the default): a step's kept product reads a gathered copy of the kept weight rows with cuBLAS, and
   the products of all steps run as one cuBLAS product of the masked inputs. Float32, bfloat16 and float16.
 - ``kernels``: the ``compact_matmul.cu`` kernels read the kept rows in place. Float32 only. On an H200 they reach
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 
 import torch
 
@@ -34,7 +36,6 @@ from .packed import PackedMask
 NAME = "cupy"
 SWITCH_ENV = "ONMT_STRUCTDROP_CUPY"
 ROUTE_ENV = "ONMT_STRUCTDROP_CUPY_PRODUCTS"
-ROUTES = ("cublas", "kernels")
 KERNELS = {
     "compact_matmul": ("gather_k_matmul", "gather_k_matmul_steps", "scatter_k_matmul_t", "scatter_k_matmul_t_steps",
                        "accumulate_k_weight"),
@@ -66,11 +67,12 @@ def available():
     return True, ""
 
 
-def route():
-    """How the products run: ``cublas`` or ``kernels`` (see the module's docstring)."""
-    value = os.environ.get(ROUTE_ENV, "cublas")
+def route_from_environment():
+    """The products' route that ``ONMT_STRUCTDROP_CUPY_PRODUCTS`` names (``cublas`` when unset)."""
+    value = os.environ.get(ROUTE_ENV, "cublas").strip().lower() or "cublas"
     if value not in ROUTES:
-        raise ValueError(f"{ROUTE_ENV}={value!r} is not a product route; use one of: {', '.join(ROUTES)}")
+        raise ValueError(f"{ROUTE_ENV}={os.environ[ROUTE_ENV]!r} is not a product route; use one of: "
+                         f"{', '.join(ROUTES)}")
     return value
 
 
@@ -85,12 +87,12 @@ def compaction_pays(op, plan):
 def settings():
     """The backend's environment variables, checked (see :func:`onmt_structdrop.ops.check_environment`)."""
     env_flag(SWITCH_ENV, True)
-    route()
+    route_from_environment()
 
 
 def details():
     """What this backend computes with, for a benchmark's report: the products' route."""
-    return f"products by {route()}"
+    return f"products by {ROUTE.NAME}"
 
 
 def declines(op, device, dtype, plan=None):
@@ -98,8 +100,8 @@ def declines(op, device, dtype, plan=None):
         return f"tensors on {device}"
     if not env_flag(SWITCH_ENV, True):
         return f"{SWITCH_ENV}={os.environ[SWITCH_ENV]}"
-    if route() == "kernels" and dtype != torch.float32:
-        return f"its kernels are float32 only, not {dtype} ({ROUTE_ENV}=cublas serves {dtype})"
+    if dtype not in ROUTE.DTYPES:
+        return f"its {ROUTE.NAME} route computes in {', '.join(map(str, ROUTE.DTYPES))}, not {dtype}"
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return f"it computes in float32, bfloat16 and float16, not {dtype}"
     return plan_declines(op, plan)
@@ -178,10 +180,102 @@ def _written_in_place(*tensors):
     return all(t is None or t.is_contiguous() for t in tensors)
 
 
+class _CublasRoute:
+    """The ``cublas`` route: a step's kept product reads a gathered copy of the kept weight rows with cuBLAS (the
+    torch backend's primitives; a step's forward and backward share the copy), and a sequence's products run as
+    one cuBLAS product of the inputs with the masks multiplied in."""
+
+    NAME = "cublas"
+    DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+    kept_rows = staticmethod(torch_backend.kept_rows)
+    kept_product = staticmethod(torch_backend.kept_product)
+    kept_input_grad = staticmethod(torch_backend.kept_input_grad)
+    add_kept_rows_grad = staticmethod(torch_backend.add_kept_rows_grad)
+    kept_rows_grad = staticmethod(torch_backend.kept_rows_grad)
+
+    @staticmethod
+    def sequence_product(a, wt, mask, bias=None):
+        return torch_backend.sequence_product(a, wt, mask.dense(a.dtype), bias)[0], ()
+
+    @staticmethod
+    def sequence_backward(a, wt, mask, dout, need_input_grad=True, saved=(), need_bias_grad=False):
+        return torch_backend.sequence_backward(a, wt, mask.dense(dout.dtype), dout, need_input_grad, (),
+                                               need_bias_grad)
+
+
+class _KernelsRoute:
+    """The ``kernels`` route: the ``compact_matmul.cu`` kernels read the kept rows of ``wt`` in place through
+    ``keep`` (``rows`` is ``wt`` itself); float32. An output that is not contiguous takes the cublas route's
+    gathered copy."""
+
+    NAME = "kernels"
+    DTYPES = (torch.float32,)
+
+    @staticmethod
+    def kept_rows(wt, keep):
+        return wt.contiguous()
+
+    @staticmethod
+    def kept_product(out, a, keep, mult, rows, alpha=1.0):
+        if not _written_in_place(out):
+            return torch_backend.kept_product(out, a, keep, mult, rows.index_select(0, keep), alpha)
+        k, (M, n), n_out = keep.shape[0], a.shape, rows.shape[1]
+        if k and M:
+            values, scale = _mult(mult, alpha, a)
+            launch("compact_matmul", "gather_k_matmul", (_blocks(n_out), _blocks(M)), (TILE, TILE), a.device,
+                   a.contiguous(), rows, keep.contiguous(), values, out, *_sizes(M, n, n_out, k), scale, 1.0)
+        return out
+
+    @staticmethod
+    def kept_input_grad(da, dout, keep, mult, rows, alpha=1.0):
+        if not _written_in_place(da):
+            return torch_backend.kept_input_grad(da, dout, keep, mult, rows.index_select(0, keep), alpha)
+        da.zero_()
+        k, (M, n_out), n = keep.shape[0], dout.shape, da.shape[1]
+        if k and M:
+            values, scale = _mult(mult, alpha, dout)
+            launch("compact_matmul", "scatter_k_matmul_t", (_blocks(k), _blocks(M)), (TILE, TILE), da.device,
+                   dout.contiguous(), rows, keep.contiguous(), values, da, *_sizes(M, n, n_out, k), scale)
+        return da
+
+    @staticmethod
+    def add_kept_rows_grad(dwt, a, dout, keep, mult, alpha=1.0):
+        if not _written_in_place(dwt):
+            return torch_backend.add_kept_rows_grad(dwt, a, dout, keep, mult, alpha)
+        k, (M, n), n_out = keep.shape[0], a.shape, dout.shape[1]
+        if k and M:
+            values, scale = _mult(mult, alpha, a)
+            launch("compact_matmul", "accumulate_k_weight", (_blocks(n_out), _blocks(k)), (TILE, TILE), a.device,
+                   a.contiguous(), dout.contiguous(), keep.contiguous(), values, dwt, *_sizes(M, n, n_out, k),
+                   scale)
+        return dwt
+
+    @staticmethod
+    def kept_rows_grad(a, dout, keep, mult, alpha=1.0):
+        dwt = _KernelsRoute.add_kept_rows_grad(a.new_zeros(a.shape[1], dout.shape[1]), a, dout, keep, mult, alpha)
+        return dwt.index_select(0, keep)
+
+    @staticmethod
+    def sequence_product(a, wt, mask, bias=None):
+        T, B, _ = a.shape
+        wt = wt.contiguous()
+        return _steps_product(a.new_empty(T, B, wt.shape[1]), a, wt, mask, bias), ()
+
+    @staticmethod
+    def sequence_backward(a, wt, mask, dout, need_input_grad=True, saved=(), need_bias_grad=False):
+        wt, dout = wt.contiguous(), dout.contiguous()
+        da = _steps_input_grad(dout, wt, mask, a.shape[2]) if need_input_grad else None
+        dwt = _steps_weight_grad(a.new_zeros(wt.shape), a.contiguous(), dout, mask)
+        return da, dwt, torch_backend.bias_grad(dout, need_bias_grad)
+
+
+ROUTES = {route.NAME: route for route in (_CublasRoute, _KernelsRoute)}
+ROUTE = ROUTES[route_from_environment()]  # chosen once, when the backend is first imported
+
+
 def kept_rows(wt, keep):
-    """What the products below read as ``rows``: ``wt[K]`` gathered once on the cublas route (a step's forward and
-    backward share it); on the kernels route ``wt`` itself, whose kept rows they read through ``keep``."""
-    return torch_backend.kept_rows(wt, keep) if route() == "cublas" else wt.contiguous()
+    """What the products below read as ``rows`` (see the route)."""
+    return ROUTE.kept_rows(wt, keep)
 
 
 def add_rows(dwt, keep, drows):
@@ -190,50 +284,21 @@ def add_rows(dwt, keep, drows):
 
 def kept_product(out, a, keep, mult, rows, alpha=1.0):
     """``out += alpha * (a[:, K] * mult) @ wt[K]`` (``rows``: from :func:`kept_rows`)."""
-    if route() == "cublas":
-        return torch_backend.kept_product(out, a, keep, mult, rows, alpha)
-    if not _written_in_place(out):
-        return torch_backend.kept_product(out, a, keep, mult, rows.index_select(0, keep), alpha)
-    k, (M, n), n_out = keep.shape[0], a.shape, rows.shape[1]
-    if k and M:
-        values, scale = _mult(mult, alpha, a)
-        launch("compact_matmul", "gather_k_matmul", (_blocks(n_out), _blocks(M)), (TILE, TILE), a.device,
-               a.contiguous(), rows, keep.contiguous(), values, out, *_sizes(M, n, n_out, k), scale, 1.0)
-    return out
+    return ROUTE.kept_product(out, a, keep, mult, rows, alpha)
 
 
 def kept_input_grad(da, dout, keep, mult, rows, alpha=1.0):
     """``da[:, K] = alpha * mult * (dout @ wt[K]^T)``; the dropped columns are zeroed."""
-    if route() == "cublas":
-        return torch_backend.kept_input_grad(da, dout, keep, mult, rows, alpha)
-    if not _written_in_place(da):
-        return torch_backend.kept_input_grad(da, dout, keep, mult, rows.index_select(0, keep), alpha)
-    da.zero_()
-    k, (M, n_out), n = keep.shape[0], dout.shape, da.shape[1]
-    if k and M:
-        values, scale = _mult(mult, alpha, dout)
-        launch("compact_matmul", "scatter_k_matmul_t", (_blocks(k), _blocks(M)), (TILE, TILE), da.device,
-               dout.contiguous(), rows, keep.contiguous(), values, da, *_sizes(M, n, n_out, k), scale)
-    return da
+    return ROUTE.kept_input_grad(da, dout, keep, mult, rows, alpha)
 
 
 def add_kept_rows_grad(dwt, a, dout, keep, mult, alpha=1.0):
     """``dwt[K] += alpha * (a[:, K] * mult)^T @ dout``; the other rows are not touched."""
-    if route() == "cublas" or not _written_in_place(dwt):
-        return torch_backend.add_kept_rows_grad(dwt, a, dout, keep, mult, alpha)
-    k, (M, n), n_out = keep.shape[0], a.shape, dout.shape[1]
-    if k and M:
-        values, scale = _mult(mult, alpha, a)
-        launch("compact_matmul", "accumulate_k_weight", (_blocks(n_out), _blocks(k)), (TILE, TILE), a.device,
-               a.contiguous(), dout.contiguous(), keep.contiguous(), values, dwt, *_sizes(M, n, n_out, k), scale)
-    return dwt
+    return ROUTE.add_kept_rows_grad(dwt, a, dout, keep, mult, alpha)
 
 
 def kept_rows_grad(a, dout, keep, mult, alpha=1.0):
-    if route() == "cublas":
-        return torch_backend.kept_rows_grad(a, dout, keep, mult, alpha)
-    dwt = add_kept_rows_grad(a.new_zeros(a.shape[1], dout.shape[1]), a, dout, keep, mult, alpha)
-    return dwt.index_select(0, keep)
+    return ROUTE.kept_rows_grad(a, dout, keep, mult, alpha)
 
 
 def cell_forward(gates, c_prev, act=None, c=None, tanh_c=None, h=None):
@@ -312,25 +377,13 @@ def _steps_weight_grad(dwt, a, dout, mask):
 
 
 def sequence_product(a, wt, mask, bias=None):
-    """See :mod:`onmt_structdrop.ops` (a packed mask; ``saved`` is empty: the backward reads ``a`` again). On the
-    cublas route the masks are multiplied in and all steps run as one product: the torch backend's masked-dense
-    path."""
-    if route() == "cublas":
-        return torch_backend.sequence_product(a, wt, mask.dense(a.dtype), bias)[0], ()
-    T, B, _ = a.shape
-    wt = wt.contiguous()
-    return _steps_product(a.new_empty(T, B, wt.shape[1]), a, wt, mask, bias), ()
+    """See :mod:`onmt_structdrop.ops` (a packed mask; ``saved`` is empty: the backward reads ``a`` again)."""
+    return ROUTE.sequence_product(a, wt, mask, bias)
 
 
 def sequence_backward(a, wt, mask, dout, need_input_grad=True, saved=(), need_bias_grad=False):
     """See :mod:`onmt_structdrop.ops`."""
-    if route() == "cublas":
-        return torch_backend.sequence_backward(a, wt, mask.dense(dout.dtype), dout, need_input_grad, (),
-                                               need_bias_grad)
-    wt, dout = wt.contiguous(), dout.contiguous()
-    da = _steps_input_grad(dout, wt, mask, a.shape[2]) if need_input_grad else None
-    dwt = _steps_weight_grad(a.new_zeros(wt.shape), a.contiguous(), dout, mask)
-    return da, dwt, torch_backend.bias_grad(dout, need_bias_grad)
+    return ROUTE.sequence_backward(a, wt, mask, dout, need_input_grad, saved, need_bias_grad)
 
 
 def _products(a, wt, mask, bias):
@@ -352,34 +405,20 @@ def _order(T, reverse):
     return range(T - 1, -1, -1) if reverse else range(T)
 
 
-class _Recurrent:
-    """The per-step recurrent product ``(r_t * h) @ W_hh^T`` and its input gradient: kept for a packed mask, the
-    mask multiplied in for a dense one (``[T, n]`` or ``[T, B, n]``)."""
+def _recurrent(wt, mask):
+    """The shared :class:`~.torch_backend.Recurrent` on this backend's primitives: step ``t``'s kept units gathered
+    on the device (:func:`per_step`), so that a captured graph serves any draw; one kept set for every step
+    (``batch``) has its rows prepared once per call."""
+    if not isinstance(mask, PackedMask):
+        return torch_backend.Recurrent(wt, mask, primitives=sys.modules[__name__])
+    steps = per_step(mask)
+    once = kept_rows(wt, mask.keep[0]) if mask.num_sets == 1 else None
 
-    def __init__(self, wt, mask):
-        self.wt, self.mask = wt, mask
-        packed = isinstance(mask, PackedMask)
-        self.kept = per_step(mask) if packed else None
-        # one kept set for every step (batch mode): its rows prepared once per call
-        self.rows = kept_rows(wt, mask.keep[0]) if packed and mask.num_sets == 1 else None
+    def kept(t):
+        keep, mult = _step(steps, t)
+        return keep, mult, once if once is not None else kept_rows(wt, keep)
 
-    def _kept(self, t):
-        """``(keep, mult, rows)`` of step ``t``, as the primitives take them."""
-        keep, mult = _step(self.kept, t)
-        return keep, mult, self.rows if self.rows is not None else kept_rows(self.wt, keep)
-
-    def product(self, gates_t, h, t):
-        """``gates_t += (r_t * h) @ wt`` in place."""
-        if self.kept is None:
-            return gates_t.addmm_(h if self.mask is None else h * self.mask[t], self.wt)
-        return kept_product(gates_t, h, *self._kept(t))
-
-    def input_grad(self, dh, dgates_t, t):
-        """``d(h_prev)`` from the gates' gradient (into ``dh`` where the route writes in place); dropped units: 0."""
-        if self.kept is None:
-            dh = dgates_t.mm(self.wt.t())
-            return dh if self.mask is None else dh.mul_(self.mask[t])
-        return kept_input_grad(dh, dgates_t, *self._kept(t))
+    return torch_backend.Recurrent(wt, mask, kept, primitives=sys.modules[__name__])
 
 
 GRAPHS = cuda_graphs.GraphCache()  # the layer loops' CUDA graphs (see cuda_graphs)
@@ -410,7 +449,7 @@ def _layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan):
     gates = _products(x, wih_t, plan.input_mask, bias)  # contiguous [T, B, 4H]: the steps work in place on it
     y, cells, tanh_cells = (x.new_empty(T, B, H) for _ in range(3))
     h, c = h0.contiguous(), c0.contiguous()
-    recurrent = _Recurrent(whh_t, plan.recurrent_mask)
+    recurrent = _recurrent(whh_t, plan.recurrent_mask)
     for t in _order(T, plan.reverse):
         G = gates[t]
         recurrent.product(G, h, t)
@@ -429,7 +468,7 @@ def _layer_backward(plan, x, h0, c0, w_ih, w_hh, saved, dy, dh_n, dc_n, needs):
     dh = dh_n.clone() if dh_n is not None else x.new_zeros(B, H)
     dc = dc_n.clone() if dc_n is not None else x.new_zeros(B, H)
     dgates = x.new_empty(T, B, 4 * H)
-    recurrent = _Recurrent(whh_t, plan.recurrent_mask)
+    recurrent = _recurrent(whh_t, plan.recurrent_mask)
     for t in _order(T, not plan.reverse):
         if dy is not None:
             dh.add_(dy[t])

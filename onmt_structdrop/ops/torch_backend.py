@@ -8,6 +8,8 @@ as one product.
 """
 from __future__ import annotations
 
+import sys
+
 import torch
 
 from . import CACHED_SETS
@@ -315,31 +317,46 @@ def bias_grad(dout, needed):
 
 
 # ---- one LSTM layer and direction ------------------------------------------------------------------------
-class _Recurrent:
-    """The per-step recurrent product ``(r_t * h) @ W_hh^T`` and its input gradient, kept or masked-dense."""
+class Recurrent:
+    """The per-step recurrent product ``(r_t * h) @ W_hh^T`` and its input gradient, on the kept units for a packed
+    mask, the mask multiplied in for a dense one (``[T, n]`` or ``[T, B, n]``). Shared by the backends, which differ
+    in how step ``t``'s kept rows are found: ``kept(t) -> (keep, mult, rows)`` (packed masks only), computed with
+    the kept products of ``primitives`` (a backend module)."""
 
-    def __init__(self, wt, mask, source=None):
-        self.wt, self.mask = wt, mask
-        self.kept = _KeptRows.of(wt, mask, source) if isinstance(mask, PackedMask) else None
-        self.source = self.kept.source if self.kept is not None else None
+    def __init__(self, wt, mask, kept=None, primitives=None):
+        self.wt, self.mask, self.kept = wt, mask, kept
+        self.primitives = primitives if primitives is not None else sys.modules[__name__]
+
+    def _dense(self, t, rows):
+        m = self.mask[t]
+        return m if m.dim() == 1 else m[:rows]
 
     def product(self, out, h, t):
+        """``out += (r_t * h) @ wt`` in place."""
         if self.kept is not None:
-            return self.kept.product(out, h, self.mask.step_sets[t])
-        if self.mask is not None:
-            m = self.mask[t]
-            h = h * (m if m.dim() == 1 else m[: h.shape[0]])
-        return out.addmm_(h, self.wt)
+            return self.primitives.kept_product(out, h, *self.kept(t))
+        return out.addmm_(h if self.mask is None else h * self._dense(t, h.shape[0]), self.wt)
 
     def input_grad(self, dh, dG, t):
-        """``dh = d(h_prev)`` from the gates' gradient; dropped units get zero."""
+        """``dh = d(h_prev)`` from the gates' gradient ``dG``, in place; dropped units get zero."""
         if self.kept is not None:
-            return self.kept.input_grad(dh, dG, self.mask.step_sets[t])
+            return self.primitives.kept_input_grad(dh, dG, *self.kept(t))
         torch.mm(dG, self.wt.t(), out=dh)
-        if self.mask is not None:
-            m = self.mask[t]
-            dh.mul_(m if m.dim() == 1 else m[: dh.shape[0]])
-        return dh
+        return dh if self.mask is None else dh.mul_(self._dense(t, dh.shape[0]))
+
+
+def _recurrent(wt, mask, source=None):
+    """This backend's :class:`Recurrent` and the source of its kept rows (saved for the backward): each kept set's
+    rows prepared once per call (:class:`_KeptRows`), step ``t`` finding its set on the host."""
+    if not isinstance(mask, PackedMask):
+        return Recurrent(wt, mask), None
+    rows = _KeptRows.of(wt, mask, source)
+
+    def kept(t):
+        g = mask.step_sets[t]
+        return (*mask.kept(g), rows.rows(g))
+
+    return Recurrent(wt, mask, kept), rows.source
 
 
 def _lengths(batch_sizes, B):
@@ -375,7 +392,7 @@ def lstm_layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan):
     else:
         gates.zero_()
     in_source = _grouped_product(gates, x, w_ih.t(), plan.input_mask)
-    rec = _Recurrent(w_hh.t(), plan.recurrent_mask)
+    rec, rec_source = _recurrent(w_hh.t(), plan.recurrent_mask)
 
     alloc = x.new_zeros if packed else x.new_empty  # padded positions must read as zeros downstream
     y, cells, tanh_cells = alloc(T, B, H), alloc(T, B, H), alloc(T, B, H)
@@ -389,7 +406,7 @@ def lstm_layer_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, plan):
             h[:a], c[:a] = y[t, :a], cells[t, :a]
         else:
             h, c = y[t], cells[t]
-    saved = (gates, y, cells, tanh_cells, in_source, rec.source)
+    saved = (gates, y, cells, tanh_cells, in_source, rec_source)
     return y, h.clone() if not packed else h, c.clone() if not packed else c, saved
 
 
@@ -402,7 +419,7 @@ def lstm_layer_backward(plan, x, h0, c0, w_ih, w_hh, saved, dy, dh_n, dc_n, need
     pos = step_order(plan.input_mask, T)
     lengths = _lengths(plan.batch_sizes, B) if packed else None
     c_prev = _previous(cells, c0, plan.reverse, lengths)
-    rec = _Recurrent(w_hh.t(), plan.recurrent_mask, rec_source)
+    rec, _ = _recurrent(w_hh.t(), plan.recurrent_mask, rec_source)
 
     dh = dh_n.clone() if dh_n is not None else x.new_zeros(B, H)
     dc = dc_n.clone() if dc_n is not None else x.new_zeros(B, H)
