@@ -16,7 +16,7 @@ imported; :data:`ROUTE`):
 - ``kernels``: the ``compact_matmul.cu`` kernels read the kept rows in place. Float32 only. On an H200 they reach
   0.1-0.3 of the ideal (one output per thread, no tensor cores), below the gathered copy with cuBLAS; they stay
   as the starting point of a tuned gathered product.
-``scripts/gpu_check.sh`` checks all of it on a GPU (figures in docs/benchmarks.md, "GPU").
+``scripts/gpu_check.sh`` checks all of it on a GPU (figures in docs/benchmarks.md, "GPU headline").
 ``ONMT_STRUCTDROP_CUPY=off`` makes the backend decline everything. A missing CuPy or GPU is one log line (the
 backend is then unavailable). CI compiles every source with nvcc (``tests/test_cuda_sources.py``) and runs this
 module's code with the kernels computed in torch (``tests/cuda_emulator.py``).
@@ -80,7 +80,7 @@ def compaction_pays(op, plan):
     """A layer's and a step's products: always. A whole sequence's product: no; the default (cublas) route
     multiplies the masks in and runs all steps as one product, as gathering a set per step costs more than it
     saves; its kernels route reads the kept rows in place at 0.1-0.3 of the ideal on an H200
-    (docs/benchmarks.md, "GPU")."""
+    (docs/benchmarks.md, "Design decisions")."""
     return op not in ("sequence", "rows")
 
 
