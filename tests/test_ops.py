@@ -225,7 +225,7 @@ def _reference(model, x, h0, c0, lengths, masks, dtype=torch.float64):
 
 
 def _max_errors(actual, expected):
-    return [float((a.detach().double() - e).abs().max()) if a.numel() else 0.0 for a, e in zip(actual, expected)]
+    return [float((a.detach().double() - e.detach()).abs().max()) if a.numel() else 0.0 for a, e in zip(actual, expected)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
