@@ -2,6 +2,7 @@
 model), onmt_build_vocab, onmt_train (structured and stock) and onmt_translate through OpenNMT-py's sentencepiece
 transform, beam search and -replace_unk, -train_from, checkpoint contents, sacreBLEU on the detokenised output,
 and the refusal of a checkpoint that would run code."""
+import fcntl
 import os
 import re
 import shutil
@@ -317,3 +318,21 @@ def test_train_from_a_checkpoint_of_another_model_names_what_is_used(trained, wo
     assert len(warning) == 1 and "the model is built as the checkpoint says" in warning[0]
     assert "sd_mask_mode 'pool' (the config: 'batch')" in warning[0]
     assert safe_load(work / "runs" / "from" / "model_step_7.pt")["opt"].sd_mask_mode == "pool"
+
+
+def test_a_second_run_with_the_same_save_model_stops_at_once(trained, work):
+    """onmt_train holds <save_model>.lock while it trains (and lets it go when it ends: the run above held the
+    same folder's): a second run with the same -save_model is one line, and writes nothing there."""
+    held = work / "runs" / "held"
+    held.mkdir(parents=True, exist_ok=True)
+    with open(held / "model.lock", "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("pid 1234\n")
+        lock.flush()
+        result = onmt("train", "-config", "sd_ifrnn.yaml", "-save_model", "runs/held/model", cwd=work, check=False)
+    assert result.returncode == 2 and one_line_error(result.stderr) == (
+        "train.py: error: -save_model runs/held/model is in use by another run (pid 1234): wait for it to end, or "
+        "choose another save_model")
+    assert sorted(p.name for p in held.iterdir()) == ["model.lock"]
+    with open(trained.parent / "model.lock") as released:  # the finished run's lock is free
+        fcntl.flock(released, fcntl.LOCK_EX | fcntl.LOCK_NB)
