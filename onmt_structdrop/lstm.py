@@ -46,6 +46,8 @@ class StructDropLSTM(nn.Module):
         compact: skip the dropped units' work (default). ``False`` multiplies by the same masks instead, as a
             reference for speed.
         generator: ``torch.Generator`` (CPU) the masks are drawn from; the global generator when ``None``.
+            ``time`` masks for a GPU are drawn there, from a device generator seeded once from it
+            (:func:`onmt_structdrop.ops.draws_masks_on`).
         pattern: :class:`~onmt_structdrop.masks.PatternOptions` of the ``rbd`` and ``tbd`` modes.
 
     ``forward(input, hx=None, masks=None)`` also takes explicit masks in the format of :attr:`last_masks`,
@@ -143,9 +145,30 @@ class StructDropLSTM(nn.Module):
         active = [p for p in rates if p > 0]
         return self.pool_size or (max(auto_pool_size(p) for p in active) if active else None)
 
-    def sample_masks(self, T, B):
-        """Draw the masks of one training forward over ``T`` positions and ``B`` sequences."""
+    def _device_generator(self, device):
+        """The generator of masks drawn on ``device``: seeded once from :attr:`generator`, so that a seed gives the
+        same masks on the same device (None: the device's default generator)."""
+        if self.generator is None:
+            return None
+        generators = self.__dict__.setdefault("_device_generators", {})
+        key = str(torch.device(device))
+        if key not in generators:
+            seed = int(torch.randint(2 ** 62, (1,), generator=self.generator))
+            generators[key] = torch.Generator(device).manual_seed(seed)
+        return generators[key]
+
+    def sample_masks(self, T, B, device=None):
+        """Draw the masks of one training forward over ``T`` positions and ``B`` sequences; ``time`` masks for a
+        ``device`` that draws its own (:func:`onmt_structdrop.ops.draws_masks_on`) are drawn there, packed."""
         H, dirs, L = self.hidden_size, self.num_directions, self.num_layers
+        if self.mask_mode == "time" and device is not None and ops.draws_masks_on(device):
+            generator = self._device_generator(device)
+
+            def draw(p, n):
+                return ops.draw_time(p, n, T, device, generator) if self.training and p > 0 else None
+            return {"input": [draw(self.input_dropout if l == 0 else self.dropout,
+                                   self.input_size if l == 0 else H * dirs) for l in range(L)],
+                    "recurrent": [[draw(self.recurrent_dropout, H) for _ in range(dirs)] for _ in range(L)]}
         # In pool mode the masks of one layer share which set each step uses (the sets themselves are
         # independent), so the layer's products group the same steps together.
         rates = [(self.input_dropout if l == 0 else self.dropout, self.recurrent_dropout) for l in range(L)]
@@ -209,7 +232,7 @@ class StructDropLSTM(nn.Module):
         if explicit:
             masks = self._check_masks(masks, T, B)
         else:
-            masks = self.sample_masks(T, B)
+            masks = self.sample_masks(T, B, x.device)
         if self.training or explicit:
             self.last_masks = DenseOnRead.drawn({"input": masks["input"], "recurrent": masks["recurrent"]}, x.dtype)
         # with no rows there is nothing to drop, and nn.LSTM's kernel returns the empty results

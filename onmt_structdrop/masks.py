@@ -128,7 +128,8 @@ def _dense_tree(masks, dtype):
         return {key: _dense_tree(m, dtype) for key, m in masks.items()}
     if isinstance(masks, (list, tuple)):
         return [_dense_tree(m, dtype) for m in masks]
-    return masks.dense(dtype) if isinstance(masks, StructuredMask) else masks
+    # a StructuredMask, or a mask drawn on the device in its packed form
+    return masks.dense(dtype) if hasattr(masks, "dense") and not torch.is_tensor(masks) else masks
 
 
 class DenseOnRead:

@@ -142,16 +142,18 @@ if [[ $DEVICE == cuda ]]; then
     LAYER=(--layers 2 --hidden 1024 --batch 64 --seq 50 --repeats 20)
     PRODUCTS=(--rows 64 3200 --inputs 1024 --outputs 4096 --repeats 50)
     NMT=()
+    OPS=()
     RATES=(0.1 0.2 0.3 0.4 0.5)
 else  # a rehearsal: every part, small
     LAYER=(--layers 2 --hidden 64 --batch 8 --seq 10 --repeats 2 --warmup 1)
     PRODUCTS=(--rows 16 --inputs 64 --outputs 256 --repeats 2)
     NMT=(--hidden 32 --word-vec-size 32 --batch 8 --src-len 8 --tgt-len 8 --repeats 2 --warmup 1)
+    OPS=(--hidden 32 --word-vec-size 32 --batch 8 --src-len 8 --tgt-len 8 --warmup 1)
     RATES=(0.3)
 fi
 part "set-up" 40 set_up
 part "versions" 20 versions
-part "GPU tests" 60 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_cuda_sources.py
+part "GPU tests" 45 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_cuda_sources.py
 # the cupy backend's rows are labelled [cupy] beside the torch backend's. Its products take the cublas route unless
 # ONMT_STRUCTDROP_CUPY_PRODUCTS=kernels; float32 products run as torch sets TF32 (cuBLAS off, cuDNN on) unless --tf32
 CUPY=(env ONMT_STRUCTDROP_CUPY=on)  # whatever the machine's environment says
@@ -175,6 +177,8 @@ part "OpenNMT-py step, cupy step products" 30 "${CUPY[@]}" "$PY" -m onmt_structd
     --device "$DEVICE" ${NMT[@]+"${NMT[@]}"} --rates 0.3 --modes time --json "$OUT/nmt_step_cupy.json"
 part "OpenNMT-py step" 50 "$PY" -m onmt_structdrop.tools.nmt_bench --device "$DEVICE" ${NMT[@]+"${NMT[@]}"} \
     --rates "${RATES[@]}" --json "$OUT/nmt_step.json"
+part "launches per OpenNMT-py step" 15 "$PY" -m onmt_structdrop.tools.step_ops --device "$DEVICE" \
+    ${OPS[@]+"${OPS[@]}"}  # its table in the summary: no more than 8 files come back
 part "task speed, PTB and CoNLL" 85 task_speed
 
 cat "$SUMMARY"

@@ -296,3 +296,18 @@ def test_cupy_layer_in_half_precision_is_as_close_to_the_reference_as_the_torch_
         errors[backend] = float((y.detach().double().cpu() - y_ref).abs().max())
     assert served, "the cupy backend did not serve the layer"
     assert errors["cupy"] <= 4 * errors["torch"] + 1e-3, errors
+
+
+def test_time_masks_are_drawn_on_the_device_without_waiting_for_the_host():
+    from onmt_structdrop import ops
+    model = StructDropLSTM(6, 7, 2, dropout=0.5, recurrent_dropout=0.3, generator=torch.Generator().manual_seed(1))
+    model.sample_masks(5, 3, "cuda")  # the device's generator is seeded once, on the host
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        masks = model.sample_masks(5, 3, "cuda")
+        drawn = ops.draw_time(0.5, 1024, 50, "cuda")
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert masks["recurrent"][1][0].keep.is_cuda and drawn.keep.shape == (50, 512)
+    assert (drawn.keep.diff(dim=1) > 0).all()

@@ -16,7 +16,7 @@ PARTS = ["set-up", "versions", "GPU tests", "layer, float32", "layer, float32, T
          "layer, float32, no TF32", "layer, bfloat16", "layer, float32, cupy kernels route",
          "layer, float32, cupy without graphs", "profile, time mode", "profile, time mode, cupy without graphs",
          "kept products, cupy kernels route", "OpenNMT-py step, cupy step products", "OpenNMT-py step",
-         "task speed, PTB and CoNLL"]
+         "launches per OpenNMT-py step", "task speed, PTB and CoNLL"]
 
 
 def test_the_gpu_check_rehearses_on_the_cpu(tmp_path):
@@ -31,7 +31,7 @@ def test_the_gpu_check_rehearses_on_the_cpu(tmp_path):
     assert result.stdout.strip().endswith(summary.strip().splitlines()[-1])  # printed last
     statuses = re.findall(r"^\| (.+?) \| (\d+)[^|]* \| \d+ s \|$", summary, re.M)
     assert statuses == [(part, "0") for part in PARTS], summary[:2000]
-    assert "| OpenNMT-py | 3.5.1 |" in summary and "ideal" in summary
+    assert "| OpenNMT-py | 3.5.1 |" in summary and "ideal" in summary and "compute ops" in summary
     assert "recipes/ptb_small_baseline.yaml" in summary and "recipes/conll2003_baseline.yaml" in summary
     files = {p.name for p in (tmp_path / "out").iterdir()}
     assert files == {"summary.md", "log.txt", "layer_float32.json", "layer_bfloat16.json", "layer_float32_tf32.json",

@@ -74,10 +74,11 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from .packed import Mask, PackedMask, pack, prepare  # noqa: F401
+from .packed import Mask, PackedMask, draw_time, pack, prepare  # noqa: F401
 
 BACKENDS = ("cupy", "native", "torch")
 ENV = "ONMT_STRUCTDROP_BACKEND"
+HOST_MASKS_ENV = "ONMT_STRUCTDROP_HOST_MASKS"
 OPS = ("primitives", "sequence", "lstm_layer", "rows")
 CACHED_SETS = 8  # a mask with at most this many kept sets gets each set's kept rows prepared once per call
 logger = logging.getLogger(__name__)
@@ -143,6 +144,28 @@ def env_flag(name, default):
     raise ValueError(f"{name}={os.environ[name]!r} is not a switch: set it to 1/on/true/yes or 0/off/false/no")
 
 
+_host_masks = []  # the stack of :func:`masks_on_host` blocks
+
+
+@contextlib.contextmanager
+def masks_on_host():
+    """``with ops.masks_on_host(): ...`` draws every mask on the host inside the block, as
+    ``ONMT_STRUCTDROP_HOST_MASKS=1`` does for the process (a benchmark times the two side by side)."""
+    _host_masks.append(True)
+    try:
+        yield
+    finally:
+        _host_masks.pop()
+
+
+def draws_masks_on(device):
+    """Whether ``time`` masks for tensors on ``device`` are drawn there (:func:`draw_time`): on a GPU, so that a
+    training step neither waits for the host's draws nor uploads them; ``ONMT_STRUCTDROP_HOST_MASKS=1`` draws on
+    the host everywhere (the same seed then gives the same masks on every device)."""
+    import torch
+    return torch.device(device).type == "cuda" and not _host_masks and not env_flag(HOST_MASKS_ENV, False)
+
+
 def check_environment():
     """The package's environment variables, checked where a command starts: a ValueError naming the first bad one
     (an unknown or unavailable backend, a switch that is not one), so that it never surfaces at the first step."""
@@ -152,6 +175,7 @@ def check_environment():
         raise ValueError(str(err)) from None
     from . import cuda_graphs
     cuda_graphs.enabled()
+    env_flag(HOST_MASKS_ENV, False)
     get("cupy").settings()
 
 

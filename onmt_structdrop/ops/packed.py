@@ -1,7 +1,7 @@
 """Masks in the form the operations compute with.
 
 A sampled :class:`~onmt_structdrop.masks.StructuredMask` lives on the host. Before a forward call it is packed
-once into a :class:`PackedMask`: its tensors built on the host and copied to the device in one transfer, its
+once into a :class:`PackedMask` (on a GPU a ``time`` mask is drawn there directly, :func:`draw_time`): its tensors built on the host and copied to the device in one transfer, its
 planning data (which steps share a kept set, how large each set is, the layout of the sets) kept on the host as
 plain Python values taken at sampling time, never read back from a device tensor. Dense masks (``compact=False``
 and ``bernoulli``) stay plain ``[T, n]`` / ``[T, B, n]`` tensors and take the masked-dense path.
@@ -13,7 +13,7 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from ..masks import StructuredMask, mask_from_dense
+from ..masks import StructuredMask, kept_count, mask_from_dense
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,6 +132,18 @@ def pack(mask: StructuredMask, device=None, dtype=torch.float32) -> PackedMask:
                       tuple(mask.step_group), tuple(tuple(s) for s in set_steps), sizes, perm,
                       tuple(mask.offsets) if mask.offsets is not None else None,
                       tuple(mask.strides) if mask.strides is not None else None)
+
+
+def draw_time(p, n, steps, device, generator=None) -> PackedMask:
+    """A ``time`` mask drawn where it is computed with: a fresh uniform set of ``k = kept_count(p, n)`` units for
+    every step, the ``k`` smallest of ``n`` uniform draws (as :func:`~onmt_structdrop.masks.sample_time` on the
+    host), from ``generator`` on ``device`` (its default generator when None). Nothing is read back or uploaded:
+    the planning data follow from ``steps`` and ``k`` alone, so a GPU draws it without waiting for the host."""
+    k = kept_count(p, n)
+    draws = torch.rand(steps, n, device=device, generator=generator)
+    keep = draws.topk(k, dim=1, largest=False, sorted=False).indices.sort(dim=1).values
+    return PackedMask(n, keep, None, n / k, torch.arange(steps, device=device), tuple(range(steps)),
+                      tuple((t,) for t in range(steps)), (k,) * steps)
 
 
 Mask = Union[None, PackedMask, torch.Tensor]

@@ -7,6 +7,7 @@ user runs today. "dense masks" is this code with the same structured masks multi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 
@@ -49,14 +50,16 @@ def ideal_ratio(args):
 class Preferred(nn.Module):
     """``model`` with backend ``name`` put first for its forward calls (:func:`onmt_structdrop.ops.preferred`), its
     packed masks kept packed (:func:`onmt_structdrop.ops.always_compact`): a row times that backend's compacted
-    path, whether or not the seam would pick it (the dense-mask row beside it times the other side)."""
+    path, whether or not the seam would pick it (the dense-mask row beside it times the other side).
+    ``host_masks``: its masks drawn on the host even where the device draws its own."""
 
-    def __init__(self, model, name):
+    def __init__(self, model, name, host_masks=False):
         super().__init__()
-        self.model, self.name = model, name
+        self.model, self.name, self.host_masks = model, name, host_masks
 
     def forward(self, *args):
-        with ops.preferred(self.name), ops.always_compact():
+        with ops.preferred(self.name), ops.always_compact(), \
+                ops.masks_on_host() if self.host_masks else contextlib.nullcontext():
             return self.model(*args)
 
 
@@ -86,6 +89,7 @@ def structured_variants(make, args, device, op="lstm_layer"):
 
 NR_ONLY_SUFFIX = ", NR only"
 NR_ONLY = "structured time [{}]" + NR_ONLY_SUFFIX  # the row at nn.LSTM's dropout sites
+HOST_MASKS = "structured time [{}], host masks"  # where the device draws its masks: the same drawn on the host
 
 
 def build_variants(args, device):
@@ -102,6 +106,8 @@ def build_variants(args, device):
     first = (args.backends or ops.serving(device))[0]
     if r > 0 and "time" in args.modes and f"structured time [{first}]" in variants:
         variants[NR_ONLY.format(first)] = Preferred(make(recurrent=0.0, mask_mode="time"), first)
+    if "time" in args.modes and f"structured time [{first}]" in variants and ops.draws_masks_on(device):
+        variants[HOST_MASKS.format(first)] = Preferred(make(mask_mode="time"), first, host_masks=True)
     return variants
 
 

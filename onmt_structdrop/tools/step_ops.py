@@ -1,0 +1,123 @@
+"""Operations per OpenNMT-py training step, stock beside the plugin: ``python -m onmt_structdrop.tools.step_ops``.
+
+On a GPU a step's cost at these sizes is mostly its launches, so the count that matters is how many kernels a step
+launches: torch's profiler counts the kernels the device ran and the launch calls the host made (kernels, graphs).
+On the CPU it counts the compute operations (the lowest ``aten::`` operators of each call that are neither views,
+metadata nor allocations), each of which is a launch on a GPU. One step of each model (``nmt_bench``'s: the Multi30k model, batch 64) is profiled after
+``--warmup`` steps (so that graphs are captured before); the counts do not depend on timing.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from ..masks import MASK_MODES
+from ..measuring import device_name
+from ..textfile import write_text
+from . import nmt_bench
+
+LAUNCHES = ("LaunchKernel", "GraphLaunch", "LaunchCooperativeKernel")  # runtime and driver API names
+# leaf operators that launch nothing on a GPU: views, metadata and allocations
+NO_KERNEL = frozenset(f"aten::{name}" for name in (
+    "empty", "empty_like", "empty_strided", "view", "_unsafe_view", "_reshape_alias", "as_strided", "alias", "t",
+    "transpose", "permute", "expand", "expand_as", "unsqueeze", "squeeze", "select", "slice", "narrow", "split",
+    "split_with_sizes", "chunk", "unbind", "detach", "lift_fresh", "resolve_conj", "resolve_neg", "is_nonzero",
+    "size", "stride", "set_", "_has_compatible_shallow_copy_type"))
+
+
+def _computes(event):
+    """Whether ``event`` is where a kernel runs: neither a view, metadata nor an allocation, and calling no
+    operator that is (``mm`` calling only ``resolve_conj`` computes; ``linear`` calling ``addmm`` does not)."""
+    return event.name not in NO_KERNEL and not _computes_below(event)
+
+
+def _computes_below(event):
+    return any(c.name.startswith("aten::") and (_computes(c) or _computes_below(c)) for c in event.cpu_children)
+
+
+def count(step, device, warmup):
+    """For one call of ``step``: ``aten`` operators, ``aten_leaf`` (those that call no other), ``compute``
+    (:func:`_computes`: what would launch a kernel on a GPU), plus ``kernels``
+    (run on the device) and ``launches`` (host calls that launch kernels or graphs) on a GPU."""
+    for _ in range(warmup):
+        step()
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.events()
+    aten = [e for e in events if e.name.startswith("aten::") and e.device_type.name == "CPU"]
+    leaves = [e for e in aten if not any(c.name.startswith("aten::") for c in e.cpu_children)]
+    counts = {"aten": len(aten), "aten_leaf": len(leaves), "compute": sum(map(_computes, aten))}
+    if cuda:
+        counts["kernels"] = sum(e.device_type.name == "CUDA" for e in events)
+        counts["launches"] = sum(e.device_type.name == "CPU" and any(n in e.name for n in LAUNCHES) for e in events)
+    return counts
+
+
+def run(args, device):
+    g = torch.Generator().manual_seed(args.seed)
+    B, S, T = args.batch, args.src_len, args.tgt_len
+    src = torch.randint(nmt_bench.PAD + 1, args.src_vocab, (B, S, 1), generator=g).to(device)
+    tgt = torch.randint(nmt_bench.PAD + 1, args.tgt_vocab, (B, T + 1, 1), generator=g).to(device)
+    src_len = torch.full((B,), S, device=device)
+    models = {"stock (brnn + rnn, nn.Dropout)": nmt_bench.build_model(args, None, device)}
+    for mode in args.modes:
+        models[f"sd_brnn + sd_ifrnn, {mode}"] = nmt_bench.build_model(args, mode, device)
+    results = [{"variant": name, **count(lambda m=m: nmt_bench.training_step(m, src, src_len, tgt), device,
+                                         args.warmup)} for name, m in models.items()]
+    stock = results[0]
+    for r in results:
+        r["vs_stock"] = {k: r[k] / stock[k] for k in stock if isinstance(stock[k], int) and stock[k]}
+    return {"device": device_name(device), "torch": torch.__version__,
+            "config": {k: v for k, v in vars(args).items() if k != "json"}, "results": results}
+
+
+def print_report(report):
+    c = report["config"]
+    print(f"device: {report['device']}; torch {report['torch']}; one OpenNMT training step, {c['layers']}x"
+          f"{c['hidden']}, batch {c['batch']} x {c['src_len']}/{c['tgt_len']} tokens, p = {c['dropout']}")
+    keys = [k for k in ("kernels", "launches", "compute", "aten_leaf") if k in report["results"][0]]
+    names = {"kernels": "kernels run", "launches": "launch calls", "compute": "compute ops", "aten_leaf": "leaf ops"}
+    print(f"{'variant':<32}" + "".join(f"{names[k]:>18}" for k in keys))
+    for r in report["results"]:
+        print(f"{r['variant']:<32}" + "".join(f"{r[k]:>10} ({r['vs_stock'].get(k, 0):.2f}x)" for k in keys))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m onmt_structdrop.tools.step_ops",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--word-vec-size", type=int, default=256)
+    parser.add_argument("--src-vocab", type=int, default=5860)
+    parser.add_argument("--tgt-vocab", type=int, default=4361)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--src-len", type=int, default=15)
+    parser.add_argument("--tgt-len", type=int, default=15)
+    parser.add_argument("--dropout", type=float, default=0.3)
+    parser.add_argument("--recurrent-dropout", type=float, default=0.0)
+    parser.add_argument("--modes", nargs="+", default=["time", "bernoulli"], choices=MASK_MODES)
+    parser.add_argument("--warmup", type=int, default=2, help="steps before the profiled one (graphs captured)")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--json", metavar="PATH", help="also write the counts as JSON")
+    args = parser.parse_args(argv)
+    if args.hidden % 2 or args.hidden < 2:
+        parser.error(f"--hidden must be even and >= 2 (a bidirectional encoder splits it), got {args.hidden}")
+    report = run(args, torch.device(args.device))
+    print_report(report)
+    if args.json:
+        write_text(args.json, json.dumps(report, indent=2))
+    return report
+
+
+if __name__ == "__main__":
+    main()
