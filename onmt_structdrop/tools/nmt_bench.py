@@ -107,8 +107,9 @@ def shrinkable_products(args, device):
     return full_width_products(shrinkable_shapes(args), device, args.seed)
 
 
-def run(args, device):
-    """Time the stock step, each mode's step and the shrinkable products; returns the report (see ``--json``)."""
+def steps(args, device):
+    """``{name: a callable running one training step}``: the stock model's, then each of ``args.modes``', all on
+    the same random batch."""
     g = torch.Generator().manual_seed(args.seed)
     B, S, T = args.batch, args.src_len, args.tgt_len
     src = torch.randint(PAD + 1, args.src_vocab, (B, S, 1), generator=g).to(device)
@@ -117,7 +118,46 @@ def run(args, device):
     models = {"stock (brnn + rnn, nn.Dropout)": build_model(args, None, device)}
     for mode in args.modes:
         models[f"sd_brnn + sd_ifrnn, {mode}"] = build_model(args, mode, device)
-    variants = {name: (lambda m=m: training_step(m, src, src_len, tgt)) for name, m in models.items()}
+    return {name: (lambda m=m: training_step(m, src, src_len, tgt)) for name, m in models.items()}
+
+
+def add_model_args(parser):
+    """The model and batch options (the Multi30k model on a batch of 64 sentences of 15 tokens by default)."""
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--layers", type=int, default=2)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--word-vec-size", type=int, default=256)
+    parser.add_argument("--src-vocab", type=int, default=5860)
+    parser.add_argument("--tgt-vocab", type=int, default=4361)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--src-len", type=int, default=15)
+    parser.add_argument("--tgt-len", type=int, default=15)
+    parser.add_argument("--dropout", type=float, default=0.3)
+    parser.add_argument("--recurrent-dropout", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=1)
+
+
+def check_model_args(parser, args):
+    """``parser.error`` for a rate or size :func:`add_model_args`' options cannot build a model with."""
+    for name, rate in [("--dropout", args.dropout), ("--recurrent-dropout", args.recurrent_dropout)] + [
+            ("--rates", r) for r in getattr(args, "rates", None) or []]:
+        try:
+            check_rate(rate, name)
+        except ValueError as err:
+            parser.error(str(err))
+    for name in ("layers", "hidden", "word_vec_size", "batch", "src_len", "tgt_len"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    for name in ("src_vocab", "tgt_vocab"):
+        if getattr(args, name) <= PAD + 1:
+            parser.error(f"--{name.replace('_', '-')} must be > {PAD + 1}, got {getattr(args, name)}")
+    if args.hidden % 2:
+        parser.error(f"--hidden must be even (a bidirectional encoder splits it), got {args.hidden}")
+
+
+def run(args, device):
+    """Time the stock step, each mode's step and the shrinkable products; returns the report (see ``--json``)."""
+    variants = steps(args, device)
     variants["shrinkable products"] = shrinkable_products(args, device)
     medians, _ = time_callables(variants, args.repeats, args.warmup, device)
     shrinkable = medians.pop("shrinkable products")
@@ -162,40 +202,18 @@ def plot_sweep(reports, path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--word-vec-size", type=int, default=256)
-    parser.add_argument("--src-vocab", type=int, default=5860)
-    parser.add_argument("--tgt-vocab", type=int, default=4361)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--src-len", type=int, default=15)
-    parser.add_argument("--tgt-len", type=int, default=15)
-    parser.add_argument("--dropout", type=float, default=0.3)
+    add_model_args(parser)
     parser.add_argument("--rates", type=float, nargs="+", help="sweep: run once per non-recurrent rate")
     parser.add_argument("--plot", metavar="PNG", help="with --rates: plot the speed-ups against the rate")
-    parser.add_argument("--recurrent-dropout", type=float, default=0.0)
     parser.add_argument("--modes", nargs="+", default=["time", "batch", "bernoulli"], choices=MASK_MODES)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
-    for name, rate in [("--dropout", args.dropout), ("--recurrent-dropout", args.recurrent_dropout)] + [
-            ("--rates", r) for r in args.rates or []]:
-        try:
-            check_rate(rate, name)
-        except ValueError as err:
-            parser.error(str(err))
-    for name in ("layers", "hidden", "word_vec_size", "batch", "src_len", "tgt_len", "repeats"):
-        if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("src_vocab", "tgt_vocab"):
-        if getattr(args, name) <= PAD + 1:
-            parser.error(f"--{name.replace('_', '-')} must be > {PAD + 1}, got {getattr(args, name)}")
-    if args.hidden % 2:
-        parser.error(f"--hidden must be even (a bidirectional encoder splits it), got {args.hidden}")
+    check_model_args(parser, args)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be >= 1, got {args.repeats}")
     if args.plot and not args.rates:
         parser.error("--plot needs --rates")
     if args.threads:

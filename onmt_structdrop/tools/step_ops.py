@@ -63,16 +63,8 @@ def count(step, device, warmup):
 
 
 def run(args, device):
-    g = torch.Generator().manual_seed(args.seed)
-    B, S, T = args.batch, args.src_len, args.tgt_len
-    src = torch.randint(nmt_bench.PAD + 1, args.src_vocab, (B, S, 1), generator=g).to(device)
-    tgt = torch.randint(nmt_bench.PAD + 1, args.tgt_vocab, (B, T + 1, 1), generator=g).to(device)
-    src_len = torch.full((B,), S, device=device)
-    models = {"stock (brnn + rnn, nn.Dropout)": nmt_bench.build_model(args, None, device)}
-    for mode in args.modes:
-        models[f"sd_brnn + sd_ifrnn, {mode}"] = nmt_bench.build_model(args, mode, device)
-    results = [{"variant": name, **count(lambda m=m: nmt_bench.training_step(m, src, src_len, tgt), device,
-                                         args.warmup)} for name, m in models.items()]
+    results = [{"variant": name, **count(step, device, args.warmup)}
+               for name, step in nmt_bench.steps(args, device).items()]
     stock = results[0]
     for r in results:
         r["vs_stock"] = {k: r[k] / stock[k] for k in stock if isinstance(stock[k], int) and stock[k]}
@@ -94,24 +86,12 @@ def print_report(report):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m onmt_structdrop.tools.step_ops",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--word-vec-size", type=int, default=256)
-    parser.add_argument("--src-vocab", type=int, default=5860)
-    parser.add_argument("--tgt-vocab", type=int, default=4361)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--src-len", type=int, default=15)
-    parser.add_argument("--tgt-len", type=int, default=15)
-    parser.add_argument("--dropout", type=float, default=0.3)
-    parser.add_argument("--recurrent-dropout", type=float, default=0.0)
+    nmt_bench.add_model_args(parser)
     parser.add_argument("--modes", nargs="+", default=["time", "bernoulli"], choices=MASK_MODES)
     parser.add_argument("--warmup", type=int, default=2, help="steps before the profiled one (graphs captured)")
-    parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--json", metavar="PATH", help="also write the counts as JSON")
     args = parser.parse_args(argv)
-    if args.hidden % 2 or args.hidden < 2:
-        parser.error(f"--hidden must be even and >= 2 (a bidirectional encoder splits it), got {args.hidden}")
+    nmt_bench.check_model_args(parser, args)
     report = run(args, torch.device(args.device))
     print_report(report)
     if args.json:
