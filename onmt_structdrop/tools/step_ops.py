@@ -25,7 +25,9 @@ NO_KERNEL = frozenset(f"aten::{name}" for name in (
     "empty", "empty_like", "empty_strided", "view", "_unsafe_view", "_reshape_alias", "as_strided", "alias", "t",
     "transpose", "permute", "expand", "expand_as", "unsqueeze", "squeeze", "select", "slice", "narrow", "split",
     "split_with_sizes", "chunk", "unbind", "detach", "lift_fresh", "resolve_conj", "resolve_neg", "is_nonzero",
-    "size", "stride", "set_", "_has_compatible_shallow_copy_type"))
+    "size", "stride", "set_", "_has_compatible_shallow_copy_type", "new_empty", "new_empty_strided", "resize_",
+    "detach_", "reshape", "view_as", "flatten", "unflatten", "contiguous", "to", "unsafe_split", "unsafe_chunk",
+    "unsafe_split_with_sizes", "is_same_size", "cudnn_is_acceptable"))  # (reshape, contiguous and to compute only below, when they copy)
 
 
 def _computes(event):
