@@ -82,7 +82,7 @@ def structured_variants(make, args, device, op="lstm_layer"):
             variants[f"{mode} (dense)"] = make(mask_mode=mode)
             continue
         for name in args.backends or ops.serving(device):
-            if name == "torch" or serves(name, op, mode, args, device, getattr(torch, args.dtype)):
+            if serves(name, op, mode, args, device, getattr(torch, args.dtype)):
                 variants[f"structured {mode} [{name}]"] = Preferred(make(mask_mode=mode), name)
     return variants
 

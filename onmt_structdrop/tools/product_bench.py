@@ -28,7 +28,7 @@ from ..measuring import device_name, time_callables
 PRODUCTS = ("forward", "input gradient", "weight gradient")
 
 
-def products(M, n, N, p, generator, backend="torch", device=torch.device("cpu")):
+def products(M, n, N, p, generator, backend, device=torch.device("cpu")):
     """``{name: (dense callable, kept callable, dense callable into a fresh output)}`` for one shape and rate, the
     kept ones through backend ``backend``'s step primitives."""
     k = kept_count(p, n)
