@@ -145,24 +145,12 @@ class StructDropLSTM(nn.Module):
         active = [p for p in rates if p > 0]
         return self.pool_size or (max(auto_pool_size(p) for p in active) if active else None)
 
-    def _device_generator(self, device):
-        """The generator of masks drawn on ``device``: seeded once from :attr:`generator`, so that a seed gives the
-        same masks on the same device (None: the device's default generator)."""
-        if self.generator is None:
-            return None
-        generators = self.__dict__.setdefault("_device_generators", {})
-        key = str(torch.device(device))
-        if key not in generators:
-            seed = int(torch.randint(2 ** 62, (1,), generator=self.generator))
-            generators[key] = torch.Generator(device).manual_seed(seed)
-        return generators[key]
-
     def sample_masks(self, T, B, device=None):
         """Draw the masks of one training forward over ``T`` positions and ``B`` sequences; ``time`` masks for a
         ``device`` that draws its own (:func:`onmt_structdrop.ops.draws_masks_on`) are drawn there, packed."""
         H, dirs, L = self.hidden_size, self.num_directions, self.num_layers
         if self.mask_mode == "time" and device is not None and ops.draws_masks_on(device):
-            generator = self._device_generator(device)
+            generator = ops.device_generator(self.generator, device)
 
             def draw(p, n):
                 return ops.draw_time(p, n, T, device, generator) if self.training and p > 0 else None

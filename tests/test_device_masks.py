@@ -97,3 +97,21 @@ def test_a_block_draws_on_the_host_and_the_benchmark_times_both(monkeypatch):
                          "--modes", "time", "--backends", "torch", "--output-size", "0"])
     names = [r["variant"] for r in report["results"]]
     assert "structured time [torch], host masks" in names and "structured time [torch]" in names
+
+
+def test_the_output_layer_and_the_decoders_draw_on_their_device_too(drawn_here):
+    from onmt_structdrop import StructuredDropoutLinear
+    torch.manual_seed(3)
+    layer = StructuredDropoutLinear(6, 5, dropout=0.5, generator=torch.Generator().manual_seed(2)).double()
+    x = torch.randn(4, 3, 6, dtype=torch.float64)
+    y = layer(x)
+    mask = layer.last_mask
+    assert mask.shape == (4, 6) and ((mask != 0).sum(1) == 3).all()
+    torch.testing.assert_close(y, (x * mask[:, None, :]) @ layer.weight.t() + layer.bias, rtol=1e-12, atol=1e-12)
+    pytest.importorskip("onmt")
+    import argparse
+
+    from onmt_structdrop.opennmt.options import DEFAULTS, Settings
+    settings = Settings(argparse.Namespace(**{**DEFAULTS, "sd_mask_mode": "time"}, dropout=[0.3], rnn_type="LSTM"))
+    drawn = settings.sample(0.3, 10, 7, 4, torch.Generator().manual_seed(1), "cpu")
+    assert isinstance(drawn, ops.PackedMask) and drawn.sizes == (7,) * 7

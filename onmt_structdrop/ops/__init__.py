@@ -74,7 +74,7 @@ import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
-from .packed import Mask, PackedMask, draw_time, pack, prepare  # noqa: F401
+from .packed import Mask, PackedMask, device_generator, draw_time, pack, prepare  # noqa: F401
 
 BACKENDS = ("cupy", "native", "torch")
 ENV = "ONMT_STRUCTDROP_BACKEND"

@@ -8,6 +8,7 @@ and ``bernoulli``) stay plain ``[T, n]`` / ``[T, B, n]`` tensors and take the ma
 """
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
@@ -132,6 +133,23 @@ def pack(mask: StructuredMask, device=None, dtype=torch.float32) -> PackedMask:
                       tuple(mask.step_group), tuple(tuple(s) for s in set_steps), sizes, perm,
                       tuple(mask.offsets) if mask.offsets is not None else None,
                       tuple(mask.strides) if mask.strides is not None else None)
+
+
+_device_generators = weakref.WeakKeyDictionary()  # host generator -> {device: the generator seeded from it}
+
+
+def device_generator(host, device):
+    """The generator that masks drawn on ``device`` for the owner of the host generator ``host`` come from: seeded
+    once from ``host``, so that a seed gives the same masks on the same device (None, the device's default
+    generator, when ``host`` is None)."""
+    if host is None:
+        return None
+    per_device = _device_generators.setdefault(host, {})
+    key = str(torch.device(device))
+    if key not in per_device:
+        seed = int(torch.randint(2 ** 62, (1,), generator=host))
+        per_device[key] = torch.Generator(device).manual_seed(seed)
+    return per_device[key]
 
 
 def draw_time(p, n, steps, device, generator=None) -> PackedMask:
