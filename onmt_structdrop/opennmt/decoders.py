@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from ..accounting import tally
 from ..functions import StepProduct, lstm_cell, sequence_linear
 from ..lstm import StructDropLSTM
-from ..masks import check_pattern
+from ..masks import DenseOnRead, check_pattern
 from .. import ops
 from ..ops import PackedMask
 from .encoders import mask_generator, silence_embedding_dropout
@@ -164,8 +164,11 @@ class StructDropInputFeedDecoder(_StructDropDecoder, InputFeedRNNDecoder):
 
     In training, the embeddings' product of the first layer is computed for all steps at once, and every
     product reads only the kept units of its input: the embeddings, the previous step's output (input feed),
-    h(t-1) and the layer below.
+    h(t-1) and the layer below. ``last_masks`` holds the masks of the last training forward, made dense when read
+    (``[T, n]``, ``[T, B, n]`` in bernoulli mode).
     """
+
+    last_masks = DenseOnRead()
 
     def __init__(self, bidirectional_encoder, num_layers, hidden_size, settings: Settings, attn_type="general",
                  attn_func="softmax", coverage_attn=False, copy_attn=False, embeddings=None,
@@ -175,7 +178,7 @@ class StructDropInputFeedDecoder(_StructDropDecoder, InputFeedRNNDecoder):
                          copy_attn_type)
         self._setup(settings, embeddings)
         self._out_mask = None
-        self.last_masks = None  # the masks of the last training forward, dense ([T, n], [T, B, n] if bernoulli)
+        self.last_masks = None
 
     @classmethod
     def from_opt(cls, opt, embeddings):
@@ -208,10 +211,9 @@ class StructDropInputFeedDecoder(_StructDropDecoder, InputFeedRNNDecoder):
             for site, mask, n in [("decoder embedding", emb_mask, E), ("decoder output", out_mask, H)] + [
                     ("decoder between layers", m, H) for m in between] + [("decoder recurrent", m, H) for m in recurrent]:
                 tally.site(site, mask, n, T)
-        as_dense = lambda m: dense(m, emb.dtype)  # noqa: E731
-        self.last_masks = {"embedding": as_dense(emb_mask), "between": [as_dense(m) for m in between],
-                           "recurrent": [as_dense(m) for m in recurrent], "output": as_dense(out_mask)}
-        out_dense = self.last_masks["output"]
+        self.last_masks = DenseOnRead.drawn({"embedding": emb_mask, "between": between, "recurrent": recurrent,
+                                             "output": out_mask}, emb.dtype)
+        out_dense = dense(out_mask, emb.dtype)  # the output's dropout is multiplied in, step by step
 
         cells = self.rnn.layers
         w0 = cells[0].weight_ih
