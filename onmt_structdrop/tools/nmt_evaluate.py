@@ -34,12 +34,27 @@ def read_recipe(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def last_checkpoint(save_model: str) -> Path:
+def checkpoints(save_model) -> dict:
+    """``{step: path}`` of the checkpoints ``<save_model>_step_<N>.pt``."""
     base = Path(save_model)
-    found = sorted(base.parent.glob(base.name + "_step_*.pt"), key=lambda p: int(_CKPT.search(p.name).group(1)))
+    found = {int(_CKPT.search(p.name).group(1)): p for p in base.parent.glob(base.name + "_step_*.pt")}
     if not found:
         raise SystemExit(f"no checkpoint {base}_step_*.pt: train first")
-    return found[-1]
+    return dict(sorted(found.items()))
+
+
+def last_checkpoint(save_model) -> Path:
+    return list(checkpoints(save_model).values())[-1]
+
+
+def best_checkpoint(save_model, valid_ppl) -> Path:
+    """The checkpoint of the step with the lowest validation perplexity among those saved (``valid_ppl``:
+    ``[(step, ppl)]`` from the log), as for a run that early stopping ended past its best."""
+    saved = checkpoints(save_model)
+    scored = [(ppl, step) for step, ppl in valid_ppl if step in saved]
+    if not scored:
+        raise SystemExit(f"no validation perplexity in the log at a saved step of {save_model}")
+    return saved[min(scored)[1]]
 
 
 def training_log(path: Path, skip_first: int = 1) -> dict:
@@ -59,7 +74,8 @@ def training_log(path: Path, skip_first: int = 1) -> dict:
             continue
         m = _VALID.search(line)
         if m:
-            valid.append((last_step, float(m.group(1))))
+            # a run resumed from a checkpoint logs its steps again: the later validation of a step replaces
+            valid = [(step, ppl) for step, ppl in valid if step < last_step] + [(last_step, float(m.group(1)))]
     if len(steps) <= skip_first:
         raise SystemExit(f"{path}: not enough 'Step ... tok/s' report lines")
     return {"src_tok_s": statistics.median(src[skip_first:]), "tgt_tok_s": statistics.median(tgt[skip_first:]),
@@ -111,13 +127,17 @@ def translate_and_score(recipe: dict, checkpoint: Path, out_dir: Path, beam: int
     return {"bleu": round(score.score, 2), "bleu_signature": str(metric.get_signature()), "bleu_detail": str(score)}
 
 
-def evaluate(config: Path, beam: int = 5, log: Path = None, src: Path = None, ref: Path = None) -> dict:
+def evaluate(config: Path, beam: int = 5, log: Path = None, src: Path = None, ref: Path = None, run: Path = None,
+             pick: str = "last") -> dict:
+    """Score recipe ``config``'s checkpoint (``pick``: the ``last``, or the ``best`` by validation perplexity) of
+    its ``save_model``, or of the run folder ``run`` (its ``model_step_*.pt`` and ``train.log``)."""
     recipe = read_recipe(config)
-    checkpoint = last_checkpoint(recipe["save_model"])
+    save_model = run / "model" if run else recipe["save_model"]
+    train = training_log(log or (run / "train.log" if run else Path(recipe["log_file"])))
+    checkpoint = best_checkpoint(save_model, train["valid_ppl"]) if pick == "best" else last_checkpoint(save_model)
     out_dir = checkpoint.parent
     result = {"recipe": str(config), "checkpoint": str(checkpoint),
-              "encoder_type": recipe.get("encoder_type"), "decoder_type": recipe.get("decoder_type"),
-              **training_log(log or Path(recipe["log_file"])),
+              "encoder_type": recipe.get("encoder_type"), "decoder_type": recipe.get("decoder_type"), **train,
               **translate_and_score(recipe, checkpoint, out_dir, beam, src, ref)}
     write_text(out_dir / "eval.json", json.dumps(result, indent=1))
     return result
@@ -144,13 +164,20 @@ def main(argv=None):
                         help="a recipe (repeat; the last one is the baseline of the comparison)")
     parser.add_argument("--log", type=Path, action="append", default=None,
                         help="training log of each --config, in order (default: the recipe's log_file)")
+    parser.add_argument("--run", type=Path, action="append", default=None,
+                        help="run folder of each --config, in order (its model_step_*.pt and train.log), for runs "
+                             "saved elsewhere than the recipe's save_model (scripts/full_runs.sh's)")
+    parser.add_argument("--checkpoint", choices=["last", "best"], default="last",
+                        help="which checkpoint to score: the last, or the best by validation perplexity")
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument("--plot", type=Path, default=None, help="PNG of validation perplexity against step")
     args = parser.parse_args(argv)
-    logs = args.log or [None] * len(args.config)
-    if len(logs) != len(args.config):
-        parser.error(f"give one --log per --config ({len(args.config)}), got {len(logs)}")
-    results = [evaluate(config, args.beam, log) for config, log in zip(args.config, logs)]
+    logs, runs = args.log or [None] * len(args.config), args.run or [None] * len(args.config)
+    for name, given in (("--log", logs), ("--run", runs)):
+        if len(given) != len(args.config):
+            parser.error(f"give one {name} per --config ({len(args.config)}), got {len(given)}")
+    results = [evaluate(config, args.beam, log, run=run, pick=args.checkpoint)
+               for config, log, run in zip(args.config, logs, runs)]
     print(comparison_table(results))
     if args.plot:
         from ..plotting import save_line_plot

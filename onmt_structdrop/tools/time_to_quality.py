@@ -93,6 +93,9 @@ def onmt_curve(run: Path) -> Curve:
             last_step = int(m.group(1))
         m = _VALID.search(line)
         if m and last_step:
+            while steps and steps[-1] >= last_step:  # a run resumed from a checkpoint logs its steps again
+                steps.pop()
+                values.pop()
             steps.append(float(last_step))
             values.append(float(m.group(1)))
     if not steps:
