@@ -1,10 +1,11 @@
 """Masks in the form the operations compute with.
 
 A sampled :class:`~onmt_structdrop.masks.StructuredMask` lives on the host. Before a forward call it is packed
-once into a :class:`PackedMask` (on a GPU a ``time`` mask is drawn there directly, :func:`draw_time`): its tensors built on the host and copied to the device in one transfer, its
+once into a :class:`PackedMask`: its tensors built on the host and copied to the device in one transfer, its
 planning data (which steps share a kept set, how large each set is, the layout of the sets) kept on the host as
-plain Python values taken at sampling time, never read back from a device tensor. Dense masks (``compact=False``
-and ``bernoulli``) stay plain ``[T, n]`` / ``[T, B, n]`` tensors and take the masked-dense path.
+plain Python values taken at sampling time, never read back from a device tensor. On a GPU a ``time`` mask is
+drawn there directly in its packed form (:func:`draw_time`). Dense masks (``compact=False`` and ``bernoulli``)
+stay plain ``[T, n]`` / ``[T, B, n]`` tensors and take the masked-dense path.
 """
 from __future__ import annotations
 
@@ -145,7 +146,10 @@ def device_generator(host, device):
     if host is None:
         return None
     per_device = _device_generators.setdefault(host, {})
-    key = str(torch.device(device))
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:  # "cuda" and "cuda:0" are one generator
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = str(device)
     if key not in per_device:
         seed = int(torch.randint(2 ** 62, (1,), generator=host))
         per_device[key] = torch.Generator(device).manual_seed(seed)
