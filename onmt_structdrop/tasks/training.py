@@ -103,12 +103,19 @@ def seed_everything(seed):
 
 
 def rng_state():
-    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+    """The random states a resumed run needs to continue as an uninterrupted one would: the CPU's, Python's and,
+    on a GPU, the devices' (ordinary dropout and the masks drawn there)."""
+    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(save_dir: Path, **state):
