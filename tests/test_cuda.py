@@ -311,3 +311,22 @@ def test_time_masks_are_drawn_on_the_device_without_waiting_for_the_host():
         torch.cuda.set_sync_debug_mode("default")
     assert masks["recurrent"][1][0].keep.is_cuda and drawn.keep.shape == (50, 512)
     assert (drawn.keep.diff(dim=1) > 0).all()
+
+
+def test_a_time_mode_training_step_never_waits_for_the_device():
+    """Masks drawn on the device, planning data on the host: forward and backward of the layer make no host
+    synchronisation once its graphs are captured (the first two calls of a shape)."""
+    model = StructDropLSTM(64, 128, 2, dropout=0.5, recurrent_dropout=0.5, bidirectional=True).cuda()
+    x = torch.randn(12, 8, 64, device="cuda", requires_grad=True)
+    for _ in range(3):
+        y, _ = model(x)
+        y.square().mean().backward()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        y, _ = model(x)
+        y.square().mean().backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert torch.isfinite(x.grad).all()
