@@ -9,8 +9,8 @@ not from the wall clock of runs that shared it.
 A run is a task run (``history.json``: PTB's validation perplexity or CoNLL's dev F1 after each epoch) or an
 ``onmt_train`` run (``train.log``: the validation perplexity at each validation step). ``--speed`` is the JSON of
 ``python -m onmt_structdrop.tasks.speed`` for task runs (each recipe's words/s, stepped round-robin), or the logs
-of ``scripts/nmt_speed.sh`` for ``onmt_train`` runs (seconds a step: the target tokens of a step over the target
-tokens/s of the report lines, median over the lines after each log's first). A run's point after ``w`` words (or
+of ``scripts/nmt_speed.sh`` for ``onmt_train`` runs (seconds a step: from the elapsed seconds of the report lines,
+between each log's first and last). A run's point after ``w`` words (or
 ``s`` steps) lies at ``w / words_per_s`` (``s * seconds_per_step``) idle hours of training; evaluation is left out.
 Structured and ordinary runs are paired by seed; with several seeds a last row compares the two models' mean
 curves (point by point, over their common length).
@@ -32,7 +32,7 @@ from ..plotting import save_line_plot
 from ..tasks import training
 from ..textfile import read_lines, write_text
 
-_STEP = re.compile(r"Step\s+(\d+)/\s*\d+;.*?bsz:\s*(\d+)/\s*(\d+)/\s*\d+;\s*(\d+)/\s*(\d+) tok/s")
+_STEP = re.compile(r"Step\s+(\d+)/\s*\d+;.*?tok/s;\s*(\d+) sec;")  # a report: the step and the seconds since the start
 _VALID = re.compile(r"Validation perplexity: ([\d.]+)")
 _STRUCTURED = "Structured dropout:"  # the plugin's line in every report of a structured onmt_train run
 _SEED = re.compile(r"[-_]s(\d+)$")
@@ -121,17 +121,17 @@ def task_speeds(path: Path) -> dict:
 
 
 def onmt_seconds_per_step(logs: List[Path]) -> dict:
-    """``{structured: seconds a step}``: the median over the logs of each model of its target tokens a step over
-    its target tokens/s (the report lines after each log's first)."""
+    """``{structured: seconds a step}``: the median over the logs of each model of the seconds between its first
+    and its last report over the steps between them (the first report's steps, start-up included, left out)."""
     per_model = {}
     for log in logs:
         lines = read_lines(log)
         structured = any(_STRUCTURED in line for line in lines)
-        reports = [m for m in map(_STEP.search, lines) if m][1:]
-        if not reports:
-            raise ValueError(f"{log}: not enough 'Step ... tok/s' report lines")
-        per_model.setdefault(structured, []).append(statistics.median(int(m.group(3)) / int(m.group(5))
-                                                                        for m in reports))
+        reports = [(int(m.group(1)), int(m.group(2))) for m in map(_STEP.search, lines) if m]
+        if len(reports) < 2 or reports[-1][0] <= reports[0][0]:
+            raise ValueError(f"{log}: not enough 'Step ... sec;' report lines")
+        (first_step, first_sec), (last_step, last_sec) = reports[0], reports[-1]
+        per_model.setdefault(structured, []).append((last_sec - first_sec) / (last_step - first_step))
     return {structured: statistics.median(values) for structured, values in per_model.items()}
 
 
