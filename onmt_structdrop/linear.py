@@ -75,7 +75,7 @@ class StructuredDropoutLinear(nn.Module):
         if T == 0 or B == 0:  # nothing to drop (nn.Linear's empty result), an explicit mask checked all the same
             check_mask(mask, "mask", T, n, B)
             return F.linear(x, self.weight, self.bias)
-        if mask is None and self.mask_mode == "time" and self.compact and ops.draws_masks_on(x.device):
+        if mask is None and ops.draws_own_masks(self.mask_mode, self.compact, x.device):
             mask = ops.draw_time(self.dropout, n, T, x.device, ops.device_generator(self.generator, x.device))
         elif mask is None:
             mask = sample_mask(self.mask_mode, self.dropout, n, T, batch=B, generator=self.generator,

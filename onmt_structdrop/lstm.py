@@ -146,10 +146,10 @@ class StructDropLSTM(nn.Module):
         return self.pool_size or (max(auto_pool_size(p) for p in active) if active else None)
 
     def sample_masks(self, T, B, device=None):
-        """Draw the masks of one training forward over ``T`` positions and ``B`` sequences; ``time`` masks for a
-        ``device`` that draws its own (:func:`onmt_structdrop.ops.draws_masks_on`) are drawn there, packed."""
+        """Draw the masks of one training forward over ``T`` positions and ``B`` sequences; compacted ``time`` masks
+        for a ``device`` that draws its own (:func:`onmt_structdrop.ops.draws_own_masks`) are drawn there, packed."""
         H, dirs, L = self.hidden_size, self.num_directions, self.num_layers
-        if self.mask_mode == "time" and device is not None and ops.draws_masks_on(device):
+        if device is not None and ops.draws_own_masks(self.mask_mode, self.compact, device):
             generator = ops.device_generator(self.generator, device)
 
             def draw(p, n):

@@ -115,3 +115,11 @@ def test_the_output_layer_and_the_decoders_draw_on_their_device_too(drawn_here):
     settings = Settings(argparse.Namespace(**{**DEFAULTS, "sd_mask_mode": "time"}, dropout=[0.3], rnn_type="LSTM"))
     drawn = settings.sample(0.3, 10, 7, 4, torch.Generator().manual_seed(1), "cpu")
     assert isinstance(drawn, ops.PackedMask) and drawn.sizes == (7,) * 7
+
+
+def test_dense_masks_are_the_hosts_where_the_device_draws(drawn_here):
+    """compact=False multiplies the masks in (the reference for speed): the device draws no packed mask for it."""
+    model = StructDropLSTM(4, 6, 1, recurrent_dropout=0.5, compact=False)
+    assert type(model.sample_masks(5, 3, "cpu")["recurrent"][0][0]).__name__ == "StructuredMask"
+    assert isinstance(StructDropLSTM(4, 6, 1, recurrent_dropout=0.5).sample_masks(5, 3, "cpu")["recurrent"][0][0],
+                      ops.PackedMask)

@@ -234,8 +234,8 @@ class Settings:
         """A mask over ``T`` steps and ``n`` units for a batch of ``B`` (None when ``p`` is 0), in the form the
         products compute with (:func:`onmt_structdrop.ops.prepare`): packed to compact, a dense tensor with
         ``compact`` off or in bernoulli mode; a compacted ``time`` mask for a device that draws its own is drawn there
-        (:func:`onmt_structdrop.ops.draws_masks_on`)."""
-        if self.mask_mode == "time" and self.compact and p > 0 and ops.draws_masks_on(device):
+        (:func:`onmt_structdrop.ops.draws_own_masks`)."""
+        if p > 0 and ops.draws_own_masks(self.mask_mode, self.compact, device):
             return ops.draw_time(p, n, T, device, ops.device_generator(generator, device))
         mask = sample_mask(self.mask_mode, p, n, T, batch=B, generator=generator, pool_size=self.pool_size,
                            pattern=self.pattern)

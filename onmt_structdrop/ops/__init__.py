@@ -166,6 +166,13 @@ def draws_masks_on(device):
     return torch.device(device).type == "cuda" and not _host_masks and not env_flag(HOST_MASKS_ENV, False)
 
 
+def draws_own_masks(mode, compact, device):
+    """Whether masks of ``mode`` for tensors on ``device`` are drawn there, packed (:func:`draw_time`): compacted
+    ``time`` masks where the device draws its own (:func:`draws_masks_on`); a dense mask (``compact`` off) is the
+    host's."""
+    return mode == "time" and compact and draws_masks_on(device)
+
+
 def check_environment():
     """The package's environment variables, checked where a command starts: a ValueError naming the first bad one
     (an unknown or unavailable backend, a switch that is not one), so that it never surfaces at the first step."""
