@@ -57,25 +57,31 @@ def best_checkpoint(save_model, valid_ppl) -> Path:
     return saved[min(scored)[1]]
 
 
+def validations(lines) -> list:
+    """``[(step, perplexity)]`` of an ``onmt_train`` log's validations, each at the step reported last before it. A
+    run resumed from a checkpoint logs its steps again: a later validation replaces those of its step and after."""
+    valid, last_step = [], 0
+    for line in lines:
+        m = _STEP.search(line)
+        if m:
+            last_step = int(m.group(1))
+            continue
+        m = _VALID.search(line)
+        if m:
+            valid = [(step, ppl) for step, ppl in valid if step < last_step] + [(last_step, float(m.group(1)))]
+    return valid
+
+
 def training_log(path: Path, skip_first: int = 1) -> dict:
     """Tokens/s (source, target; median of the report lines after the first ``skip_first``) and the
     validation perplexities in order, from an ``onmt_train`` log."""
     if not path.is_file():
         raise SystemExit(f"training log {path} not found (log_file in the recipe)")
-    steps, src, tgt, valid = [], [], [], []
-    last_step = 0
-    for line in read_lines(path):
-        m = _STEP.search(line)
-        if m:
-            last_step = int(m.group(1))
-            steps.append(last_step)
-            src.append(int(m.group(2)))
-            tgt.append(int(m.group(3)))
-            continue
-        m = _VALID.search(line)
-        if m:
-            # a run resumed from a checkpoint logs its steps again: the later validation of a step replaces
-            valid = [(step, ppl) for step, ppl in valid if step < last_step] + [(last_step, float(m.group(1)))]
+    lines = read_lines(path)
+    reports = [m for m in map(_STEP.search, lines) if m]
+    steps = [int(m.group(1)) for m in reports]
+    src, tgt = [int(m.group(2)) for m in reports], [int(m.group(3)) for m in reports]
+    valid = validations(lines)
     if len(steps) <= skip_first:
         raise SystemExit(f"{path}: not enough 'Step ... tok/s' report lines")
     return {"src_tok_s": statistics.median(src[skip_first:]), "tgt_tok_s": statistics.median(tgt[skip_first:]),

@@ -3,8 +3,9 @@
 On a GPU a step's cost at these sizes is mostly its launches, so the count that matters is how many kernels a step
 launches: torch's profiler counts the kernels the device ran and the launch calls the host made (kernels, graphs).
 On the CPU it counts the compute operations (the lowest ``aten::`` operators of each call that are neither views,
-metadata nor allocations), each of which is a launch on a GPU. One step of each model (``nmt_bench``'s: the Multi30k model, batch 64) is profiled after
-``--warmup`` steps (so that graphs are captured before); the counts do not depend on timing.
+metadata nor allocations), each of which is a launch on a GPU. One step of each model (``nmt_bench``'s: the
+Multi30k model, batch 64) is profiled after ``--warmup`` steps (so that graphs are captured before); the counts do
+not depend on timing.
 """
 from __future__ import annotations
 
@@ -20,14 +21,15 @@ from ..textfile import write_text
 from . import nmt_bench
 
 LAUNCHES = ("LaunchKernel", "GraphLaunch", "LaunchCooperativeKernel")  # runtime and driver API names
-# leaf operators that launch nothing on a GPU: views, metadata and allocations
+# operators that launch nothing on a GPU: views, metadata and allocations (reshape, contiguous and to compute only
+# in the copy they call, when they copy)
 NO_KERNEL = frozenset(f"aten::{name}" for name in (
     "empty", "empty_like", "empty_strided", "view", "_unsafe_view", "_reshape_alias", "as_strided", "alias", "t",
     "transpose", "permute", "expand", "expand_as", "unsqueeze", "squeeze", "select", "slice", "narrow", "split",
     "split_with_sizes", "chunk", "unbind", "detach", "lift_fresh", "resolve_conj", "resolve_neg", "is_nonzero",
     "size", "stride", "set_", "_has_compatible_shallow_copy_type", "new_empty", "new_empty_strided", "resize_",
     "detach_", "reshape", "view_as", "flatten", "unflatten", "contiguous", "to", "unsafe_split", "unsafe_chunk",
-    "unsafe_split_with_sizes", "is_same_size", "cudnn_is_acceptable"))  # (reshape, contiguous and to compute only below, when they copy)
+    "unsafe_split_with_sizes", "is_same_size", "cudnn_is_acceptable"))
 
 
 def _computes(event):

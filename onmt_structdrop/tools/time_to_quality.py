@@ -31,9 +31,9 @@ import yaml
 from ..plotting import save_line_plot
 from ..tasks import training
 from ..textfile import read_lines, write_text
+from .nmt_evaluate import validations
 
-_STEP = re.compile(r"Step\s+(\d+)/\s*\d+;.*?tok/s;\s*(\d+) sec;")  # a report: the step and the seconds since the start
-_VALID = re.compile(r"Validation perplexity: ([\d.]+)")
+_STEP = re.compile(r"Step\s+(\d+)/\s*\d+;.*?tok/s;\s*(\d+) sec;")  # a report: its step and seconds since start
 _STRUCTURED = "Structured dropout:"  # the plugin's line in every report of a structured onmt_train run
 _SEED = re.compile(r"[-_]s(\d+)$")
 
@@ -85,19 +85,10 @@ def onmt_curve(run: Path) -> Curve:
     log = run / "train.log"
     if not log.is_file():
         raise FileNotFoundError(f"{run}: neither history.json nor train.log (not a run folder)")
-    steps, values, last_step, structured = [], [], 0, False
-    for line in read_lines(log):
-        structured = structured or _STRUCTURED in line
-        m = _STEP.search(line)
-        if m:
-            last_step = int(m.group(1))
-        m = _VALID.search(line)
-        if m and last_step:
-            while steps and steps[-1] >= last_step:  # a run resumed from a checkpoint logs its steps again
-                steps.pop()
-                values.pop()
-            steps.append(float(last_step))
-            values.append(float(m.group(1)))
+    lines = read_lines(log)
+    points = [(float(step), ppl) for step, ppl in validations(lines) if step]  # after a training step
+    structured = any(_STRUCTURED in line for line in lines)
+    steps, values = [step for step, _ in points], [ppl for _, ppl in points]
     if not steps:
         raise ValueError(f"{log}: no validation perplexity after a training step yet")
     seed = _SEED.search(run.name)
